@@ -1,0 +1,12 @@
+//! What every Plenum service shares: the common config groups, telemetry, the
+//! metrics endpoint, the shutdown signal, and a gRPC `serve()` that always carries
+//! health and reflection.
+#![forbid(unsafe_code)]
+
+pub mod bytes;
+pub mod config;
+pub mod grpc;
+pub mod metrics;
+pub mod propagation;
+pub mod shutdown;
+pub mod telemetry;

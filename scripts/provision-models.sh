@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Provision generated model files (idempotent; see models/README.md).
+#
+#   scripts/provision-models.sh            # convert + verify only if something changed
+#   scripts/provision-models.sh --force    # always reconvert + verify
+#   scripts/provision-models.sh --check    # exit 0 if up to date, 3 if not, convert nothing
+#
+# Uses the project venv ($VENV, default ./.venv) which must have torch, onnx, onnxruntime,
+# onnx2torch and rapidocr-onnxruntime installed. Works offline.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+if [[ ! -x "$PY" ]]; then
+    echo "error: no python in $VENV (create the project venv first, or set VENV=...)" >&2
+    exit 1
+fi
+
+# libgomp spin-waits by default, which is 10-25x slower on shared/small VMs.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+
+# OCR: PP-OCRv4 mobile (det/rec) + ppocr mobile v2 angle classifier -> TorchScript + manifests.
+"$PY" "$ROOT/models/provision_ocr.py" --out "$ROOT/models/ocr/generated" "$@"
+
+# The YOLO detector (models/detector, trained by training/) is provisioned separately.

@@ -1,0 +1,1313 @@
+//! The lease ledger: the broker's books. A plain state machine with no I/O and no
+//! clock of its own (every operation takes `now`), so it is fast, deterministic and
+//! driven by property tests and paused time alike. The service keeps it behind a
+//! mutex that is never held across an await.
+//!
+//! Capacity per device: `free = total − reserve − Σ granted − external`, where
+//! `external` is measured usage not covered by any lease.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use plenum_proto::broker::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::{BrokerError, Refusal};
+use crate::inventory::{DeviceInfo, DeviceUsage, HeldBytes};
+
+/// Timings and headroom that shape the books.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Per device, never leased.
+    pub reserve_bytes: u64,
+    /// A session without a heartbeat for this long is ended.
+    pub session_ttl: Duration,
+    /// Leases of an ended session wait this long for a reconnecting holder to reclaim them.
+    pub orphan_grace: Duration,
+    /// How long a release waits for the inventory to show the memory freed.
+    pub release_confirm_timeout: Duration,
+    /// How long a holder has to give back a revoked lease before it is reported.
+    pub revoke_deadline: Duration,
+    /// After start, only reclaims are accepted for this long.
+    pub recovery_window: Duration,
+    /// A lease still loading after this long stops blocking its device.
+    pub loading_timeout: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            reserve_bytes: 0,
+            session_ttl: Duration::from_secs(10),
+            orphan_grace: Duration::from_secs(2),
+            release_confirm_timeout: Duration::from_secs(5),
+            revoke_deadline: Duration::from_secs(10),
+            recovery_window: Duration::ZERO,
+            loading_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The priority of a request, highest wins. `PRIORITY_UNSPECIFIED` is normal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low = 1,
+    Normal = 2,
+    High = 3,
+}
+
+impl Priority {
+    pub fn from_proto(value: i32) -> Result<Self, BrokerError> {
+        match pb::Priority::try_from(value) {
+            Ok(pb::Priority::Low) => Ok(Self::Low),
+            Ok(pb::Priority::Unspecified | pb::Priority::Normal) => Ok(Self::Normal),
+            Ok(pb::Priority::High) => Ok(Self::High),
+            Err(_) => Err(BrokerError::invalid(
+                "priority",
+                format!("unknown priority {value}"),
+            )),
+        }
+    }
+
+    fn to_proto(self) -> pb::Priority {
+        match self {
+            Self::Low => pb::Priority::Low,
+            Self::Normal => pb::Priority::Normal,
+            Self::High => pb::Priority::High,
+        }
+    }
+}
+
+/// What a lease is for; only weights load, so only they are single-flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Weights,
+    Peak,
+}
+
+impl Purpose {
+    pub fn from_proto(value: i32) -> Result<Self, BrokerError> {
+        match pb::LeasePurpose::try_from(value) {
+            Ok(pb::LeasePurpose::Unspecified | pb::LeasePurpose::Weights) => Ok(Self::Weights),
+            Ok(pb::LeasePurpose::Peak) => Ok(Self::Peak),
+            Err(_) => Err(BrokerError::invalid(
+                "purpose",
+                format!("unknown purpose {value}"),
+            )),
+        }
+    }
+
+    fn to_proto(self) -> pb::LeasePurpose {
+        match self {
+            Self::Weights => pb::LeasePurpose::Weights,
+            Self::Peak => pb::LeasePurpose::Peak,
+        }
+    }
+}
+
+/// Where a live lease is in its life (release and orphaning are tracked beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Loading,
+    Active,
+    Revoking { deadline: Instant, overdue: bool },
+}
+
+#[derive(Debug)]
+struct ReleaseTracking {
+    deadline: Instant,
+    /// The holder process's measured usage on the device when it released.
+    usage_at_release: u64,
+}
+
+#[derive(Debug)]
+struct LeaseEntry {
+    id: String,
+    /// None while orphaned (its session ended and nobody reclaimed it yet).
+    session_id: Option<String>,
+    holder: pb::Holder,
+    device: u32,
+    granted: u64,
+    measured: u64,
+    phase: Phase,
+    priority: Priority,
+    purpose: Purpose,
+    model_key: String,
+    granted_at: Instant,
+    from_estimate: bool,
+    orphaned_until: Option<Instant>,
+    releasing: Option<ReleaseTracking>,
+}
+
+impl LeaseEntry {
+    fn is_loading(&self) -> bool {
+        self.phase == Phase::Loading && self.releasing.is_none()
+    }
+
+    fn proto_state(&self) -> pb::LeaseState {
+        if self.releasing.is_some() {
+            pb::LeaseState::Releasing
+        } else if self.orphaned_until.is_some() {
+            pb::LeaseState::Orphaned
+        } else {
+            match self.phase {
+                Phase::Loading => pb::LeaseState::Loading,
+                Phase::Active => pb::LeaseState::Active,
+                Phase::Revoking { .. } => pb::LeaseState::Revoking,
+            }
+        }
+    }
+
+    fn to_proto(&self, now: Instant) -> pb::Lease {
+        let (revoke_deadline_in_ms, revoke_overdue) = match self.phase {
+            Phase::Revoking { deadline, overdue } => (signed_ms_until(deadline, now), overdue),
+            _ => (0, false),
+        };
+        pb::Lease {
+            lease_id: self.id.clone(),
+            session_id: self.session_id.clone().unwrap_or_default(),
+            holder: Some(self.holder.clone()),
+            device_index: self.device,
+            device_uuid: String::new(),
+            granted_bytes: self.granted,
+            measured_bytes: self.measured,
+            state: self.proto_state() as i32,
+            priority: self.priority.to_proto() as i32,
+            purpose: self.purpose.to_proto() as i32,
+            model_key: self.model_key.clone(),
+            age_ms: millis(now.saturating_duration_since(self.granted_at)),
+            revoke_deadline_in_ms,
+            revoke_overdue,
+            from_measured_estimate: self.from_estimate,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SessionEntry {
+    holder: pb::Holder,
+    last_heartbeat: Instant,
+    busy: HashSet<String>,
+    events: mpsc::UnboundedSender<pb::SessionEvent>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    session_id: String,
+    bytes: u64,
+    device: Option<u32>,
+    priority: Priority,
+    purpose: Purpose,
+    model_key: String,
+    from_estimate: bool,
+    enqueued_at: Instant,
+    wait_until: Instant,
+    reply: Option<oneshot::Sender<pb::Lease>>,
+}
+
+#[derive(Debug)]
+struct DeviceBook {
+    info: DeviceInfo,
+    usage: DeviceUsage,
+    external: u64,
+}
+
+/// What an Acquire asks for, validated by the service layer's conversion.
+#[derive(Debug, Clone)]
+pub struct AcquireSpec {
+    pub session_id: String,
+    pub bytes: i64,
+    pub device: Option<u32>,
+    pub priority: Priority,
+    pub purpose: Purpose,
+    pub wait: Duration,
+    pub model_key: String,
+    pub use_measured_estimate: bool,
+}
+
+/// The answer to an Acquire: granted now, or queued with a channel for the grant.
+#[derive(Debug)]
+pub enum AcquireOutcome {
+    Granted(pb::Lease),
+    Queued {
+        waiter: u64,
+        grant: oneshot::Receiver<pb::Lease>,
+    },
+}
+
+/// What happened to one reclaimed lease after a reconnect or a broker restart.
+pub type ReclaimOutcome = pb::ReclaimResult;
+
+/// Things worth a log line and a metric, drained by the service after each call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Granted {
+        lease: String,
+        bytes: u64,
+        device: u32,
+    },
+    Revoked {
+        lease: String,
+        holder: String,
+    },
+    RevokeOverdue {
+        lease: String,
+        holder: String,
+    },
+    ReleaseConfirmed {
+        lease: String,
+    },
+    ReleaseUnconfirmed {
+        lease: String,
+        holder: String,
+    },
+    SessionExpired {
+        session: String,
+        holder: String,
+    },
+    OrphansReleased {
+        lease: String,
+    },
+    LoadingTimedOut {
+        lease: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    config: LedgerConfig,
+    devices: Vec<DeviceBook>,
+    sessions: HashMap<String, SessionEntry>,
+    leases: HashMap<String, LeaseEntry>,
+    /// Sorted by (priority desc, arrival asc): the order grants are considered in.
+    queue: Vec<Waiter>,
+    estimates: HashMap<String, u64>,
+    recovery_ends_at: Instant,
+    next_waiter: u64,
+    unconfirmed_releases: u64,
+    notices: Vec<Notice>,
+    /// Bumped on every change, so watchers know to look again.
+    version: u64,
+}
+
+impl Ledger {
+    pub fn new(config: LedgerConfig, devices: &[DeviceInfo], now: Instant) -> Self {
+        let recovery_ends_at = now + config.recovery_window;
+        Self {
+            devices: devices
+                .iter()
+                .map(|info| DeviceBook {
+                    info: info.clone(),
+                    usage: DeviceUsage::default(),
+                    external: 0,
+                })
+                .collect(),
+            config,
+            sessions: HashMap::new(),
+            leases: HashMap::new(),
+            queue: Vec::new(),
+            estimates: HashMap::new(),
+            recovery_ends_at,
+            next_waiter: 0,
+            unconfirmed_releases: 0,
+            notices: Vec::new(),
+            version: 0,
+        }
+    }
+
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Notices since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn in_recovery(&self, now: Instant) -> bool {
+        now < self.recovery_ends_at
+    }
+
+    fn changed(&mut self) {
+        self.version = self.version.wrapping_add(1);
+    }
+
+    // ---- sessions ----
+
+    /// Opens a session for `holder`, re-attaching or re-creating the leases it claims.
+    pub fn open_session(
+        &mut self,
+        holder: Option<pb::Holder>,
+        claims: Vec<pb::LeaseClaim>,
+        events: mpsc::UnboundedSender<pb::SessionEvent>,
+        now: Instant,
+    ) -> Result<(String, Vec<ReclaimOutcome>), BrokerError> {
+        let holder = holder.ok_or_else(|| BrokerError::invalid("hello.holder", "required"))?;
+        if holder.name.trim().is_empty() {
+            return Err(BrokerError::invalid(
+                "hello.holder.name",
+                "must not be empty",
+            ));
+        }
+        if holder.instance_id.trim().is_empty() {
+            return Err(BrokerError::invalid(
+                "hello.holder.instance_id",
+                "must not be empty",
+            ));
+        }
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let reclaims = claims
+            .into_iter()
+            .map(|claim| self.reclaim(&session_id, &holder, claim, now))
+            .collect();
+        self.sessions.insert(
+            session_id.clone(),
+            SessionEntry {
+                holder,
+                last_heartbeat: now,
+                busy: HashSet::new(),
+                events,
+            },
+        );
+        self.changed();
+        Ok((session_id, reclaims))
+    }
+
+    fn reclaim(
+        &mut self,
+        session_id: &str,
+        holder: &pb::Holder,
+        claim: pb::LeaseClaim,
+        now: Instant,
+    ) -> ReclaimOutcome {
+        let refuse = |reason: String| ReclaimOutcome {
+            lease_id: claim.lease_id.clone(),
+            accepted: false,
+            reason,
+        };
+        if let Some(lease) = self.leases.get_mut(&claim.lease_id) {
+            if lease.holder.instance_id != holder.instance_id {
+                return refuse("the lease belongs to another holder".into());
+            }
+            if lease.releasing.is_some() {
+                return refuse("the lease was already released".into());
+            }
+            lease.session_id = Some(session_id.to_owned());
+            lease.orphaned_until = None;
+            lease.holder = holder.clone();
+            return ReclaimOutcome {
+                lease_id: claim.lease_id,
+                accepted: true,
+                reason: String::new(),
+            };
+        }
+        if !self.in_recovery(now) {
+            return refuse("unknown lease: it was released when its session ended".into());
+        }
+        let Some(device) = self
+            .devices
+            .iter()
+            .position(|d| d.info.uuid == claim.device_uuid)
+        else {
+            return refuse(format!("no device with uuid {}", claim.device_uuid));
+        };
+        let (Ok(bytes), Ok(priority), Ok(purpose)) = (
+            u64::try_from(claim.bytes),
+            Priority::from_proto(claim.priority),
+            Purpose::from_proto(claim.purpose),
+        ) else {
+            return refuse("malformed claim".into());
+        };
+        if bytes == 0 || bytes > self.free_bytes(device) {
+            return refuse(format!(
+                "{bytes} bytes do not fit: {} free on device {device}",
+                self.free_bytes(device)
+            ));
+        }
+        self.leases.insert(
+            claim.lease_id.clone(),
+            LeaseEntry {
+                id: claim.lease_id.clone(),
+                session_id: Some(session_id.to_owned()),
+                holder: holder.clone(),
+                device: device as u32,
+                granted: bytes,
+                measured: if claim.committed { bytes } else { 0 },
+                phase: if claim.committed {
+                    Phase::Active
+                } else {
+                    Phase::Loading
+                },
+                priority,
+                purpose,
+                model_key: claim.model_key,
+                granted_at: now,
+                from_estimate: false,
+                orphaned_until: None,
+                releasing: None,
+            },
+        );
+        ReclaimOutcome {
+            lease_id: claim.lease_id,
+            accepted: true,
+            reason: String::new(),
+        }
+    }
+
+    /// Records a heartbeat and which leases are busy serving requests.
+    pub fn heartbeat(
+        &mut self,
+        session_id: &str,
+        busy: Vec<String>,
+        now: Instant,
+    ) -> Result<(), BrokerError> {
+        let session = self
+            .sessions
+            .get_mut(session_id)
+            .ok_or_else(|| BrokerError::NotFound(format!("session {session_id} has ended")))?;
+        session.last_heartbeat = now;
+        session.busy = busy.into_iter().collect();
+        Ok(())
+    }
+
+    /// Ends a session (stream closed, or TTL passed): its leases wait out the grace
+    /// as orphans, its queued requests are dropped.
+    pub fn end_session(&mut self, session_id: &str, now: Instant) {
+        if self.sessions.remove(session_id).is_none() {
+            return;
+        }
+        let grace_ends = now + self.config.orphan_grace;
+        for lease in self.leases.values_mut() {
+            if lease.session_id.as_deref() == Some(session_id) {
+                lease.session_id = None;
+                if lease.releasing.is_none() {
+                    lease.orphaned_until = Some(grace_ends);
+                }
+            }
+        }
+        // Dropping a waiter's reply channel tells its Acquire call the session ended.
+        self.queue.retain(|waiter| waiter.session_id != session_id);
+        self.changed();
+        self.drain_queue(now);
+    }
+
+    /// Tells every session the broker is stopping, so holders keep their leases.
+    pub fn announce_shutdown(&mut self, reason: &str) {
+        for session in self.sessions.values() {
+            let _ = session.events.send(pb::SessionEvent {
+                kind: Some(pb::session_event::Kind::Shutdown(pb::Shutdown {
+                    reason: reason.to_owned(),
+                })),
+            });
+        }
+    }
+
+    // ---- leases ----
+
+    pub fn acquire(
+        &mut self,
+        spec: AcquireSpec,
+        now: Instant,
+    ) -> Result<AcquireOutcome, BrokerError> {
+        if !self.sessions.contains_key(&spec.session_id) {
+            return Err(unknown_session(&spec.session_id));
+        }
+        let requested = u64::try_from(spec.bytes)
+            .ok()
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| {
+                BrokerError::invalid("bytes", format!("must be > 0, got {}", spec.bytes))
+            })?;
+        let (bytes, from_estimate) = match self.estimates.get(&spec.model_key) {
+            Some(&estimate) if spec.use_measured_estimate && !spec.model_key.is_empty() => {
+                (estimate, true)
+            }
+            _ => (requested, false),
+        };
+        if self.devices.is_empty() {
+            return Err(BrokerError::Exhausted(Refusal {
+                reason: "no GPU devices on this host: use the CPU".into(),
+                requested_bytes: bytes,
+                free_bytes: 0,
+                queue_position: 0,
+                retry_after: Duration::from_secs(60),
+            }));
+        }
+        let largest = match spec.device {
+            Some(index) => {
+                self.devices
+                    .get(index as usize)
+                    .ok_or_else(|| {
+                        BrokerError::invalid(
+                            "device_index",
+                            format!("no device {index}; this host has {}", self.devices.len()),
+                        )
+                    })?
+                    .info
+                    .total_bytes
+            }
+            None => self
+                .devices
+                .iter()
+                .map(|d| d.info.total_bytes)
+                .max()
+                .unwrap_or(0),
+        };
+        let leasable = largest.saturating_sub(self.config.reserve_bytes);
+        if bytes > leasable {
+            return Err(BrokerError::invalid(
+                "bytes",
+                format!(
+                    "{bytes} can never fit: the largest candidate device leases at most {leasable}"
+                ),
+            ));
+        }
+
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        let (reply, mut grant) = oneshot::channel();
+        let waiter = Waiter {
+            id,
+            session_id: spec.session_id,
+            bytes,
+            device: spec.device,
+            priority: spec.priority,
+            purpose: spec.purpose,
+            model_key: spec.model_key,
+            from_estimate,
+            enqueued_at: now,
+            wait_until: now + spec.wait,
+            reply: Some(reply),
+        };
+        let position = self
+            .queue
+            .iter()
+            .position(|queued| queued.priority < waiter.priority)
+            .unwrap_or(self.queue.len());
+        self.queue.insert(position, waiter);
+        self.changed();
+        self.drain_queue(now);
+
+        if let Ok(lease) = grant.try_recv() {
+            return Ok(AcquireOutcome::Granted(lease));
+        }
+        if spec.wait.is_zero() {
+            return Err(BrokerError::Exhausted(
+                self.cancel_waiter(id, now).unwrap_or_else(|| {
+                    self.refusal("the request left the queue", bytes, None, 0, now)
+                }),
+            ));
+        }
+        Ok(AcquireOutcome::Queued { waiter: id, grant })
+    }
+
+    /// Takes a waiter out of the queue (its wait ran out, or its caller left) and
+    /// says why it was not granted. None when it is no longer queued.
+    pub fn cancel_waiter(&mut self, waiter: u64, now: Instant) -> Option<Refusal> {
+        let position = self.queue.iter().position(|queued| queued.id == waiter)?;
+        let waiter = self.queue.remove(position);
+        self.changed();
+        // Its departure may unblock the requests behind it.
+        self.drain_queue(now);
+        let reason = if self.in_recovery(now) {
+            "the broker is in its recovery window after a restart; no new grants yet".to_owned()
+        } else {
+            let free = self.candidate_free(waiter.device);
+            format!(
+                "not enough VRAM: {} bytes requested, {free} free for leases; waited {} ms",
+                waiter.bytes,
+                millis(now.saturating_duration_since(waiter.enqueued_at))
+            )
+        };
+        Some(self.refusal(
+            &reason,
+            waiter.bytes,
+            waiter.device,
+            position as u32 + 1,
+            now,
+        ))
+    }
+
+    /// Gives back a lease whose grant reached nobody (the caller had left).
+    pub fn discard_undelivered(&mut self, lease_id: &str, now: Instant) {
+        if self.leases.remove(lease_id).is_some() {
+            self.changed();
+            self.drain_queue(now);
+        }
+    }
+
+    fn refusal(
+        &self,
+        reason: &str,
+        bytes: u64,
+        device: Option<u32>,
+        position: u32,
+        now: Instant,
+    ) -> Refusal {
+        let retry_after = if self.in_recovery(now) {
+            self.recovery_ends_at - now
+        } else {
+            // The soonest moment books can change on their own: a revocation or a
+            // release coming due. Otherwise a second is a fair poll.
+            self.leases
+                .values()
+                .filter_map(|lease| match (&lease.releasing, lease.phase) {
+                    (Some(release), _) => Some(release.deadline),
+                    (None, Phase::Revoking { deadline, .. }) => Some(deadline),
+                    _ => None,
+                })
+                .filter(|&at| at > now)
+                .min()
+                .map_or(Duration::from_secs(1), |at| {
+                    (at - now).min(Duration::from_secs(1))
+                })
+        };
+        Refusal {
+            reason: reason.to_owned(),
+            requested_bytes: bytes,
+            free_bytes: self.candidate_free(device),
+            queue_position: position,
+            retry_after: retry_after.max(Duration::from_millis(10)),
+        }
+    }
+
+    pub fn commit(
+        &mut self,
+        session_id: &str,
+        lease_id: &str,
+        measured_bytes: i64,
+        now: Instant,
+    ) -> Result<pb::Lease, BrokerError> {
+        let measured = u64::try_from(measured_bytes)
+            .ok()
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| {
+                BrokerError::invalid(
+                    "measured_bytes",
+                    format!("must be > 0, got {measured_bytes}"),
+                )
+            })?;
+        let (device, granted) = {
+            let lease = self.owned_lease(session_id, lease_id)?;
+            if lease.releasing.is_some() {
+                return Err(BrokerError::invalid(
+                    "lease_id",
+                    format!("lease {lease_id} is being released"),
+                ));
+            }
+            (lease.device as usize, lease.granted)
+        };
+        if measured > granted {
+            let growth = measured - granted;
+            let free = self.free_bytes(device);
+            if growth > free {
+                return Err(BrokerError::Exhausted(Refusal {
+                    reason: format!(
+                        "cannot grow lease {lease_id} by {growth} bytes: {free} free on device {device}; \
+                         move the model off the GPU and release"
+                    ),
+                    requested_bytes: growth,
+                    free_bytes: free,
+                    queue_position: 0,
+                    retry_after: Duration::from_secs(1),
+                }));
+            }
+        }
+        let lease = self.leases.get_mut(lease_id).expect("checked above");
+        lease.granted = measured;
+        lease.measured = measured;
+        if lease.phase == Phase::Loading {
+            lease.phase = Phase::Active;
+        }
+        if !lease.model_key.is_empty() {
+            self.estimates.insert(lease.model_key.clone(), measured);
+        }
+        let reply = lease.to_proto(now);
+        self.changed();
+        self.drain_queue(now);
+        Ok(self.with_uuid(reply))
+    }
+
+    pub fn release(
+        &mut self,
+        session_id: &str,
+        lease_id: &str,
+        now: Instant,
+    ) -> Result<pb::Lease, BrokerError> {
+        self.owned_lease(session_id, lease_id)?;
+        self.begin_release(lease_id, now);
+        let reply = self.leases[lease_id].to_proto(now);
+        Ok(self.with_uuid(reply))
+    }
+
+    fn begin_release(&mut self, lease_id: &str, now: Instant) {
+        let deadline = now + self.config.release_confirm_timeout;
+        let Some(lease) = self.leases.get(lease_id) else {
+            return;
+        };
+        if lease.releasing.is_some() {
+            return;
+        }
+        let usage_at_release = self.devices[lease.device as usize]
+            .usage
+            .processes
+            .get(&lease.holder.pid)
+            .copied()
+            .unwrap_or(0);
+        let lease = self.leases.get_mut(lease_id).expect("checked above");
+        lease.releasing = Some(ReleaseTracking {
+            deadline,
+            usage_at_release,
+        });
+        lease.orphaned_until = None;
+        self.changed();
+    }
+
+    fn owned_lease(&self, session_id: &str, lease_id: &str) -> Result<&LeaseEntry, BrokerError> {
+        if !self.sessions.contains_key(session_id) {
+            return Err(unknown_session(session_id));
+        }
+        let lease = self
+            .leases
+            .get(lease_id)
+            .ok_or_else(|| BrokerError::NotFound(format!("no lease {lease_id}")))?;
+        if lease.session_id.as_deref() != Some(session_id) {
+            return Err(BrokerError::PermissionDenied(format!(
+                "lease {lease_id} belongs to another session"
+            )));
+        }
+        Ok(lease)
+    }
+
+    // ---- capacity and the queue ----
+
+    /// Bytes device `index` can still lease.
+    pub fn free_bytes(&self, index: usize) -> u64 {
+        let device = &self.devices[index];
+        let leased: u64 = self.leased_on(index as u32);
+        device
+            .info
+            .total_bytes
+            .saturating_sub(self.config.reserve_bytes)
+            .saturating_sub(leased)
+            .saturating_sub(device.external)
+    }
+
+    fn leased_on(&self, device: u32) -> u64 {
+        self.leases
+            .values()
+            .filter(|lease| lease.device == device)
+            .map(|lease| lease.granted)
+            .sum()
+    }
+
+    fn candidate_free(&self, device: Option<u32>) -> u64 {
+        match device {
+            Some(index) if (index as usize) < self.devices.len() => self.free_bytes(index as usize),
+            Some(_) => 0,
+            None => (0..self.devices.len())
+                .map(|index| self.free_bytes(index))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    fn loading_on(&self, device: u32) -> Option<&LeaseEntry> {
+        self.leases
+            .values()
+            .find(|lease| lease.device == device && lease.is_loading())
+    }
+
+    /// Grants queued requests in priority-then-FIFO order. A request that cannot be
+    /// placed blocks its devices for everyone behind it, so a large request is never
+    /// starved by a stream of small ones; it may trigger revocations instead.
+    fn drain_queue(&mut self, now: Instant) {
+        if self.in_recovery(now) || self.queue.is_empty() {
+            return;
+        }
+        let mut blocked = vec![false; self.devices.len()];
+        let mut index = 0;
+        while index < self.queue.len() {
+            let candidates: Vec<u32> = match self.queue[index].device {
+                Some(device) => vec![device],
+                None => (0..self.devices.len() as u32).collect(),
+            };
+            if candidates.iter().all(|&device| blocked[device as usize]) {
+                index += 1;
+                continue;
+            }
+            let waiter = &self.queue[index];
+            let placement = candidates
+                .iter()
+                .copied()
+                .filter(|&device| !blocked[device as usize])
+                .filter(|&device| {
+                    waiter.purpose == Purpose::Peak || self.loading_on(device).is_none()
+                })
+                .map(|device| (device, self.free_bytes(device as usize)))
+                .filter(|&(_, free)| free >= waiter.bytes)
+                .max_by_key(|&(device, free)| (free, std::cmp::Reverse(device)));
+            match placement {
+                Some((device, _)) => {
+                    let waiter = self.queue.remove(index);
+                    self.grant(waiter, device, now);
+                }
+                None => {
+                    let waiter_index = index;
+                    self.request_revocations(waiter_index, now);
+                    for device in candidates {
+                        blocked[device as usize] = true;
+                    }
+                    index += 1;
+                }
+            }
+        }
+    }
+
+    fn grant(&mut self, mut waiter: Waiter, device: u32, now: Instant) {
+        let lease = LeaseEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            session_id: Some(waiter.session_id.clone()),
+            holder: self.sessions[&waiter.session_id].holder.clone(),
+            device,
+            granted: waiter.bytes,
+            measured: 0,
+            phase: match waiter.purpose {
+                Purpose::Weights => Phase::Loading,
+                Purpose::Peak => Phase::Active,
+            },
+            priority: waiter.priority,
+            purpose: waiter.purpose,
+            model_key: waiter.model_key.clone(),
+            granted_at: now,
+            from_estimate: waiter.from_estimate,
+            orphaned_until: None,
+            releasing: None,
+        };
+        let proto = self.with_uuid(lease.to_proto(now));
+        let lease_id = lease.id.clone();
+        self.leases.insert(lease_id.clone(), lease);
+        self.changed();
+        let delivered = waiter
+            .reply
+            .take()
+            .is_some_and(|reply| reply.send(proto.clone()).is_ok());
+        if !delivered {
+            // The caller left before the grant: never booked for anyone.
+            self.leases.remove(&lease_id);
+            return;
+        }
+        if let Some(session) = self.sessions.get(&waiter.session_id) {
+            let _ = session.events.send(pb::SessionEvent {
+                kind: Some(pb::session_event::Kind::Granted(pb::Granted {
+                    lease: Some(proto),
+                })),
+            });
+        }
+        self.notices.push(Notice::Granted {
+            lease: lease_id,
+            bytes: waiter.bytes,
+            device,
+        });
+    }
+
+    /// Asks lower-priority idle holders to give memory back so that the waiter at
+    /// `index` can fit, unless revocations already under way will free enough.
+    fn request_revocations(&mut self, index: usize, now: Instant) {
+        let waiter = &self.queue[index];
+        let (priority, bytes) = (waiter.priority, waiter.bytes);
+        let candidates: Vec<u32> = match waiter.device {
+            Some(device) => vec![device],
+            None => (0..self.devices.len() as u32).collect(),
+        };
+        for device in candidates {
+            let free = self.free_bytes(device as usize);
+            let pending: u64 = self
+                .leases
+                .values()
+                .filter(|lease| lease.device == device)
+                .filter(|lease| {
+                    matches!(lease.phase, Phase::Revoking { .. }) || lease.releasing.is_some()
+                })
+                .map(|lease| lease.granted)
+                .sum();
+            if free + pending >= bytes {
+                return; // enough is already on its way back
+            }
+            let mut revocable: Vec<&LeaseEntry> = self
+                .leases
+                .values()
+                .filter(|lease| lease.device == device && lease.priority < priority)
+                .filter(|lease| lease.phase == Phase::Active)
+                .filter(|lease| lease.releasing.is_none() && lease.orphaned_until.is_none())
+                .filter(|lease| {
+                    let session = lease
+                        .session_id
+                        .as_ref()
+                        .and_then(|id| self.sessions.get(id));
+                    session.is_some_and(|session| !session.busy.contains(&lease.id))
+                })
+                .collect();
+            // Lowest priority first; among equals the largest, to disturb fewest holders.
+            revocable.sort_by_key(|lease| (lease.priority, std::cmp::Reverse(lease.granted)));
+            let mut chosen = Vec::new();
+            let mut reclaimed = free + pending;
+            for lease in revocable {
+                if reclaimed >= bytes {
+                    break;
+                }
+                reclaimed += lease.granted;
+                chosen.push(lease.id.clone());
+            }
+            if reclaimed < bytes {
+                continue; // revoking here would not be enough; try another device
+            }
+            let deadline = now + self.config.revoke_deadline;
+            for lease_id in chosen {
+                let lease = self.leases.get_mut(&lease_id).expect("chosen from the map");
+                lease.phase = Phase::Revoking {
+                    deadline,
+                    overdue: false,
+                };
+                let holder = lease.holder.name.clone();
+                if let Some(session) = lease
+                    .session_id
+                    .as_ref()
+                    .and_then(|id| self.sessions.get(id))
+                {
+                    let _ = session.events.send(pb::SessionEvent {
+                        kind: Some(pb::session_event::Kind::Revoke(pb::Revoke {
+                            lease_id: lease_id.clone(),
+                            deadline_ms: millis(self.config.revoke_deadline),
+                            reason: format!("a {priority:?}-priority request needs {bytes} bytes"),
+                        })),
+                    });
+                }
+                self.notices.push(Notice::Revoked {
+                    lease: lease_id,
+                    holder,
+                });
+            }
+            self.changed();
+            return;
+        }
+    }
+
+    // ---- time and measurement ----
+
+    /// What each holder process is booked for, for a simulated inventory to report.
+    pub fn held_bytes(&self) -> Vec<HeldBytes> {
+        self.leases
+            .values()
+            .filter(|lease| lease.releasing.is_none())
+            .map(|lease| HeldBytes {
+                device_index: lease.device,
+                pid: lease.holder.pid,
+                bytes: lease.granted,
+            })
+            .collect()
+    }
+
+    /// Takes in a fresh measurement: external usage, and which releases are confirmed.
+    pub fn observe(&mut self, usage: Vec<DeviceUsage>, now: Instant) {
+        for (book, usage) in self.devices.iter_mut().zip(usage) {
+            book.usage = usage;
+        }
+        for index in 0..self.devices.len() {
+            let external = self.external_usage(index as u32);
+            if self.devices[index].external != external {
+                self.devices[index].external = external;
+                self.changed();
+            }
+        }
+        let confirmed: Vec<String> = self
+            .leases
+            .values()
+            .filter(|lease| lease.releasing.is_some())
+            .filter(|lease| self.release_visible(lease))
+            .map(|lease| lease.id.clone())
+            .collect();
+        for lease in confirmed {
+            self.leases.remove(&lease);
+            self.notices.push(Notice::ReleaseConfirmed { lease });
+            self.changed();
+        }
+        self.drain_queue(now);
+    }
+
+    /// Measured usage the leases do not cover: processes holding no lease, driver
+    /// overhead, and any holder using more than it was granted.
+    fn external_usage(&self, device: u32) -> u64 {
+        let usage = &self.devices[device as usize].usage;
+        let mut booked_by_pid: HashMap<u32, u64> = HashMap::new();
+        for lease in self.leases.values().filter(|lease| lease.device == device) {
+            *booked_by_pid.entry(lease.holder.pid).or_default() += lease.granted;
+        }
+        let covered: u64 = booked_by_pid
+            .iter()
+            .map(|(pid, &booked)| usage.processes.get(pid).copied().unwrap_or(0).min(booked))
+            .sum();
+        usage.used_bytes.saturating_sub(covered)
+    }
+
+    /// A release shows once the holder process uses no more than its other leases
+    /// cover, or its usage fell by at least 90% of the lease since it released.
+    fn release_visible(&self, lease: &LeaseEntry) -> bool {
+        let Some(release) = &lease.releasing else {
+            return false;
+        };
+        let usage = &self.devices[lease.device as usize].usage;
+        let now_used = usage.processes.get(&lease.holder.pid).copied().unwrap_or(0);
+        let still_held: u64 = self
+            .leases
+            .values()
+            .filter(|other| other.device == lease.device && other.holder.pid == lease.holder.pid)
+            .filter(|other| other.releasing.is_none())
+            .map(|other| other.granted)
+            .sum();
+        let dropped = release.usage_at_release.saturating_sub(now_used);
+        now_used <= still_held || dropped >= lease.granted / 10 * 9
+    }
+
+    /// Advances time: expired sessions, orphans past grace, overdue revocations,
+    /// releases never confirmed, stuck loads, and the end of the recovery window.
+    pub fn tick(&mut self, now: Instant) {
+        let ttl = self.config.session_ttl;
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| now.saturating_duration_since(session.last_heartbeat) > ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session_id in expired {
+            let holder = self.sessions[&session_id].holder.name.clone();
+            self.notices.push(Notice::SessionExpired {
+                session: session_id.clone(),
+                holder,
+            });
+            self.end_session(&session_id, now);
+        }
+
+        let mut to_release = Vec::new();
+        let mut unconfirmed = Vec::new();
+        for lease in self.leases.values_mut() {
+            if lease.orphaned_until.is_some_and(|until| now >= until) {
+                to_release.push(lease.id.clone());
+            }
+            if lease
+                .releasing
+                .as_ref()
+                .is_some_and(|release| now >= release.deadline)
+            {
+                unconfirmed.push((lease.id.clone(), lease.holder.name.clone()));
+            }
+            if let Phase::Revoking { deadline, overdue } = &mut lease.phase
+                && now >= *deadline
+                && !*overdue
+                && lease.releasing.is_none()
+            {
+                *overdue = true;
+                self.notices.push(Notice::RevokeOverdue {
+                    lease: lease.id.clone(),
+                    holder: lease.holder.name.clone(),
+                });
+            }
+            if lease.is_loading()
+                && now.saturating_duration_since(lease.granted_at) >= self.config.loading_timeout
+            {
+                lease.phase = Phase::Active;
+                self.notices.push(Notice::LoadingTimedOut {
+                    lease: lease.id.clone(),
+                });
+            }
+        }
+        for lease in to_release {
+            self.begin_release(&lease, now);
+            self.notices.push(Notice::OrphansReleased { lease });
+        }
+        for (lease, holder) in unconfirmed {
+            self.leases.remove(&lease);
+            self.unconfirmed_releases += 1;
+            self.notices
+                .push(Notice::ReleaseUnconfirmed { lease, holder });
+            self.changed();
+        }
+        self.drain_queue(now);
+    }
+
+    // ---- status ----
+
+    pub fn status(&self, now: Instant) -> pb::StatusResponse {
+        let devices = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(index, book)| {
+                let device = index as u32;
+                pb::Device {
+                    index: book.info.index,
+                    uuid: book.info.uuid.clone(),
+                    name: book.info.name.clone(),
+                    total_bytes: book.info.total_bytes,
+                    used_bytes: book.usage.used_bytes,
+                    reserve_bytes: self.config.reserve_bytes,
+                    leased_bytes: self.leased_on(device),
+                    measured_bytes: self
+                        .leases
+                        .values()
+                        .filter(|lease| lease.device == device)
+                        .map(|lease| lease.measured)
+                        .sum(),
+                    external_bytes: book.external,
+                    free_for_lease_bytes: self.free_bytes(index),
+                    loading_lease_id: self
+                        .loading_on(device)
+                        .map(|lease| lease.id.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        let mut leases: Vec<pb::Lease> = self
+            .leases
+            .values()
+            .map(|lease| self.with_uuid(lease.to_proto(now)))
+            .collect();
+        leases.sort_by(|a, b| {
+            b.age_ms
+                .cmp(&a.age_ms)
+                .then_with(|| a.lease_id.cmp(&b.lease_id))
+        });
+        let queue = self
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(position, waiter)| pb::QueuedRequest {
+                position: position as u32 + 1,
+                session_id: waiter.session_id.clone(),
+                holder: self
+                    .sessions
+                    .get(&waiter.session_id)
+                    .map(|s| s.holder.clone()),
+                bytes: waiter.bytes,
+                priority: waiter.priority.to_proto() as i32,
+                model_key: waiter.model_key.clone(),
+                waited_ms: millis(now.saturating_duration_since(waiter.enqueued_at)),
+                wait_left_ms: millis(waiter.wait_until.saturating_duration_since(now)),
+            })
+            .collect();
+        let mut sessions: Vec<pb::Session> = self
+            .sessions
+            .iter()
+            .map(|(id, session)| pb::Session {
+                session_id: id.clone(),
+                holder: Some(session.holder.clone()),
+                last_heartbeat_ms_ago: millis(
+                    now.saturating_duration_since(session.last_heartbeat),
+                ),
+                lease_count: self
+                    .leases
+                    .values()
+                    .filter(|lease| lease.session_id.as_deref() == Some(id))
+                    .count() as u32,
+            })
+            .collect();
+        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        pb::StatusResponse {
+            devices,
+            leases,
+            queue,
+            sessions,
+            recovery_window_left_ms: millis(self.recovery_ends_at.saturating_duration_since(now)),
+            measured_estimates: self.estimates.clone().into_iter().collect(),
+            broker_instance_id: String::new(),
+            inventory: String::new(),
+            unconfirmed_releases: self.unconfirmed_releases,
+        }
+    }
+
+    fn with_uuid(&self, mut lease: pb::Lease) -> pb::Lease {
+        if let Some(device) = self.devices.get(lease.device_index as usize) {
+            lease.device_uuid = device.info.uuid.clone();
+        }
+        lease
+    }
+
+    /// Checks the books: granted bytes never exceed what a device can lease, and
+    /// every lease belongs to a live session, waits out its grace, or is releasing.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (index, device) in self.devices.iter().enumerate() {
+            let leased = self.leased_on(index as u32);
+            let capacity = device
+                .info
+                .total_bytes
+                .saturating_sub(self.config.reserve_bytes);
+            if leased > capacity {
+                return Err(format!(
+                    "device {index}: {leased} leased > {capacity} leasable"
+                ));
+            }
+            let loading = self
+                .leases
+                .values()
+                .filter(|lease| lease.device == index as u32 && lease.is_loading())
+                .count();
+            if loading > 1 {
+                return Err(format!("device {index}: {loading} leases loading at once"));
+            }
+        }
+        for lease in self.leases.values() {
+            let owned = lease
+                .session_id
+                .as_ref()
+                .is_some_and(|id| self.sessions.contains_key(id));
+            if !(owned || lease.orphaned_until.is_some() || lease.releasing.is_some()) {
+                return Err(format!("lease {} is owned by nobody", lease.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of the leases that are booked and not on their way out.
+    pub fn live_lease_ids(&self) -> Vec<String> {
+        self.leases
+            .values()
+            .filter(|lease| lease.releasing.is_none())
+            .map(|lease| lease.id.clone())
+            .collect()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+fn unknown_session(session_id: &str) -> BrokerError {
+    if session_id.is_empty() {
+        BrokerError::invalid(
+            "session_id",
+            "required: open a session with OpenSession first",
+        )
+    } else {
+        BrokerError::NotFound(format!(
+            "no session {session_id}: open one with OpenSession"
+        ))
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn signed_ms_until(at: Instant, now: Instant) -> i64 {
+    if at >= now {
+        i64::try_from((at - now).as_millis()).unwrap_or(i64::MAX)
+    } else {
+        -i64::try_from((now - at).as_millis()).unwrap_or(i64::MAX)
+    }
+}

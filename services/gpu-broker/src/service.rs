@@ -1,0 +1,514 @@
+//! `plenum.broker.v1.Broker` over the ledger: turns calls into ledger operations,
+//! waits for queued grants, and keeps the books in step with the inventory.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::Stream;
+use plenum_proto::broker::v1::broker_server::Broker;
+use plenum_proto::broker::v1::{self as pb, session_event, session_request};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::BrokerError;
+use crate::inventory::Inventory;
+use crate::ledger::{AcquireOutcome, AcquireSpec, Ledger, Notice, Priority, Purpose};
+use crate::metrics::BrokerMetrics;
+
+/// Everything the handlers and the background loop share.
+pub(crate) struct Shared {
+    ledger: Mutex<Ledger>,
+    inventory: Arc<dyn Inventory>,
+    instance_id: String,
+    metrics: BrokerMetrics,
+    /// Carries the ledger version; WatchStatus wakes on every change.
+    changes: watch::Sender<u64>,
+    /// Asks the background loop to measure now (after a release).
+    measure_soon: Notify,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        ledger: Ledger,
+        inventory: Arc<dyn Inventory>,
+        metrics: BrokerMetrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            ledger: Mutex::new(ledger),
+            inventory,
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            metrics,
+            changes: watch::channel(0).0,
+            measure_soon: Notify::new(),
+            shutdown,
+        }
+    }
+
+    /// Runs `operation` on the ledger, then publishes what changed.
+    fn with_ledger<T>(&self, operation: impl FnOnce(&mut Ledger, Instant) -> T) -> T {
+        let mut ledger = self.lock();
+        let result = operation(&mut ledger, Instant::now());
+        self.after_change(&mut ledger);
+        result
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
+        // A panic while holding the lock is a bug; the books are still the best we have.
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn after_change(&self, ledger: &mut Ledger) {
+        for notice in ledger.take_notices() {
+            self.metrics.record(&notice);
+            log_notice(&notice);
+        }
+        self.changes.send_if_modified(|version| {
+            let changed = *version != ledger.version();
+            *version = ledger.version();
+            changed
+        });
+    }
+
+    /// Measures the devices (outside the lock: NVML calls take milliseconds) and
+    /// advances the ledger's clock.
+    pub(crate) fn measure_and_tick(&self) {
+        let held = self.lock().held_bytes();
+        let measured = self.inventory.measure(&held);
+        let mut ledger = self.lock();
+        let now = Instant::now();
+        match measured {
+            Ok(usage) => ledger.observe(usage, now),
+            Err(error) => {
+                tracing::warn!(%error, "cannot measure devices; keeping the last measurement")
+            }
+        }
+        ledger.tick(now);
+        self.after_change(&mut ledger);
+        let status = self.decorate(ledger.status(now));
+        drop(ledger);
+        self.metrics.update(&status);
+    }
+
+    fn decorate(&self, mut status: pb::StatusResponse) -> pb::StatusResponse {
+        status.broker_instance_id = self.instance_id.clone();
+        status.inventory = self.inventory.kind().to_owned();
+        status
+    }
+
+    pub(crate) fn status(&self) -> pb::StatusResponse {
+        let status = self.lock().status(Instant::now());
+        self.decorate(status)
+    }
+
+    pub(crate) async fn measure_soon_notified(&self) {
+        self.measure_soon.notified().await;
+    }
+
+    pub(crate) fn announce_shutdown(&self) {
+        self.lock()
+            .announce_shutdown("the broker is shutting down; keep your leases and reconnect");
+    }
+}
+
+fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Granted {
+            lease,
+            bytes,
+            device,
+        } => {
+            tracing::debug!(%lease, bytes, device, "lease granted");
+        }
+        Notice::Revoked { lease, holder } => tracing::info!(%lease, %holder, "revocation sent"),
+        Notice::RevokeOverdue { lease, holder } => {
+            tracing::warn!(%lease, %holder, "holder let a revocation deadline pass; its bytes stay booked");
+        }
+        Notice::ReleaseConfirmed { lease } => {
+            tracing::debug!(%lease, "release confirmed by the inventory")
+        }
+        Notice::ReleaseUnconfirmed { lease, holder } => tracing::warn!(
+            %lease, %holder,
+            "release never showed in the inventory within the bounded wait; returning the bytes anyway"
+        ),
+        Notice::SessionExpired { session, holder } => {
+            tracing::warn!(%session, %holder, "session missed its heartbeats; its leases are orphaned");
+        }
+        Notice::OrphansReleased { lease } => {
+            tracing::info!(%lease, "orphaned lease released after the grace");
+        }
+        Notice::LoadingTimedOut { lease } => {
+            tracing::warn!(%lease, "lease loaded for too long without a commit; it no longer blocks its device");
+        }
+    }
+}
+
+/// The gRPC face of the broker.
+#[derive(Clone)]
+pub struct BrokerService {
+    shared: Arc<Shared>,
+}
+
+impl BrokerService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    type OpenSessionStream = EventStream;
+    type WatchStatusStream = StatusStream;
+
+    async fn open_session(
+        &self,
+        request: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::SessionRequest {
+                kind: Some(session_request::Kind::Hello(hello)),
+            }) => hello,
+            Some(_) => {
+                return Err(BrokerError::invalid(
+                    "kind",
+                    "the first message of a session must be `hello`",
+                )
+                .into());
+            }
+            None => {
+                return Err(BrokerError::invalid("hello", "the stream ended before `hello`").into());
+            }
+        };
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (session_id, reclaims) = self.shared.with_ledger(|ledger, now| {
+            ledger.open_session(hello.holder, hello.reclaims, events_tx, now)
+        })?;
+        let config = self.shared.lock().config().clone();
+        let opened = pb::SessionEvent {
+            kind: Some(session_event::Kind::Opened(pb::SessionOpened {
+                session_id: session_id.clone(),
+                ttl_ms: config.session_ttl.as_millis() as u64,
+                heartbeat_interval_ms: (config.session_ttl / 3).as_millis() as u64,
+                broker_instance_id: self.shared.instance_id.clone(),
+                reclaims,
+            })),
+        };
+
+        let (outbound, outbound_rx) = mpsc::channel(16);
+        let _ = outbound.try_send(Ok(opened));
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = inbound.message() => match message {
+                        Ok(Some(pb::SessionRequest { kind: Some(session_request::Kind::Heartbeat(beat)) })) => {
+                            let alive = shared.with_ledger(|ledger, now| {
+                                ledger.heartbeat(&session_id, beat.busy_lease_ids, now)
+                            });
+                            if alive.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(Some(_)) => {
+                            let error = BrokerError::invalid("kind", "only heartbeats may follow `hello` on a session");
+                            let _ = outbound.send(Err(error.into())).await;
+                            break;
+                        }
+                        // The holder closed the stream or its connection died (kill -9).
+                        Ok(None) | Err(_) => break,
+                    },
+                    event = events.recv() => match event {
+                        Some(event) => {
+                            if outbound.send(Ok(event)).await.is_err() {
+                                break;
+                            }
+                        }
+                        // The ledger ended this session (missed heartbeats).
+                        None => break,
+                    },
+                    () = shared.shutdown.cancelled() => {
+                        // Deliver the shutdown notice, then let the server stop.
+                        while let Ok(event) = events.try_recv() {
+                            let _ = outbound.send(Ok(event)).await;
+                        }
+                        return;
+                    }
+                }
+            }
+            shared.with_ledger(|ledger, now| ledger.end_session(&session_id, now));
+            tracing::info!(%session_id, "session ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let deadline = grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        let wait = queue_wait(Duration::from_millis(request.max_wait_ms), deadline);
+        let spec = AcquireSpec {
+            session_id: request.session_id,
+            bytes: request.bytes,
+            device: request.device_index,
+            priority: Priority::from_proto(request.priority)?,
+            purpose: Purpose::from_proto(request.purpose)?,
+            wait,
+            model_key: request.model_key,
+            use_measured_estimate: request.use_measured_estimate,
+        };
+        let outcome = self
+            .shared
+            .with_ledger(|ledger, now| ledger.acquire(spec, now));
+        let lease = match outcome {
+            Ok(AcquireOutcome::Granted(lease)) => lease,
+            Ok(AcquireOutcome::Queued { waiter, grant }) => {
+                QueuedAcquire::new(Arc::clone(&self.shared), waiter, grant)
+                    .wait(wait)
+                    .await?
+            }
+            Err(error) => {
+                if matches!(error, BrokerError::Exhausted(_)) {
+                    self.shared.metrics.refusals.inc();
+                }
+                return Err(error.into());
+            }
+        };
+        Ok(Response::new(pb::AcquireResponse { lease: Some(lease) }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let request = request.into_inner();
+        let lease = self.shared.with_ledger(|ledger, now| {
+            ledger.commit(
+                &request.session_id,
+                &request.lease_id,
+                request.measured_bytes,
+                now,
+            )
+        })?;
+        Ok(Response::new(pb::CommitResponse { lease: Some(lease) }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let lease = self.shared.with_ledger(|ledger, now| {
+            ledger.release(&request.session_id, &request.lease_id, now)
+        })?;
+        // The bytes come back once the inventory shows them freed: look soon.
+        self.shared.measure_soon.notify_one();
+        Ok(Response::new(pb::ReleaseResponse { lease: Some(lease) }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(self.shared.status()))
+    }
+
+    async fn watch_status(
+        &self,
+        request: Request<pb::WatchStatusRequest>,
+    ) -> Result<Response<StatusStream>, Status> {
+        let interval = match request.into_inner().interval_ms {
+            0 => Duration::from_secs(1),
+            ms => Duration::from_millis(ms.max(50)),
+        };
+        let shared = Arc::clone(&self.shared);
+        let mut changes = shared.changes.subscribe();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                if tx.send(Ok(shared.status())).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(interval) => {}
+                    () = tx.closed() => return,
+                    () = shared.shutdown.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// An Acquire waiting in the queue. If the caller goes away (cancelled, deadline),
+/// dropping this takes the request out of the queue, and gives back a grant that
+/// raced with the departure, so nothing is booked for a caller who never heard.
+struct QueuedAcquire {
+    shared: Arc<Shared>,
+    waiter: u64,
+    grant: oneshot::Receiver<pb::Lease>,
+    settled: bool,
+}
+
+impl QueuedAcquire {
+    fn new(shared: Arc<Shared>, waiter: u64, grant: oneshot::Receiver<pb::Lease>) -> Self {
+        Self {
+            shared,
+            waiter,
+            grant,
+            settled: false,
+        }
+    }
+
+    async fn wait(mut self, wait: Duration) -> Result<pb::Lease, Status> {
+        let timeout = tokio::time::sleep(wait);
+        tokio::select! {
+            granted = &mut self.grant => {
+                self.settled = true;
+                granted.map_err(|_| Status::not_found("the session ended while the request was queued"))
+            }
+            () = timeout => {
+                let waiter = self.waiter;
+                let refusal = self.shared.with_ledger(|ledger, now| ledger.cancel_waiter(waiter, now));
+                self.settled = true;
+                match refusal {
+                    Some(refusal) => {
+                        self.shared.metrics.refusals.inc();
+                        Err(BrokerError::Exhausted(refusal).into())
+                    }
+                    // Granted in the instant before the timeout took it out.
+                    None => self.grant.try_recv().map_err(|_| {
+                        Status::not_found("the session ended while the request was queued")
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for QueuedAcquire {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let waiter = self.waiter;
+        let raced = self.grant.try_recv().ok();
+        self.shared.with_ledger(|ledger, now| {
+            ledger.cancel_waiter(waiter, now);
+            if let Some(lease) = raced {
+                ledger.discard_undelivered(&lease.lease_id, now);
+            }
+        });
+    }
+}
+
+/// How long an Acquire may queue: its own `max_wait`, cut short enough before the
+/// call's deadline that the refusal still reaches the caller.
+fn queue_wait(max_wait: Duration, deadline: Option<Duration>) -> Duration {
+    match deadline {
+        Some(deadline) => {
+            let margin =
+                (deadline / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
+            max_wait.min(deadline.saturating_sub(margin))
+        }
+        None => max_wait,
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Checks `authorization: Bearer <token>` on every broker call when a token is set.
+#[derive(Clone)]
+pub struct TokenCheck {
+    expected: Option<Arc<str>>,
+}
+
+impl TokenCheck {
+    pub fn new(token: Option<Arc<str>>) -> Self {
+        Self { expected: token }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(request),
+            Some(_) => Err(BrokerError::Unauthenticated("the bearer token is wrong").into()),
+            None => Err(BrokerError::Unauthenticated(
+                "this broker needs `authorization: Bearer <token>`",
+            )
+            .into()),
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal the token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpc_timeouts() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(250)));
+        metadata.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
+        metadata.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), None);
+    }
+
+    #[test]
+    fn the_queue_wait_ends_before_the_deadline() {
+        let wait = queue_wait(Duration::from_secs(5), Some(Duration::from_secs(1)));
+        assert_eq!(wait, Duration::from_millis(900));
+        let wait = queue_wait(Duration::from_millis(200), Some(Duration::from_secs(10)));
+        assert_eq!(wait, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Train a YOLOv8n detector FROM SCRATCH on synthetic HVAC blueprints, validate, export, publish.
+
+    python training/train_yolo.py                          # the shipped hvac-yolov8n (4 classes)
+    python training/train_yolo.py --name test-2class --classes diffuser damper \
+        --epochs 8 --imgsz 320 --train-count 300 --val-count 60 --seed 7
+
+Steps: generate a seeded dataset with blueprint_gen (training/datasets/, git-ignored), train
+yolov8n.yaml on CPU (no pretrained weights, no downloads), validate on held-out generated images
+(and, for the full model, on whole 1600x1200 pages letterboxed to 1280), export TorchScript with
+dynamic=True, check the export, and write models/detector/<name>.torchscript + <name>.toml.
+
+Scale: training images are imgsz x imgsz small pages drawn at the page's native resolution, so a
+symbol has the same pixel size in training as in a native-scale tile of a page. The scale
+augmentation (+-30%) also covers a whole 1600x1200 page letterboxed to 1280 (symbols x0.8).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+# Before torch loads: libgomp's busy-wait makes this VM 10-25x slower, and nothing may download.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+TRAINING = Path(__file__).resolve().parent
+ROOT = TRAINING.parent
+RUNS = TRAINING / "runs"
+CONFIG_DIR = RUNS / "yolo-config"
+os.environ.setdefault("YOLO_CONFIG_DIR", str(CONFIG_DIR))
+CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+for _name in ("Arial.ttf", "Arial.Unicode.ttf"):  # ultralytics would download these otherwise
+    if not (CONFIG_DIR / _name).exists():
+        shutil.copyfile(_FONT, CONFIG_DIR / _name)
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(TRAINING))
+import blueprint_gen as gen  # noqa: E402
+
+
+def build_dataset(root: Path, classes: list[str], draw_classes: list[str], imgsz: int, seed: int,
+                  n_train: int, n_val: int, min_symbols: int, max_symbols: int) -> Path:
+    """Generate train/val splits once (reused when the folder is complete) and write data.yaml."""
+    stamp = root / "done.json"
+    want = {"classes": classes, "draw": draw_classes, "imgsz": imgsz, "seed": seed, "train": n_train,
+            "val": n_val, "symbols": [min_symbols, max_symbols]}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):
+        if root.exists():
+            shutil.rmtree(root)
+        t = time.time()
+        # train and val come from different seeds: val is held out
+        gen.write_yolo_split(root / "images/train", root / "labels/train", n_train, seed, imgsz,
+                             classes, min_symbols, max_symbols, draw_classes)
+        gen.write_yolo_split(root / "images/val", root / "labels/val", n_val, seed + 100_000, imgsz,
+                             classes, min_symbols, max_symbols, draw_classes)
+        stamp.write_text(json.dumps(want))
+        print(f"dataset: {n_train} train + {n_val} val images in {time.time() - t:.0f}s -> {root}", flush=True)
+    data = root / "data.yaml"
+    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(classes))
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    return data
+
+
+def build_page_set(root: Path, classes: list[str], count: int, seed: int) -> Path:
+    """Whole 1600x1200 pages (the shape the service gets) as a YOLO val set."""
+    img_dir, lbl_dir = root / "images/val", root / "labels/val"
+    if not (root / "done").exists():
+        if root.exists():
+            shutil.rmtree(root)
+        gen.write_pages(img_dir, count, seed)
+        lbl_dir.mkdir(parents=True, exist_ok=True)
+        for j in sorted(img_dir.glob("*.json")):
+            gt = json.loads(j.read_text())
+            (lbl_dir / f"{j.stem}.txt").write_text(gen.yolo_label_text(gt["symbols"], gt["width"], gt["height"], classes))
+            j.rename(root / j.name)  # keep the JSON next to, not inside, the image folder
+        (root / "done").write_text("")
+    data = root / "data.yaml"
+    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(classes))
+    data.write_text(f"path: {root}\ntrain: images/val\nval: images/val\nnames:\n{names}\n")
+    return data
+
+
+def per_class(metrics, classes: list[str]) -> dict:
+    box = metrics.box
+    out = {"map50": round(float(box.map50), 4), "map50_95": round(float(box.map), 4), "classes": {}}
+    for k, cls in enumerate(classes):
+        out["classes"][cls] = {"map50": round(float(box.ap50[k]), 4), "map50_95": round(float(box.ap[k]), 4)}
+    return out
+
+
+def check_export(ts_path: Path, nc: int, imgsz: int) -> dict:
+    """The exported file loads with torch.jit.load and accepts any batch and any /32 size."""
+    import torch
+
+    m = torch.jit.load(str(ts_path), map_location="cpu").eval()
+    shapes = {}
+    with torch.no_grad():
+        for shape in [(2, 3, imgsz, imgsz * 3 // 4 // 32 * 32), (1, 3, 960, 1280), (3, 3, 320, 320)]:
+            y = m(torch.rand(*shape))
+            y = y[0] if isinstance(y, (list, tuple)) else y
+            a = sum((shape[2] // s) * (shape[3] // s) for s in (8, 16, 32))
+            assert tuple(y.shape) == (shape[0], 4 + nc, a), (shape, tuple(y.shape))
+            shapes["x".join(map(str, shape))] = list(y.shape)
+    return shapes
+
+
+def page_check(ts_path: Path, classes: list[str], page_dir: Path, size: int = 1280, conf: float = 0.25) -> dict:
+    """Run the exported TorchScript the way the service will: letterbox a page to `size`, decode,
+    class-wise NMS; match to ground truth (IoU >= 0.5, same class). Independent of ultralytics."""
+    import torch
+    import torchvision
+    from PIL import Image
+
+    m = torch.jit.load(str(ts_path), map_location="cpu").eval()
+    tp = fp = fn = 0
+    for j in sorted(page_dir.glob("*.json")):
+        gt = json.loads(j.read_text())
+        img = Image.open(page_dir / "images/val" / gt["image"]).convert("RGB")
+        w, h = img.size
+        r = min(size / w, size / h)
+        nw, nh = round(w * r), round(h * r)
+        ph, pw = (-nh) % 32, (-nw) % 32  # minimal padding to a multiple of 32 (any size works)
+        canvas = Image.new("RGB", (nw + pw, nh + ph), (114, 114, 114))
+        canvas.paste(img.resize((nw, nh), Image.BILINEAR), (pw // 2, ph // 2))
+        x = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            y = m(x)
+        y = (y[0] if isinstance(y, (list, tuple)) else y)[0].T  # [A, 4+nc]
+        scores, cls = y[:, 4:].max(1)
+        keep = scores > conf
+        b, scores, cls = y[keep, :4], scores[keep], cls[keep]
+        xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)
+        keep = torchvision.ops.batched_nms(xyxy, scores, cls, 0.45)
+        xyxy, cls = xyxy[keep], cls[keep]
+        xyxy[:, [0, 2]] = (xyxy[:, [0, 2]] - pw // 2) / r
+        xyxy[:, [1, 3]] = (xyxy[:, [1, 3]] - ph // 2) / r
+        want = [s for s in gt["symbols"] if s["class"] in classes]
+        used = set()
+        for s in want:
+            g = torch.tensor([s["box"]], dtype=torch.float32)
+            if len(xyxy) == 0:
+                fn += 1
+                continue
+            iou = torchvision.ops.box_iou(g, xyxy)[0]
+            iou[cls != classes.index(s["class"])] = 0
+            for k in used:
+                iou[k] = 0
+            k = int(iou.argmax())
+            if iou[k] >= 0.5:
+                tp += 1
+                used.add(k)
+            else:
+                fn += 1
+        fp += len(xyxy) - len(used)
+    return {"size": size, "conf": conf, "tp": tp, "fp": fp, "fn": fn,
+            "recall": round(tp / max(tp + fn, 1), 4), "precision": round(tp / max(tp + fp, 1), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", default="hvac-yolov8n")
+    ap.add_argument("--classes", nargs="+", default=gen.CLASSES, choices=gen.CLASSES)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--train-count", type=int, default=180)
+    ap.add_argument("--val-count", type=int, default=100)
+    ap.add_argument("--min-symbols", type=int, default=8)
+    ap.add_argument("--max-symbols", type=int, default=22)
+    ap.add_argument("--pages", type=int, default=40, help="whole-page eval pages (0: skip)")
+    ap.add_argument("--pages-seed", type=int, default=1234)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "models/detector")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from our own earlier weights (e.g. runs/hvac-yolov8n/weights/last.pt); "
+                         "layers whose shape matches are copied, the class head starts fresh")
+    ap.add_argument("--skip-train", action="store_true", help="reuse runs/<name>/weights/last.pt")
+    a = ap.parse_args()
+
+    import torch
+    from ultralytics import YOLO
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    classes = list(a.classes)
+    scale = a.imgsz // 32 * 32
+    ds = TRAINING / "datasets" / f"{a.name}-s{a.seed}-{scale}"
+    data = build_dataset(ds, classes, gen.CLASSES, scale, a.seed, a.train_count, a.val_count,
+                         a.min_symbols, a.max_symbols)
+    run_dir = RUNS / a.name
+    t0 = time.time()
+    if not a.skip_train:
+        model = YOLO("yolov8n.yaml")  # architecture only: random init, nothing downloaded
+        model.train(
+            data=str(data), epochs=a.epochs, imgsz=scale, batch=a.batch, device="cpu", workers=a.workers,
+            seed=a.seed, deterministic=True, pretrained=str(a.init) if a.init else False, amp=False, plots=False,
+            cache=True,
+            project=str(RUNS), name=a.name, exist_ok=True, val=False,  # validate once, at the end
+            optimizer="AdamW", lr0=0.002, cos_lr=True, warmup_epochs=1, warmup_bias_lr=0.0, close_mosaic=max(1, a.epochs // 4),
+            # black-on-white line drawings: no colour jitter, mild scale (covers the 0.8 of letterbox-1280)
+            hsv_h=0.0, hsv_s=0.0, hsv_v=0.2, scale=0.3, translate=0.1, degrees=0.0, fliplr=0.5,
+            mosaic=1.0, verbose=True,
+        )
+    train_s = time.time() - t0
+    weights = run_dir / "weights" / "last.pt"
+    model = YOLO(str(weights))
+
+    report: dict = {"name": a.name, "seed": a.seed, "epochs": a.epochs, "imgsz": scale, "classes": classes,
+                    "train_images": a.train_count, "train_wall_s": round(train_s)}
+    val = model.val(data=str(data), imgsz=scale, batch=8, device="cpu", plots=False, workers=0,
+                    project=str(RUNS), name=f"{a.name}-val", exist_ok=True, verbose=False)
+    report["heldout"] = per_class(val, classes) | {"images": a.val_count, "seed": a.seed + 100_000}
+    if a.pages:
+        pages = build_page_set(TRAINING / "datasets" / f"pages-s{a.pages_seed}-{a.pages}", classes, a.pages, a.pages_seed)
+        for size in (1280, 640):
+            v = model.val(data=str(pages), imgsz=size, batch=4, device="cpu", plots=False, workers=0, rect=True,
+                          project=str(RUNS), name=f"{a.name}-pages{size}", exist_ok=True, verbose=False)
+            report[f"pages_letterbox{size}"] = per_class(v, classes) | {"pages": a.pages, "seed": a.pages_seed}
+
+    ts = Path(model.export(format="torchscript", dynamic=True, imgsz=scale, device="cpu"))
+    report["export_shapes"] = check_export(ts, len(classes), scale)
+    if a.pages:
+        report["torchscript_page_check"] = page_check(ts, classes, pages.parent)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    dst = a.out / f"{a.name}.torchscript"
+    shutil.copyfile(ts, dst)
+    sha = hashlib.sha256(dst.read_bytes()).hexdigest()
+    h = report["heldout"]
+    labels = ", ".join(f'"{c}"' for c in classes)
+    src = (f"trained here: training/train_yolo.py --name {a.name} --classes {' '.join(classes)} --seed {a.seed} "
+           f"--epochs {a.epochs} --imgsz {scale} --train-count {a.train_count} "
+           + (f"--init {a.init.resolve().relative_to(ROOT)} (yolov8n.yaml, weights from that run)" if a.init
+              else "(yolov8n.yaml from scratch)"))
+    (a.out / f"{a.name}.toml").write_text(f'''name = "{a.name}"
+task = "detect"
+file = "{dst.name}"
+sha256 = "{sha}"
+vram_estimate_bytes = 268435456
+source = "{src}"
+
+[input]
+shape = [-1, 3, -1, -1]
+dtype = "float32"
+color = "RGB"
+mean = [0.0, 0.0, 0.0]
+std = [1.0, 1.0, 1.0]
+stride = 32
+size = {scale}            # the imgsz it was trained at (native scale: 1 page px = 1 input px)
+
+[labels]
+classes = [{labels}]
+
+[metrics]
+map50 = {h["map50"]}
+map50_95 = {h["map50_95"]}
+eval = "{a.val_count} held-out {scale}x{scale} generated images, seed {a.seed + 100_000}"
+''')
+    report["file"] = str(dst.relative_to(ROOT))
+    report["bytes"] = dst.stat().st_size
+    report["sha256"] = sha
+    report["total_wall_s"] = round(time.time() - t0)
+    (RUNS / f"{a.name}-report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
