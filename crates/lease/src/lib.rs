@@ -468,6 +468,12 @@ pub struct Authorize {
     token: Option<Arc<str>>,
 }
 
+impl Authorize {
+    pub fn new(token: Option<Arc<str>>) -> Self {
+        Self { token }
+    }
+}
+
 impl tonic::service::Interceptor for Authorize {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let mut request = plenum_runtime::propagation::inject_trace_context(request)?;

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{BrokerError, Refusal};
+use plenum_runtime::bytes::format_bytes;
+
 use crate::inventory::{DeviceInfo, DeviceUsage, HeldBytes};
 
 /// Timings and headroom that shape the books.
@@ -515,15 +517,15 @@ impl Ledger {
         spec: AcquireSpec,
         now: Instant,
     ) -> Result<AcquireOutcome, BrokerError> {
-        if !self.sessions.contains_key(&spec.session_id) {
-            return Err(unknown_session(&spec.session_id));
-        }
         let requested = u64::try_from(spec.bytes)
             .ok()
             .filter(|&bytes| bytes > 0)
             .ok_or_else(|| {
                 BrokerError::invalid("bytes", format!("must be > 0, got {}", spec.bytes))
             })?;
+        if !self.sessions.contains_key(&spec.session_id) {
+            return Err(unknown_session(&spec.session_id));
+        }
         let (bytes, from_estimate) = match self.estimates.get(&spec.model_key) {
             Some(&estimate) if spec.use_measured_estimate && !spec.model_key.is_empty() => {
                 (estimate, true)
@@ -620,8 +622,9 @@ impl Ledger {
         } else {
             let free = self.candidate_free(waiter.device);
             format!(
-                "not enough VRAM: {} bytes requested, {free} free for leases; waited {} ms",
-                waiter.bytes,
+                "not enough VRAM: {} requested, {} free for leases; waited {} ms",
+                format_bytes(waiter.bytes),
+                format_bytes(free),
                 millis(now.saturating_duration_since(waiter.enqueued_at))
             )
         };
@@ -954,8 +957,15 @@ impl Ledger {
                     session.is_some_and(|session| !session.busy.contains(&lease.id))
                 })
                 .collect();
-            // Lowest priority first; among equals the largest, to disturb fewest holders.
-            revocable.sort_by_key(|lease| (lease.priority, std::cmp::Reverse(lease.granted)));
+            // Lowest priority first; among equals the largest (to disturb the fewest
+            // holders), then the newest (the cheapest load to redo).
+            revocable.sort_by_key(|lease| {
+                (
+                    lease.priority,
+                    std::cmp::Reverse(lease.granted),
+                    std::cmp::Reverse(lease.granted_at),
+                )
+            });
             let mut chosen = Vec::new();
             let mut reclaimed = free + pending;
             for lease in revocable {

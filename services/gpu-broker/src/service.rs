@@ -187,7 +187,9 @@ impl Broker for BrokerService {
                 .into());
             }
             None => {
-                return Err(BrokerError::invalid("hello", "the stream ended before `hello`").into());
+                return Err(
+                    BrokerError::invalid("hello", "the stream ended before `hello`").into(),
+                );
             }
         };
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -273,7 +275,10 @@ impl Broker for BrokerService {
             .shared
             .with_ledger(|ledger, now| ledger.acquire(spec, now));
         let lease = match outcome {
-            Ok(AcquireOutcome::Granted(lease)) => lease,
+            Ok(AcquireOutcome::Granted(lease)) => {
+                self.shared.measure_soon.notify_one();
+                lease
+            }
             Ok(AcquireOutcome::Queued { waiter, grant }) => {
                 QueuedAcquire::new(Arc::clone(&self.shared), waiter, grant)
                     .wait(wait)

@@ -1,0 +1,51 @@
+# Plenum: `make demo` runs the main job, `make test` runs every test.
+# Both set up what they need on a fresh machine (Rust toolchain and Python 3.11 assumed).
+
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+# libgomp's default spin-waiting makes libtorch 10-25x slower on small VMs.
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: setup venv models build test test-rust test-grpcurl test-python lint demo bench clean
+
+setup: venv models
+
+venv: $(STAMP)
+
+$(STAMP): python/requirements.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+	touch $@
+
+models: venv
+	VENV=$(VENV) scripts/provision-models.sh
+
+build:
+	cargo build --release --workspace --bins
+
+test: setup test-rust test-grpcurl test-python
+
+test-rust:
+	cargo test --workspace --all-targets
+
+test-grpcurl: venv
+	GRPCURL=$(VENV)/bin/grpcurl scripts/grpcurl-check.sh
+
+test-python: setup
+	$(PYTHON) -m unittest discover -s tests/python -v
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+demo: build
+	scripts/demo.sh
+
+bench: build
+	scripts/bench-broker.sh
+
+clean:
+	cargo clean
+	rm -rf $(VENV) models/ocr/generated

@@ -1,0 +1,352 @@
+//! Random sequences of operations, disconnects and broker restarts against the
+//! ledger, with holders modelled as the lease client behaves. After every step:
+//! granted bytes never exceed what a device can lease, at most one lease loads per
+//! device, and every lease is accounted for (a live holder knows it, or it is an
+//! orphan waiting out its grace, or it is being released).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use plenum_broker::inventory::{Inventory, Simulated};
+use plenum_broker::ledger::{AcquireOutcome, AcquireSpec, Ledger, LedgerConfig, Priority, Purpose};
+use plenum_proto::broker::v1 as pb;
+use proptest::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+const GIB: u64 = 1 << 30;
+const HOLDERS: usize = 4;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Open(usize),
+    Acquire {
+        holder: usize,
+        gib_quarters: u64,
+        priority: u8,
+        wait: bool,
+    },
+    Commit {
+        holder: usize,
+        pick: usize,
+        gib_quarters: u64,
+    },
+    Release {
+        holder: usize,
+        pick: usize,
+    },
+    Disconnect(usize),
+    Heartbeat(usize),
+    Advance(u64),
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let holder = 0..HOLDERS;
+    prop_oneof![
+        3 => holder.clone().prop_map(Op::Open),
+        6 => (holder.clone(), 1..40u64, 0..4u8, any::<bool>())
+            .prop_map(|(holder, gib_quarters, priority, wait)| Op::Acquire { holder, gib_quarters, priority, wait }),
+        3 => (holder.clone(), any::<usize>(), 1..40u64)
+            .prop_map(|(holder, pick, gib_quarters)| Op::Commit { holder, pick, gib_quarters }),
+        3 => (holder.clone(), any::<usize>()).prop_map(|(holder, pick)| Op::Release { holder, pick }),
+        1 => holder.clone().prop_map(Op::Disconnect),
+        2 => holder.prop_map(Op::Heartbeat),
+        3 => (1..4000u64).prop_map(Op::Advance),
+        1 => Just(Op::Restart),
+    ]
+}
+
+/// One holder process as the lease client models it.
+#[derive(Default)]
+struct Holder {
+    session: Option<String>,
+    held: HashMap<String, pb::LeaseClaim>,
+    pending: Vec<oneshot::Receiver<pb::Lease>>,
+    events: Option<mpsc::UnboundedReceiver<pb::SessionEvent>>,
+}
+
+fn claim(lease: &pb::Lease) -> pb::LeaseClaim {
+    pb::LeaseClaim {
+        lease_id: lease.lease_id.clone(),
+        device_uuid: lease.device_uuid.clone(),
+        bytes: lease.granted_bytes as i64,
+        committed: lease.measured_bytes > 0,
+        priority: lease.priority,
+        purpose: lease.purpose,
+        model_key: lease.model_key.clone(),
+    }
+}
+
+struct World {
+    sim: Simulated,
+    config: LedgerConfig,
+    ledger: Ledger,
+    holders: Vec<Holder>,
+    now: Instant,
+}
+
+impl World {
+    fn new() -> Self {
+        let sim = Simulated::parse("A:8GiB,B:4GiB").unwrap();
+        let config = LedgerConfig {
+            reserve_bytes: GIB / 2,
+            session_ttl: Duration::from_secs(3),
+            orphan_grace: Duration::from_secs(1),
+            release_confirm_timeout: Duration::from_secs(2),
+            revoke_deadline: Duration::from_secs(2),
+            recovery_window: Duration::from_secs(1),
+            loading_timeout: Duration::from_secs(10),
+        };
+        let now = Instant::now();
+        let ledger = Ledger::new(config.clone(), sim.devices(), now);
+        Self {
+            sim,
+            config,
+            ledger,
+            holders: (0..HOLDERS).map(|_| Holder::default()).collect(),
+            now,
+        }
+    }
+
+    fn holder_proto(index: usize) -> pb::Holder {
+        pb::Holder {
+            name: format!("holder-{index}"),
+            instance_id: format!("instance-{index}"),
+            pid: 100 + index as u32,
+            host: "test".into(),
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let now = self.now;
+        match *op {
+            Op::Open(index) => {
+                if self.holders[index].session.is_some() {
+                    return;
+                }
+                let claims: Vec<_> = self.holders[index].held.values().cloned().collect();
+                let (tx, rx) = mpsc::unbounded_channel();
+                let (session, reclaims) = self
+                    .ledger
+                    .open_session(Some(Self::holder_proto(index)), claims, tx, now)
+                    .expect("valid hello");
+                let holder = &mut self.holders[index];
+                for reclaim in reclaims.iter().filter(|r| !r.accepted) {
+                    holder.held.remove(&reclaim.lease_id);
+                }
+                holder.session = Some(session);
+                holder.events = Some(rx);
+            }
+            Op::Acquire {
+                holder: index,
+                gib_quarters,
+                priority,
+                wait,
+            } => {
+                let Some(session) = self.holders[index].session.clone() else {
+                    return;
+                };
+                let spec = AcquireSpec {
+                    session_id: session,
+                    bytes: (gib_quarters * GIB / 4) as i64,
+                    device: None,
+                    priority: Priority::from_proto(i32::from(priority)).unwrap(),
+                    purpose: Purpose::Weights,
+                    wait: if wait {
+                        Duration::from_secs(5)
+                    } else {
+                        Duration::ZERO
+                    },
+                    model_key: format!("model-{index}"),
+                    use_measured_estimate: false,
+                };
+                match self.ledger.acquire(spec, now) {
+                    Ok(AcquireOutcome::Granted(lease)) => {
+                        self.holders[index]
+                            .held
+                            .insert(lease.lease_id.clone(), claim(&lease));
+                    }
+                    Ok(AcquireOutcome::Queued { grant, .. }) => {
+                        self.holders[index].pending.push(grant)
+                    }
+                    Err(_) => {}
+                }
+            }
+            Op::Commit {
+                holder: index,
+                pick,
+                gib_quarters,
+            } => {
+                let Some((session, lease_id)) = self.pick(index, pick) else {
+                    return;
+                };
+                if let Ok(lease) =
+                    self.ledger
+                        .commit(&session, &lease_id, (gib_quarters * GIB / 4) as i64, now)
+                {
+                    self.holders[index].held.insert(lease_id, claim(&lease));
+                }
+            }
+            Op::Release {
+                holder: index,
+                pick,
+            } => {
+                let Some((session, lease_id)) = self.pick(index, pick) else {
+                    return;
+                };
+                self.ledger
+                    .release(&session, &lease_id, now)
+                    .expect("own live lease");
+                self.holders[index].held.remove(&lease_id);
+            }
+            Op::Disconnect(index) => {
+                if let Some(session) = self.holders[index].session.take() {
+                    self.ledger.end_session(&session, now);
+                    self.holders[index].pending.clear();
+                    self.holders[index].events = None;
+                }
+            }
+            Op::Heartbeat(index) => {
+                if let Some(session) = self.holders[index].session.clone() {
+                    self.ledger
+                        .heartbeat(&session, vec![], now)
+                        .expect("live session");
+                }
+            }
+            Op::Advance(ms) => {
+                self.now += Duration::from_millis(ms);
+                let usage = self.sim.measure(&self.ledger.held_bytes()).unwrap();
+                self.ledger.observe(usage, self.now);
+                self.ledger.tick(self.now);
+            }
+            Op::Restart => {
+                self.ledger = Ledger::new(self.config.clone(), self.sim.devices(), now);
+                for holder in &mut self.holders {
+                    holder.session = None;
+                    holder.pending.clear();
+                    holder.events = None;
+                }
+            }
+        }
+        self.collect_grants_and_events();
+    }
+
+    /// What the lease client does with queued grants and session events: takes the
+    /// grant, honours revocations by releasing, drops what a TTL expiry took away.
+    fn collect_grants_and_events(&mut self) {
+        let now = self.now;
+        for index in 0..HOLDERS {
+            let holder = &mut self.holders[index];
+            let mut granted = Vec::new();
+            holder.pending.retain_mut(|grant| match grant.try_recv() {
+                Ok(lease) => {
+                    granted.push(lease);
+                    false
+                }
+                Err(oneshot::error::TryRecvError::Empty) => true,
+                Err(oneshot::error::TryRecvError::Closed) => false,
+            });
+            for lease in granted {
+                holder.held.insert(lease.lease_id.clone(), claim(&lease));
+            }
+            let mut revoked = Vec::new();
+            let mut session_over = false;
+            if let Some(events) = &mut holder.events {
+                loop {
+                    match events.try_recv() {
+                        Ok(pb::SessionEvent {
+                            kind: Some(pb::session_event::Kind::Revoke(revoke)),
+                        }) => {
+                            revoked.push(revoke.lease_id);
+                        }
+                        Ok(_) => {}
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            session_over = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if session_over {
+                holder.session = None;
+                holder.events = None;
+                holder.pending.clear();
+                continue;
+            }
+            for lease_id in revoked {
+                if let Some(session) = holder.session.clone()
+                    && holder.held.remove(&lease_id).is_some()
+                {
+                    self.ledger
+                        .release(&session, &lease_id, now)
+                        .expect("revoked lease is ours");
+                }
+            }
+        }
+    }
+
+    fn pick(&self, index: usize, pick: usize) -> Option<(String, String)> {
+        let holder = &self.holders[index];
+        let session = holder.session.clone()?;
+        let mut ids: Vec<&String> = holder.held.keys().collect();
+        ids.sort();
+        let lease_id = ids.get(pick % ids.len().max(1))?;
+        Some((session, (*lease_id).clone()))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.ledger.check_invariants()?;
+        let live: std::collections::HashSet<String> =
+            self.ledger.live_lease_ids().into_iter().collect();
+        for (index, holder) in self.holders.iter().enumerate() {
+            if holder.session.is_none() {
+                continue;
+            }
+            for lease_id in holder.held.keys() {
+                if !live.contains(lease_id) {
+                    return Err(format!(
+                        "holder {index} holds {lease_id}, which the broker lost"
+                    ));
+                }
+            }
+        }
+        let status = self.ledger.status(self.now);
+        for lease in status.leases {
+            let state = pb::LeaseState::try_from(lease.state).unwrap();
+            if matches!(state, pb::LeaseState::Releasing | pb::LeaseState::Orphaned) {
+                continue;
+            }
+            let owner = self
+                .holders
+                .iter()
+                .find(|holder| holder.session.as_deref() == Some(lease.session_id.as_str()));
+            match owner {
+                Some(owner) if owner.held.contains_key(&lease.lease_id) => {}
+                _ => {
+                    return Err(format!(
+                        "lease {} is booked for a holder that does not know it",
+                        lease.lease_id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_books_always_balance(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut world = World::new();
+        for (step, op) in ops.iter().enumerate() {
+            world.apply(op);
+            if let Err(problem) = world.check() {
+                prop_assert!(false, "after step {step} ({op:?}): {problem}");
+            }
+        }
+    }
+}
