@@ -92,8 +92,11 @@ def build_page_set(root: Path, classes: list[str], count: int, seed: int) -> Pat
 def per_class(metrics, classes: list[str]) -> dict:
     box = metrics.box
     out = {"map50": round(float(box.map50), 4), "map50_95": round(float(box.map), 4), "classes": {}}
+    index = [int(i) for i in box.ap_class_index]  # classes with labels or predictions, in ap50/ap order
     for k, cls in enumerate(classes):
-        out["classes"][cls] = {"map50": round(float(box.ap50[k]), 4), "map50_95": round(float(box.ap[k]), 4)}
+        j = index.index(k) if k in index else None
+        out["classes"][cls] = {"map50": round(float(box.ap50[j]), 4) if j is not None else 0.0,
+                               "map50_95": round(float(box.ap[j]), 4) if j is not None else 0.0}
     return out
 
 

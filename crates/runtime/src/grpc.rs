@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -92,7 +91,7 @@ impl GrpcServer {
         let server = tonic::transport::Server::builder()
             .trace_fn(propagation::server_span)
             .add_routes(self.routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming(listener), async move {
                 stop_accepting.cancelled().await;
                 for service in services {
                     health
@@ -116,4 +115,10 @@ impl GrpcServer {
             }
         }
     }
+}
+
+/// Accepted connections with Nagle off: small gRPC replies must not wait ~40 ms for
+/// a delayed ACK.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

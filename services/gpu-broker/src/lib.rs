@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::inventory::{Inventory, NoDevices, Nvml, Simulated};
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::metrics::BrokerMetrics;
-use crate::service::{BrokerService, Shared, TokenCheck};
+use crate::service::{BrokerService, Gauges, Shared, TokenCheck};
 
 /// What a broker needs to run, already resolved from flags.
 pub struct BrokerSettings {
@@ -104,7 +104,7 @@ impl Broker {
 
     /// Serves on `listener` until the shutdown token is cancelled.
     pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
-        self.shared.measure_and_tick();
+        self.shared.measure_and_tick(Gauges::Refresh);
         let bookkeeper = tokio::spawn(keep_books(
             Arc::clone(&self.shared),
             self.poll_interval,
@@ -138,12 +138,15 @@ impl Broker {
 /// Measures and advances the books every `interval`, or sooner when a release
 /// asks for it, until shutdown.
 async fn keep_books(shared: Arc<Shared>, interval: Duration, shutdown: CancellationToken) {
+    let mut poll = tokio::time::interval(interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = shared.measure_soon_notified() => {}
+            _ = poll.tick() => shared.measure_and_tick(Gauges::Refresh),
+            // A release or grant wants its measurement now; gauges wait for the poll,
+            // so thousands of leases a second do not each rebuild the metrics.
+            () = shared.measure_soon_notified() => shared.measure_and_tick(Gauges::Skip),
             () = shutdown.cancelled() => return,
         }
-        shared.measure_and_tick();
     }
 }

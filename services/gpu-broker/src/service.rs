@@ -19,6 +19,13 @@ use crate::inventory::Inventory;
 use crate::ledger::{AcquireOutcome, AcquireSpec, Ledger, Notice, Priority, Purpose};
 use crate::metrics::BrokerMetrics;
 
+/// Whether a measurement also refreshes the Prometheus gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gauges {
+    Refresh,
+    Skip,
+}
+
 /// Everything the handlers and the background loop share.
 pub(crate) struct Shared {
     ledger: Mutex<Ledger>,
@@ -79,7 +86,7 @@ impl Shared {
 
     /// Measures the devices (outside the lock: NVML calls take milliseconds) and
     /// advances the ledger's clock.
-    pub(crate) fn measure_and_tick(&self) {
+    pub(crate) fn measure_and_tick(&self, gauges: Gauges) {
         let held = self.lock().held_bytes();
         let measured = self.inventory.measure(&held);
         let mut ledger = self.lock();
@@ -92,9 +99,11 @@ impl Shared {
         }
         ledger.tick(now);
         self.after_change(&mut ledger);
-        let status = self.decorate(ledger.status(now));
-        drop(ledger);
-        self.metrics.update(&status);
+        if gauges == Gauges::Refresh {
+            let status = self.decorate(ledger.status(now));
+            drop(ledger);
+            self.metrics.update(&status);
+        }
     }
 
     fn decorate(&self, mut status: pb::StatusResponse) -> pb::StatusResponse {
