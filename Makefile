@@ -8,9 +8,9 @@ STAMP := $(VENV)/.requirements-installed
 # libgomp's default spin-waiting makes libtorch 10-25x slower on small VMs.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup venv models build test test-rust test-grpcurl test-python lint demo bench clean
+.PHONY: setup venv libtorch models build test test-rust test-grpcurl test-python lint demo bench clean
 
-setup: venv models
+setup: venv libtorch models
 
 venv: $(STAMP)
 
@@ -19,10 +19,14 @@ $(STAMP): python/requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
 	touch $@
 
+# Generates the git-ignored .cargo/config.toml that points tch at the venv's libtorch.
+libtorch: venv
+	VENV=$(VENV) scripts/setup-libtorch.sh
+
 models: venv
 	VENV=$(VENV) scripts/provision-models.sh
 
-build:
+build: setup
 	cargo build --release --workspace --bins
 
 test: setup test-rust test-grpcurl test-python
@@ -36,7 +40,7 @@ test-grpcurl: venv
 test-python: setup
 	$(PYTHON) -m unittest discover -s tests/python -v
 
-lint:
+lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

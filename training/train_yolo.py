@@ -3,12 +3,16 @@
 
     python training/train_yolo.py                          # the shipped hvac-yolov8n (4 classes)
     python training/train_yolo.py --name test-2class --classes diffuser damper \
-        --epochs 8 --imgsz 320 --train-count 300 --val-count 60 --seed 7
+        --init training/runs/hvac-yolov8n/weights/last.pt --seed 7 --epochs 4 --imgsz 320 \
+        --batch 16 --train-count 200 --val-count 60 --min-symbols 3 --max-symbols 7
 
-Steps: generate a seeded dataset with blueprint_gen (training/datasets/, git-ignored), train
-yolov8n.yaml on CPU (no pretrained weights, no downloads), validate on held-out generated images
-(and, for the full model, on whole 1600x1200 pages letterboxed to 1280), export TorchScript with
-dynamic=True, check the export, and write models/detector/<name>.torchscript + <name>.toml.
+Steps: generate seeded datasets with blueprint_gen (training/datasets/, git-ignored); train
+yolov8n.yaml on CPU (no pretrained weights, no downloads) in stages (--epochs 16 8 6: each stage
+on a fresh dataset with seed+i, starting from the previous stage's weights, with its own LR
+schedule); validate on held-out generated images and on whole 1600x1200 pages (native, letterboxed
+to 1280, to 640); export TorchScript with dynamic=True; check the export (torch.jit.load, any
+batch, non-square sizes, and a decode+NMS pass over the pages independent of ultralytics); write
+models/detector/<name>.torchscript + <name>.toml. Report: training/runs/<name>-report.json.
 
 Scale: training images are imgsz x imgsz small pages drawn at the page's native resolution, so a
 symbol has the same pixel size in training as in a native-scale tile of a page. The scale
@@ -71,18 +75,23 @@ def build_dataset(root: Path, classes: list[str], draw_classes: list[str], imgsz
 
 
 def build_page_set(root: Path, classes: list[str], count: int, seed: int) -> Path:
-    """Whole 1600x1200 pages (the shape the service gets) as a YOLO val set."""
+    """Whole 1600x1200 pages (the shape the service gets) as a YOLO val set. The pages are made
+    once; the labels are rewritten on every call for this model's class list."""
     img_dir, lbl_dir = root / "images/val", root / "labels/val"
     if not (root / "done").exists():
         if root.exists():
             shutil.rmtree(root)
         gen.write_pages(img_dir, count, seed)
-        lbl_dir.mkdir(parents=True, exist_ok=True)
         for j in sorted(img_dir.glob("*.json")):
-            gt = json.loads(j.read_text())
-            (lbl_dir / f"{j.stem}.txt").write_text(gen.yolo_label_text(gt["symbols"], gt["width"], gt["height"], classes))
             j.rename(root / j.name)  # keep the JSON next to, not inside, the image folder
         (root / "done").write_text("")
+    if lbl_dir.exists():
+        shutil.rmtree(lbl_dir)
+    (root / "labels/val.cache").unlink(missing_ok=True)
+    lbl_dir.mkdir(parents=True)
+    for j in sorted(root.glob("*.json")):
+        gt = json.loads(j.read_text())
+        (lbl_dir / f"{j.stem}.txt").write_text(gen.yolo_label_text(gt["symbols"], gt["width"], gt["height"], classes))
     data = root / "data.yaml"
     names = "\n".join(f"  {i}: {c}" for i, c in enumerate(classes))
     data.write_text(f"path: {root}\ntrain: images/val\nval: images/val\nnames:\n{names}\n")
@@ -100,20 +109,30 @@ def per_class(metrics, classes: list[str]) -> dict:
     return out
 
 
-def check_export(ts_path: Path, nc: int, imgsz: int) -> dict:
-    """The exported file loads with torch.jit.load and accepts any batch and any /32 size."""
+def check_export(ts_path: Path, eager, nc: int, imgsz: int) -> dict:
+    """The exported file loads with torch.jit.load, accepts any batch and any /32 size (none of
+    them the traced shape), and matches the eager PyTorch model on the same input."""
     import torch
 
     m = torch.jit.load(str(ts_path), map_location="cpu").eval()
-    shapes = {}
+    eager = eager.float().eval()
+    out = {}
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for shape in [(2, 3, imgsz, imgsz * 3 // 4 // 32 * 32), (1, 3, 960, 1280), (3, 3, 320, 320)]:
-            y = m(torch.rand(*shape))
+            x = torch.rand(*shape, generator=g)
+            y = m(x)
             y = y[0] if isinstance(y, (list, tuple)) else y
             a = sum((shape[2] // s) * (shape[3] // s) for s in (8, 16, 32))
             assert tuple(y.shape) == (shape[0], 4 + nc, a), (shape, tuple(y.shape))
-            shapes["x".join(map(str, shape))] = list(y.shape)
-    return shapes
+            ref = eager(x)
+            ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+            box_diff = float((y[:, :4] - ref[:, :4]).abs().max())  # pixels
+            cls_diff = float((y[:, 4:] - ref[:, 4:]).abs().max())  # probabilities
+            assert box_diff < 0.05 and cls_diff < 1e-3, (shape, box_diff, cls_diff)
+            out["x".join(map(str, shape))] = {"output": list(y.shape), "max_abs_diff_box_px": round(box_diff, 6),
+                                             "max_abs_diff_scores": round(cls_diff, 8)}
+    return out
 
 
 def page_check(ts_path: Path, classes: list[str], page_dir: Path, size: int = 1280, conf: float = 0.25) -> dict:
@@ -173,7 +192,9 @@ def main() -> None:
     ap.add_argument("--name", default="hvac-yolov8n")
     ap.add_argument("--classes", nargs="+", default=gen.CLASSES, choices=gen.CLASSES)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--epochs", type=int, nargs="+", default=[16, 8, 6],
+                    help="epochs per stage; each stage trains on a fresh dataset (seed + stage index) "
+                         "starting from the previous stage's weights")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--train-count", type=int, default=180)
@@ -196,43 +217,54 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     classes = list(a.classes)
     scale = a.imgsz // 32 * 32
-    ds = TRAINING / "datasets" / f"{a.name}-s{a.seed}-{scale}"
-    data = build_dataset(ds, classes, gen.CLASSES, scale, a.seed, a.train_count, a.val_count,
-                         a.min_symbols, a.max_symbols)
-    run_dir = RUNS / a.name
-    t0 = time.time()
-    if not a.skip_train:
+    n = len(a.epochs)
+    init = str(a.init) if a.init else False
+    train_s = 0.0
+    stage_times = []
+    for i, epochs in enumerate(a.epochs):
+        seed = a.seed + i
+        ds = TRAINING / "datasets" / f"{a.name}-s{seed}-{scale}"
+        data = build_dataset(ds, classes, gen.CLASSES, scale, seed, a.train_count, a.val_count,
+                             a.min_symbols, a.max_symbols)
+        run_name = a.name if i == n - 1 else f"{a.name}-stage{i + 1}"
+        if a.skip_train:
+            continue
+        t = time.time()
         model = YOLO("yolov8n.yaml")  # architecture only: random init, nothing downloaded
         model.train(
-            data=str(data), epochs=a.epochs, imgsz=scale, batch=a.batch, device="cpu", workers=a.workers,
-            seed=a.seed, deterministic=True, pretrained=str(a.init) if a.init else False, amp=False, plots=False,
-            cache=True,
-            project=str(RUNS), name=a.name, exist_ok=True, val=False,  # validate once, at the end
-            optimizer="AdamW", lr0=0.002, cos_lr=True, warmup_epochs=1, warmup_bias_lr=0.0, close_mosaic=max(1, a.epochs // 4),
+            data=str(data), epochs=epochs, imgsz=scale, batch=a.batch, device="cpu", workers=a.workers,
+            seed=seed, deterministic=True, pretrained=init, amp=False, plots=False, cache=True,
+            project=str(RUNS), name=run_name, exist_ok=True, val=False,  # validate once, at the end
+            optimizer="AdamW", lr0=0.002, cos_lr=True, warmup_epochs=1, warmup_bias_lr=0.0,
+            close_mosaic=max(1, epochs // 4),  # the last quarter without mosaic, like inference
             # black-on-white line drawings: no colour jitter, mild scale (covers the 0.8 of letterbox-1280)
             hsv_h=0.0, hsv_s=0.0, hsv_v=0.2, scale=0.3, translate=0.1, degrees=0.0, fliplr=0.5,
             mosaic=1.0, verbose=True,
         )
-    train_s = time.time() - t0
+        stage_times.append(round(time.time() - t))
+        train_s += time.time() - t
+        init = str(RUNS / run_name / "weights" / "last.pt")
+    run_dir = RUNS / a.name
+    heldout_seed = a.seed + n - 1 + 100_000  # the last stage's val split: no stage trained on it
     weights = run_dir / "weights" / "last.pt"
     model = YOLO(str(weights))
 
     report: dict = {"name": a.name, "seed": a.seed, "epochs": a.epochs, "imgsz": scale, "classes": classes,
-                    "train_images": a.train_count, "train_wall_s": round(train_s)}
+                    "train_images": a.train_count, "train_wall_s": None if a.skip_train else round(train_s), "stage_wall_s": stage_times}
     val = model.val(data=str(data), imgsz=scale, batch=8, device="cpu", plots=False, workers=0,
                     project=str(RUNS), name=f"{a.name}-val", exist_ok=True, verbose=False)
-    report["heldout"] = per_class(val, classes) | {"images": a.val_count, "seed": a.seed + 100_000}
+    report["heldout"] = per_class(val, classes) | {"images": a.val_count, "seed": heldout_seed}
     if a.pages:
         pages = build_page_set(TRAINING / "datasets" / f"pages-s{a.pages_seed}-{a.pages}", classes, a.pages, a.pages_seed)
-        for size in (1280, 640):
+        for size in (1600, 1280, 640):  # native scale, the service's letterbox, and too small
             v = model.val(data=str(pages), imgsz=size, batch=4, device="cpu", plots=False, workers=0, rect=True,
                           project=str(RUNS), name=f"{a.name}-pages{size}", exist_ok=True, verbose=False)
             report[f"pages_letterbox{size}"] = per_class(v, classes) | {"pages": a.pages, "seed": a.pages_seed}
 
     ts = Path(model.export(format="torchscript", dynamic=True, imgsz=scale, device="cpu"))
-    report["export_shapes"] = check_export(ts, len(classes), scale)
+    report["export_check"] = check_export(ts, YOLO(str(weights)).model, len(classes), scale)
     if a.pages:
-        report["torchscript_page_check"] = page_check(ts, classes, pages.parent)
+        report["torchscript_page_check"] = [page_check(ts, classes, pages.parent, size) for size in (1280, 1600)]
 
     a.out.mkdir(parents=True, exist_ok=True)
     dst = a.out / f"{a.name}.torchscript"
@@ -241,9 +273,9 @@ def main() -> None:
     h = report["heldout"]
     labels = ", ".join(f'"{c}"' for c in classes)
     src = (f"trained here: training/train_yolo.py --name {a.name} --classes {' '.join(classes)} --seed {a.seed} "
-           f"--epochs {a.epochs} --imgsz {scale} --train-count {a.train_count} "
+           f"--epochs {' '.join(map(str, a.epochs))} --imgsz {scale} --train-count {a.train_count} "
            + (f"--init {a.init.resolve().relative_to(ROOT)} (yolov8n.yaml, weights from that run)" if a.init
-              else "(yolov8n.yaml from scratch)"))
+              else "(yolov8n.yaml from scratch, no pretrained weights)"))
     (a.out / f"{a.name}.toml").write_text(f'''name = "{a.name}"
 task = "detect"
 file = "{dst.name}"
@@ -266,7 +298,7 @@ classes = [{labels}]
 [metrics]
 map50 = {h["map50"]}
 map50_95 = {h["map50_95"]}
-eval = "{a.val_count} held-out {scale}x{scale} generated images, seed {a.seed + 100_000}"
+eval = "{a.val_count} held-out {scale}x{scale} generated images, seed {heldout_seed}"
 ''')
     report["file"] = str(dst.relative_to(ROOT))
     report["bytes"] = dst.stat().st_size

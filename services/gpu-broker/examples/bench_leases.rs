@@ -18,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
-    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let seconds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let per_level = Duration::from_secs(seconds);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,13 +40,22 @@ async fn main() {
     tokio::spawn(async move { broker.serve(listener).await.unwrap() });
 
     println!("Acquire + Release round trip over loopback gRPC ({seconds} s per level)");
-    println!("{:>8} {:>10} {:>10} {:>10} {:>10}", "holders", "p50 µs", "p99 µs", "max µs", "ops/s");
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>10}",
+        "holders", "p50 µs", "p99 µs", "max µs", "ops/s"
+    );
     for holders in [1usize, 16, 64] {
         let clients: Vec<LeaseClient> = (0..holders)
-            .map(|i| LeaseClient::connect(LeaseClientConfig::new(url.clone(), format!("bench-{i}"))).unwrap())
+            .map(|i| {
+                LeaseClient::connect(LeaseClientConfig::new(url.clone(), format!("bench-{i}")))
+                    .unwrap()
+            })
             .collect();
         for client in &clients {
-            client.wait_for_session(Duration::from_secs(5)).await.unwrap();
+            client
+                .wait_for_session(Duration::from_secs(5))
+                .await
+                .unwrap();
         }
         let start = Instant::now();
         let tasks: Vec<_> = clients
@@ -101,7 +113,12 @@ async fn main() {
             pid: i,
             host: "bench".into(),
         };
-        sessions.push(ledger.open_session(Some(holder), vec![], tx, now).unwrap().0);
+        sessions.push(
+            ledger
+                .open_session(Some(holder), vec![], tx, now)
+                .unwrap()
+                .0,
+        );
     }
     let started = Instant::now();
     let mut cycles = 0u64;
@@ -128,5 +145,8 @@ async fn main() {
         }
     }
     let ops = cycles as f64 * 3.0 / started.elapsed().as_secs_f64();
-    println!("{ops:.0} operations/s ({:.0} acquire+release+confirm cycles/s)", ops / 3.0);
+    println!(
+        "{ops:.0} operations/s ({:.0} acquire+release+confirm cycles/s)",
+        ops / 3.0
+    );
 }

@@ -1,0 +1,274 @@
+//! The model host shared by the detector and the OCR service.
+//!
+//! An [`Engine`] loads one TorchScript model, runs it on a dedicated thread behind
+//! a cloneable async handle, groups concurrent requests into batches, and places the
+//! model where the GPU broker allows: on `cuda:N` under a lease, on the CPU when
+//! refused (asking again in the background), back to the CPU when the broker
+//! revokes the lease. Moves happen between batches and never drop a request.
+//!
+//! Rooms: [`manifest`] describes a model file, [`worker`] is the inference thread,
+//! [`placement`] follows the lease, [`metrics`] reports, [`omp`] fixes libgomp.
+
+pub mod manifest;
+pub mod metrics;
+pub mod omp;
+mod placement;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use plenum_lease::{LeaseClient, Priority};
+use tch::{CModule, Device, Tensor};
+use tokio::sync::{oneshot, watch};
+
+pub use manifest::ModelManifest;
+pub use metrics::EngineMetrics;
+pub use tch;
+pub use worker::Target;
+
+/// Where a model may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// A GPU when CUDA and a lease are available, else the CPU.
+    Auto,
+    /// Always the CPU; no lease is asked for.
+    Cpu,
+    /// A GPU under a lease; refuses to start without CUDA.
+    Cuda,
+    /// The full lease protocol with the compute on the CPU: for tests and laptops
+    /// running `plenum-broker --simulate`.
+    SimGpu,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("the model's queue is full ({capacity} waiting); retry shortly")]
+    Overloaded { capacity: usize },
+    #[error("the model failed on this input: {0}")]
+    Inference(String),
+    #[error("the model is not loaded: {0}")]
+    NotReady(String),
+    #[error("cannot load the model: {0}")]
+    Load(String),
+}
+
+/// How the engine batches and places its model; the service fills it from flags.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub device: DeviceChoice,
+    /// Most rows (images, crops) per model call.
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for company.
+    pub max_queue_delay: Duration,
+    /// Requests waiting beyond this are refused at once.
+    pub queue_capacity: usize,
+    pub warmup_timeout: Duration,
+    /// How long to wait for a lease at start before serving from the CPU.
+    pub lease_wait: Duration,
+    pub priority: Priority,
+    /// A lease is idle (revocable) after this long without a batch.
+    pub idle_after: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::Auto,
+            max_batch: 16,
+            max_queue_delay: Duration::from_millis(5),
+            queue_capacity: 64,
+            warmup_timeout: Duration::from_secs(30),
+            lease_wait: Duration::from_secs(2),
+            priority: Priority::Normal,
+            idle_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Flags for a model service's engine, flattened into its clap struct.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Where models run: auto, cpu, cuda, or sim-gpu (the lease protocol with CPU compute).
+    #[arg(long, env = "PLENUM_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Most rows (images or crops) per model call.
+    #[arg(long, env = "PLENUM_MAX_BATCH", default_value_t = 16)]
+    pub max_batch: usize,
+    /// How long a request waits for others to batch with.
+    #[arg(long, env = "PLENUM_MAX_QUEUE_DELAY", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub max_queue_delay: Duration,
+    /// Requests queued per model beyond this are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PLENUM_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+    /// Warmup longer than this is abandoned (logged); the first request pays instead.
+    #[arg(long, env = "PLENUM_WARMUP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub warmup_timeout: Duration,
+    /// How long to wait for a GPU lease at start before serving from the CPU.
+    #[arg(long, env = "PLENUM_LEASE_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lease_wait: Duration,
+    /// libtorch intra-op threads (0 = libtorch's default, one per core).
+    #[arg(long, env = "PLENUM_INTRA_OP_THREADS", default_value_t = 0)]
+    pub intra_op_threads: i32,
+}
+
+impl EngineArgs {
+    pub fn settings(&self) -> EngineSettings {
+        if self.intra_op_threads > 0 {
+            tch::set_num_threads(self.intra_op_threads);
+        }
+        EngineSettings {
+            device: self.device,
+            max_batch: self.max_batch.max(1),
+            max_queue_delay: self.max_queue_delay,
+            queue_capacity: self.queue_capacity.max(1),
+            warmup_timeout: self.warmup_timeout,
+            lease_wait: self.lease_wait,
+            ..EngineSettings::default()
+        }
+    }
+}
+
+/// What the engine is doing, published for health checks and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineState {
+    /// True once the model can answer (loaded; warmup done, failed or timed out).
+    pub ready: bool,
+    pub placement: Target,
+    /// Why the model is where it is, for logs and status.
+    pub reason: String,
+}
+
+/// A handle to one loaded model; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: SyncSender<worker::Job>,
+    capacity: usize,
+    state: watch::Receiver<EngineState>,
+    metrics: EngineMetrics,
+    manifest: Arc<ModelManifest>,
+    _placement: Arc<placement::PlacementTask>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.manifest.name)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads the model (checksum first), places it (asking the broker when `lease`
+    /// is given), warms it up, and returns once it can answer. Without a lease client
+    /// the model runs on the CPU, and says so.
+    pub async fn start(
+        manifest: ModelManifest,
+        settings: EngineSettings,
+        lease: Option<LeaseClient>,
+        metrics: EngineMetrics,
+    ) -> Result<Self, EngineError> {
+        manifest
+            .verify()
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        let path = manifest.model_path();
+        let module = tokio::task::spawn_blocking(move || {
+            let mut module = CModule::load_on_device(&path, Device::Cpu)?;
+            module.f_set_eval()?;
+            Ok::<_, tch::TchError>(module)
+        })
+        .await
+        .map_err(|error| EngineError::Load(error.to_string()))?
+        .map_err(|error| EngineError::Load(error.to_string()))?;
+
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
+        let (control, control_rx) = std::sync::mpsc::channel();
+        let last_busy = Arc::new(AtomicU64::new(0));
+        let worker_settings = worker::WorkerSettings {
+            max_batch: settings.max_batch,
+            max_queue_delay: settings.max_queue_delay,
+        };
+        let worker_metrics = metrics.clone();
+        let worker_busy = Arc::clone(&last_busy);
+        std::thread::Builder::new()
+            .name(format!("model-{}", manifest.name))
+            .spawn(move || {
+                worker::run(
+                    module,
+                    job_rx,
+                    control_rx,
+                    worker_settings,
+                    worker_metrics,
+                    worker_busy,
+                )
+            })
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+
+        let (state_tx, state) = watch::channel(EngineState {
+            ready: false,
+            placement: Target::Cpu,
+            reason: "loading".into(),
+        });
+        let manifest = Arc::new(manifest);
+        let placement = placement::start(placement::PlacementContext {
+            manifest: Arc::clone(&manifest),
+            settings: settings.clone(),
+            lease,
+            control,
+            state: state_tx,
+            last_busy,
+        })
+        .await?;
+        Ok(Self {
+            jobs,
+            capacity: settings.queue_capacity,
+            state,
+            metrics,
+            manifest,
+            _placement: Arc::new(placement),
+        })
+    }
+
+    /// Runs `input` (`[n, …]`, on the CPU) through the model with whatever else is
+    /// queued; returns the `n` output rows, on the CPU. A full queue answers at once.
+    pub async fn infer(&self, input: Tensor) -> Result<Tensor, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let job = worker::Job {
+            input,
+            reply,
+            enqueued: Instant::now(),
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => self.metrics.queue_depth.inc(),
+            Err(TrySendError::Full(_)) => {
+                self.metrics.rejected.inc();
+                return Err(EngineError::Overloaded {
+                    capacity: self.capacity,
+                });
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(EngineError::NotReady(
+                    "the model's thread has stopped".into(),
+                ));
+            }
+        }
+        answer
+            .await
+            .map_err(|_| EngineError::NotReady("the model's thread has stopped".into()))?
+    }
+
+    /// The engine's state now, and as it changes.
+    pub fn state(&self) -> watch::Receiver<EngineState> {
+        self.state.clone()
+    }
+
+    pub fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+}

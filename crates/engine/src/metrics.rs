@@ -1,0 +1,96 @@
+//! Engine metrics, registered under the owning service's prefix
+//! (`plenum_<service>_…`) with the model's name as a label.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::worker::Target;
+
+#[derive(Clone)]
+pub struct EngineMetrics {
+    pub(crate) queue_depth: IntGauge,
+    pub(crate) rejected: IntCounter,
+    pub(crate) batch_rows: Histogram,
+    pub(crate) inference: Histogram,
+    pub(crate) queue_wait: Histogram,
+    placement: IntGaugeVec,
+}
+
+impl EngineMetrics {
+    /// Registers the metrics of model `model` of service `service` in `registry`.
+    pub fn register(
+        registry: &Registry,
+        service: &str,
+        model: &str,
+    ) -> Result<Self, prometheus::Error> {
+        let labelled = |name: &str, help: &str| {
+            Opts::new(format!("plenum_{service}_{name}"), help).const_label("model", model)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(
+                HistogramOpts::new(format!("plenum_{service}_{name}"), help)
+                    .const_label("model", model)
+                    .buckets(buckets),
+            )
+        };
+        let metrics = Self {
+            queue_depth: IntGauge::with_opts(labelled(
+                "queue_depth",
+                "Requests waiting for the model",
+            ))?,
+            rejected: IntCounter::with_opts(labelled(
+                "queue_rejected_total",
+                "Requests refused because the queue was full",
+            ))?,
+            batch_rows: histogram(
+                "batch_rows",
+                "Rows (images or crops) per model call",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            )?,
+            inference: histogram(
+                "inference_seconds",
+                "Time in the model per batch",
+                prometheus::exponential_buckets(0.001, 2.0, 14)?,
+            )?,
+            queue_wait: histogram(
+                "queue_wait_seconds",
+                "Time a request waited for its batch",
+                prometheus::exponential_buckets(0.0005, 2.0, 14)?,
+            )?,
+            placement: IntGaugeVec::new(
+                labelled("placement", "1 for where the model runs now"),
+                &["placement"],
+            )?,
+        };
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.rejected.clone()))?;
+        registry.register(Box::new(metrics.batch_rows.clone()))?;
+        registry.register(Box::new(metrics.inference.clone()))?;
+        registry.register(Box::new(metrics.queue_wait.clone()))?;
+        registry.register(Box::new(metrics.placement.clone()))?;
+        metrics.set_placement(Target::Cpu);
+        Ok(metrics)
+    }
+
+    /// Metrics that go nowhere, for engines nobody scrapes (tests, tools).
+    pub fn unregistered(model: &str) -> Self {
+        Self::register(&Registry::new(), "engine", model).expect("fresh registry")
+    }
+
+    pub(crate) fn set_placement(&self, target: Target) {
+        let (now, other) = if target.is_gpu() {
+            ("gpu", "cpu")
+        } else {
+            ("cpu", "gpu")
+        };
+        self.placement.with_label_values(&[now]).set(1);
+        self.placement.with_label_values(&[other]).set(0);
+    }
+
+    /// Model calls so far, and rows through them (for tests and benchmarks).
+    pub fn batches(&self) -> (u64, f64) {
+        (
+            self.batch_rows.get_sample_count(),
+            self.batch_rows.get_sample_sum(),
+        )
+    }
+}

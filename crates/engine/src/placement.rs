@@ -1,0 +1,298 @@
+//! Placement follows the lease: on the GPU while the broker grants one, on the CPU
+//! otherwise, asking again with backoff; a revocation moves the model to the CPU
+//! first and releases after, so the GPU memory is free when the broker counts it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use plenum_lease::{AcquireError, LeaseClient, LeaseEvent, LeaseGuard, LeaseRequest};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::worker::{Control, LastBusy, Target, now_millis};
+use crate::{DeviceChoice, EngineError, EngineSettings, EngineState, ModelManifest};
+
+pub(crate) struct PlacementContext {
+    pub(crate) manifest: Arc<ModelManifest>,
+    pub(crate) settings: EngineSettings,
+    pub(crate) lease: Option<LeaseClient>,
+    pub(crate) control: std::sync::mpsc::Sender<Control>,
+    pub(crate) state: watch::Sender<EngineState>,
+    pub(crate) last_busy: LastBusy,
+}
+
+/// The background task; stops when the engine's last handle goes.
+pub(crate) struct PlacementTask {
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for PlacementTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accelerator {
+    Cuda,
+    Simulated,
+}
+
+/// Whether this engine may use a GPU at all, or why not.
+fn accelerator(
+    device: DeviceChoice,
+    has_broker: bool,
+) -> Result<Result<Accelerator, String>, EngineError> {
+    let cuda = tch::Cuda::is_available();
+    Ok(match (device, has_broker) {
+        (DeviceChoice::Cpu, _) => Err("--device cpu".into()),
+        (DeviceChoice::Cuda, _) if !cuda => {
+            return Err(EngineError::Load(
+                "--device cuda, but libtorch sees no CUDA device".into(),
+            ));
+        }
+        (_, false) => Err("no --broker: without a lease the model stays on the CPU".into()),
+        (DeviceChoice::SimGpu, true) => Ok(Accelerator::Simulated),
+        (DeviceChoice::Cuda, true) => Ok(Accelerator::Cuda),
+        (DeviceChoice::Auto, true) if cuda => Ok(Accelerator::Cuda),
+        (DeviceChoice::Auto, true) => Err("libtorch sees no CUDA device".into()),
+    })
+}
+
+struct Placer {
+    ctx: PlacementContext,
+    accelerator: Accelerator,
+    lease: LeaseClient,
+    events: broadcast::Receiver<LeaseEvent>,
+}
+
+pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, EngineError> {
+    let choice = accelerator(ctx.settings.device, ctx.lease.is_some())?;
+    let (accelerator, lease) = match (choice, ctx.lease.clone()) {
+        (Ok(accelerator), Some(lease)) => (accelerator, lease),
+        (Err(reason), _) => return Ok(cpu_only(&ctx, &reason).await),
+        (Ok(_), None) => return Ok(cpu_only(&ctx, "no broker").await),
+    };
+    let events = lease.events();
+    let mut placer = Placer {
+        ctx,
+        accelerator,
+        lease,
+        events,
+    };
+    let wait = placer.ctx.settings.lease_wait;
+    let first = placer.try_gpu(wait).await;
+    warmup(&placer.ctx).await;
+    let guard = match first {
+        Ok(guard) => placer.commit(guard).await,
+        Err(reason) => {
+            publish(&placer.ctx, Target::Cpu, &reason, false);
+            None
+        }
+    };
+    placer.ctx.state.send_modify(|state| state.ready = true);
+    Ok(PlacementTask {
+        task: Some(tokio::spawn(placer.run(guard))),
+    })
+}
+
+/// No GPU for this engine: warm up on the CPU and serve from there.
+async fn cpu_only(ctx: &PlacementContext, reason: &str) -> PlacementTask {
+    tracing::info!(model = %ctx.manifest.name, %reason, "running on the CPU");
+    warmup(ctx).await;
+    publish(ctx, Target::Cpu, reason, true);
+    PlacementTask { task: None }
+}
+
+impl Placer {
+    async fn run(mut self, mut guard: Option<LeaseGuard>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match guard.take() {
+                Some(held) => {
+                    guard = self.hold(held).await;
+                    if guard.is_none() {
+                        // Just gave memory back: let whoever needed it load first.
+                        backoff = Duration::from_secs(2);
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                None => match self.try_gpu(Duration::ZERO).await {
+                    Ok(held) => {
+                        guard = self.commit(held).await;
+                        backoff = Duration::from_millis(200);
+                    }
+                    Err(reason) => {
+                        publish(&self.ctx, Target::Cpu, &reason, true);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Asks for a lease and moves the model onto its device; the lease is returned
+    /// uncommitted (the caller measures after warmup).
+    async fn try_gpu(&mut self, wait: Duration) -> Result<LeaseGuard, String> {
+        let manifest = &self.ctx.manifest;
+        let mut request = LeaseRequest::weights(manifest.model_key(), manifest.vram_estimate_bytes)
+            .priority(self.ctx.settings.priority)
+            .wait(wait);
+        request.use_measured_estimate = true;
+        let guard = match self.lease.acquire(request).await {
+            Ok(guard) => guard,
+            Err(AcquireError::Refused { message, .. }) => {
+                return Err(format!("no lease: {message}"));
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        let target = match self.accelerator {
+            Accelerator::Cuda => Target::Cuda(guard.device_index() as usize),
+            Accelerator::Simulated => Target::SimulatedGpu(guard.device_index() as usize),
+        };
+        move_to(&self.ctx, target).await.map_err(|error| {
+            format!("moving to {target:?} failed ({error}); staying on the CPU")
+        })?;
+        Ok(guard)
+    }
+
+    /// Measures what the model really uses and commits it; on refusal moves back.
+    async fn commit(&mut self, mut guard: LeaseGuard) -> Option<LeaseGuard> {
+        let target = match self.accelerator {
+            Accelerator::Cuda => Target::Cuda(guard.device_index() as usize),
+            Accelerator::Simulated => Target::SimulatedGpu(guard.device_index() as usize),
+        };
+        let measured = match self.accelerator {
+            Accelerator::Cuda => {
+                measure_own_vram(guard.device_uuid()).unwrap_or(guard.granted_bytes())
+            }
+            // Nothing to measure: the estimate is the truth of a simulation.
+            Accelerator::Simulated => guard.granted_bytes(),
+        };
+        match guard.commit(measured).await {
+            Ok(()) => {
+                publish(&self.ctx, target, "lease granted", true);
+                tracing::info!(model = %self.ctx.manifest.name, lease = %guard.id(), ?target, measured, "model on the GPU");
+                Some(guard)
+            }
+            Err(status) => {
+                tracing::warn!(model = %self.ctx.manifest.name, %status, "commit refused; back to the CPU");
+                let _ = move_to(&self.ctx, Target::Cpu).await;
+                publish(
+                    &self.ctx,
+                    Target::Cpu,
+                    &format!("commit refused: {}", status.message()),
+                    true,
+                );
+                None
+            }
+        }
+    }
+
+    /// Holds the lease until the broker wants it back; then moves to the CPU and
+    /// releases. Returns the guard only if it is still held (never, today).
+    async fn hold(&mut self, guard: LeaseGuard) -> Option<LeaseGuard> {
+        let mut busy_check = tokio::time::interval(Duration::from_millis(250));
+        let idle_after = self.ctx.settings.idle_after.as_millis() as u64;
+        loop {
+            tokio::select! {
+                _ = busy_check.tick() => {
+                    let last = self.ctx.last_busy.load(Ordering::Relaxed);
+                    guard.set_busy(now_millis().saturating_sub(last) < idle_after);
+                }
+                event = self.events.recv() => match event {
+                    Ok(LeaseEvent::Revoked { lease_id, reason, .. }) if lease_id == guard.id() => {
+                        tracing::info!(model = %self.ctx.manifest.name, %reason, "lease revoked: moving to the CPU, then releasing");
+                        let _ = move_to(&self.ctx, Target::Cpu).await;
+                        publish(&self.ctx, Target::Cpu, "the broker revoked the lease", true);
+                        if let Err(status) = guard.release().await {
+                            tracing::warn!(%status, "release after revocation failed; the broker will reclaim it");
+                        }
+                        return None;
+                    }
+                    Ok(LeaseEvent::Lost { lease_id, reason }) if lease_id == guard.id() => {
+                        tracing::warn!(model = %self.ctx.manifest.name, %reason, "lease lost: moving to the CPU");
+                        let _ = move_to(&self.ctx, Target::Cpu).await;
+                        publish(&self.ctx, Target::Cpu, "the broker no longer honours the lease", true);
+                        drop(guard);
+                        return None;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                },
+            }
+        }
+    }
+}
+
+async fn move_to(ctx: &PlacementContext, to: Target) -> Result<(), String> {
+    let (done, moved) = oneshot::channel();
+    ctx.control
+        .send(Control::Move { to, done })
+        .map_err(|_| "the model's thread has stopped".to_owned())?;
+    moved
+        .await
+        .map_err(|_| "the model's thread has stopped".to_owned())?
+}
+
+/// Runs one input through the model so the first request does not pay for lazy
+/// initialisation. A failure or a timeout is a warning: the model still serves.
+async fn warmup(ctx: &PlacementContext) {
+    let (done, finished) = oneshot::channel();
+    let shape = ctx.manifest.warmup_shape();
+    if ctx
+        .control
+        .send(Control::Warmup {
+            shape: shape.clone(),
+            done,
+        })
+        .is_err()
+    {
+        return;
+    }
+    let model = &ctx.manifest.name;
+    match tokio::time::timeout(ctx.settings.warmup_timeout, finished).await {
+        Ok(Ok(Ok(took))) => tracing::info!(%model, ?shape, ?took, "warmed up"),
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(%model, ?shape, %error, "warmup failed; serving anyway, the first request warms up");
+        }
+        Ok(Err(_)) => tracing::warn!(%model, "warmup abandoned: the model's thread stopped"),
+        Err(_) => {
+            tracing::warn!(%model, timeout = ?ctx.settings.warmup_timeout, "warmup timed out; serving anyway")
+        }
+    }
+}
+
+fn publish(ctx: &PlacementContext, placement: Target, reason: &str, ready: bool) {
+    ctx.state.send_if_modified(|state| {
+        let next = EngineState {
+            ready: state.ready || ready,
+            placement,
+            reason: reason.to_owned(),
+        };
+        let changed = *state != next;
+        *state = next;
+        changed
+    });
+}
+
+/// This process's memory on the GPU with `uuid`, as NVML sees it.
+fn measure_own_vram(uuid: &str) -> Option<u64> {
+    use nvml_wrapper::enums::device::UsedGpuMemory;
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let device = nvml.device_by_uuid(uuid).ok()?;
+    let pid = std::process::id();
+    device
+        .running_compute_processes()
+        .ok()?
+        .into_iter()
+        .find(|process| process.pid == pid)
+        .and_then(|process| match process.used_gpu_memory {
+            UsedGpuMemory::Used(bytes) => Some(bytes),
+            UsedGpuMemory::Unavailable => None,
+        })
+}

@@ -1,0 +1,254 @@
+//! The inference thread: owns the TorchScript module, groups queued requests into
+//! batches, and changes placement only between batches, so a move never drops or
+//! fails a request.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use tch::{CModule, Device, Kind, Tensor};
+use tokio::sync::oneshot;
+
+use crate::EngineError;
+use crate::metrics::EngineMetrics;
+
+/// One request: an input of `[n, …]`, answered with the output rows for it.
+pub(crate) struct Job {
+    pub(crate) input: Tensor,
+    pub(crate) reply: oneshot::Sender<Result<Tensor, EngineError>>,
+    pub(crate) enqueued: Instant,
+}
+
+/// Where the module's weights live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Cpu,
+    Cuda(usize),
+    /// Computes on the CPU while holding a lease as if on GPU `index` (for tests and
+    /// laptops with a simulated broker; see `--device sim-gpu`).
+    SimulatedGpu(usize),
+}
+
+impl Target {
+    fn device(self) -> Device {
+        match self {
+            Self::Cpu | Self::SimulatedGpu(_) => Device::Cpu,
+            Self::Cuda(index) => Device::Cuda(index),
+        }
+    }
+
+    pub fn is_gpu(self) -> bool {
+        !matches!(self, Self::Cpu)
+    }
+}
+
+pub(crate) enum Control {
+    Move {
+        to: Target,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Warmup {
+        shape: Vec<i64>,
+        done: oneshot::Sender<Result<Duration, String>>,
+    },
+}
+
+pub(crate) struct WorkerSettings {
+    pub(crate) max_batch: usize,
+    pub(crate) max_queue_delay: Duration,
+}
+
+/// Unix millis of the last batch, read by placement to tell busy from idle.
+pub(crate) type LastBusy = Arc<AtomicU64>;
+
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn run(
+    mut module: CModule,
+    jobs: Receiver<Job>,
+    control: Receiver<Control>,
+    settings: WorkerSettings,
+    metrics: EngineMetrics,
+    last_busy: LastBusy,
+) {
+    let mut target = Target::Cpu;
+    // Idle, the thread wakes this often to take placement commands.
+    let idle_wake = Duration::from_millis(50);
+    // Placement may finish with the thread (a CPU-only engine): then only jobs matter.
+    let mut placement_gone = false;
+    loop {
+        while !placement_gone {
+            match control.try_recv() {
+                Ok(command) => handle_control(&mut module, &mut target, command, &metrics),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => placement_gone = true,
+            }
+        }
+        let first = match jobs.recv_timeout(idle_wake) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        let mut rows = rows_of(&batch[0].input);
+        let deadline = Instant::now() + settings.max_queue_delay;
+        while rows < settings.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(left) {
+                Ok(job) => {
+                    rows += rows_of(&job.input);
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics.queue_depth.sub(batch.len() as i64);
+        last_busy.store(now_millis(), Ordering::Relaxed);
+        run_batch(&module, target, batch, settings.max_batch, &metrics);
+        last_busy.store(now_millis(), Ordering::Relaxed);
+    }
+}
+
+fn rows_of(input: &Tensor) -> usize {
+    input.size().first().copied().unwrap_or(1).max(1) as usize
+}
+
+fn handle_control(
+    module: &mut CModule,
+    target: &mut Target,
+    command: Control,
+    metrics: &EngineMetrics,
+) {
+    match command {
+        Control::Move { to, done } => {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                module.to(to.device(), Kind::Float, false);
+            }))
+            .map_err(|panic| panic_message(&panic));
+            if result.is_ok() {
+                *target = to;
+                metrics.set_placement(to);
+            } else {
+                // A failed move (out of memory) leaves weights where they were: go back.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    module.to(target.device(), Kind::Float, false);
+                }));
+            }
+            let _ = done.send(result);
+        }
+        Control::Warmup { shape, done } => {
+            let started = Instant::now();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let input = Tensor::zeros(shape.as_slice(), (Kind::Float, target.device()));
+                tch::no_grad(|| module.forward_ts(&[input])).map(|_| ())
+            }));
+            let result = match result {
+                Ok(Ok(())) => Ok(started.elapsed()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(panic) => Err(panic_message(&panic)),
+            };
+            let _ = done.send(result);
+        }
+    }
+}
+
+/// Runs the requests of one batch: those of the same trailing shape go through the
+/// model together, in chunks of at most `max_batch` rows; each caller gets its rows.
+fn run_batch(
+    module: &CModule,
+    target: Target,
+    batch: Vec<Job>,
+    max_batch: usize,
+    metrics: &EngineMetrics,
+) {
+    let mut groups: Vec<(Vec<i64>, Vec<Job>)> = Vec::new();
+    for job in batch {
+        if job.reply.is_closed() {
+            continue; // the caller left; spend nothing on it
+        }
+        let trailing = job.input.size()[1..].to_vec();
+        match groups.iter_mut().find(|(shape, _)| *shape == trailing) {
+            Some((_, jobs)) => jobs.push(job),
+            None => groups.push((trailing, vec![job])),
+        }
+    }
+    for (_, jobs) in groups {
+        for job in &jobs {
+            metrics
+                .queue_wait
+                .observe(job.enqueued.elapsed().as_secs_f64());
+        }
+        let sizes: Vec<i64> = jobs.iter().map(|job| job.input.size()[0]).collect();
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            forward(module, target, &jobs, max_batch)
+        }));
+        metrics.inference.observe(started.elapsed().as_secs_f64());
+        metrics.batch_rows.observe(sizes.iter().sum::<i64>() as f64);
+        let outcome = match outcome {
+            Ok(result) => result,
+            Err(panic) => Err(EngineError::Inference(panic_message(&panic))),
+        };
+        match outcome {
+            Ok(output) => match output.f_split_with_sizes(sizes.as_slice(), 0) {
+                Ok(parts) => {
+                    for (job, part) in jobs.into_iter().zip(parts) {
+                        let _ = job.reply.send(Ok(part));
+                    }
+                }
+                Err(error) => reply_all(jobs, &EngineError::Inference(error.to_string())),
+            },
+            Err(error) => reply_all(jobs, &error),
+        }
+    }
+}
+
+fn forward(
+    module: &CModule,
+    target: Target,
+    jobs: &[Job],
+    max_batch: usize,
+) -> Result<Tensor, EngineError> {
+    let inputs: Vec<&Tensor> = jobs.iter().map(|job| &job.input).collect();
+    let input = Tensor::f_cat(&inputs, 0).map_err(|e| EngineError::Inference(e.to_string()))?;
+    let rows = input.size()[0];
+    let mut outputs = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let len = (max_batch as i64).min(rows - start);
+        let chunk = input
+            .f_narrow(0, start, len)
+            .and_then(|chunk| chunk.f_to_device(target.device()))
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let output = tch::no_grad(|| module.forward_ts(&[chunk]))
+            .and_then(|output| output.f_to_device(Device::Cpu))
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        outputs.push(output);
+        start += len;
+    }
+    if outputs.len() == 1 {
+        return Ok(outputs.pop().expect("one output"));
+    }
+    Tensor::f_cat(&outputs, 0).map_err(|e| EngineError::Inference(e.to_string()))
+}
+
+fn reply_all(jobs: Vec<Job>, error: &EngineError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "the model panicked".into())
+}
