@@ -67,6 +67,8 @@ struct Placer {
     accelerator: Accelerator,
     lease: LeaseClient,
     events: broadcast::Receiver<LeaseEvent>,
+    /// This process's VRAM before the current move to the GPU.
+    baseline: u64,
 }
 
 pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, EngineError> {
@@ -82,6 +84,7 @@ pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, Engine
         accelerator,
         lease,
         events,
+        baseline: 0,
     };
     let wait = placer.ctx.settings.lease_wait;
     let first = placer.try_gpu(wait).await;
@@ -154,6 +157,12 @@ impl Placer {
             Accelerator::Cuda => Target::Cuda(guard.device_index() as usize),
             Accelerator::Simulated => Target::SimulatedGpu(guard.device_index() as usize),
         };
+        // What this process used on the device before the model arrived: the commit
+        // reports the difference (CUDA context, other models of this process excluded).
+        self.baseline = match self.accelerator {
+            Accelerator::Cuda => measure_own_vram(guard.device_uuid()).unwrap_or(0),
+            Accelerator::Simulated => 0,
+        };
         move_to(&self.ctx, target).await.map_err(|error| {
             format!("moving to {target:?} failed ({error}); staying on the CPU")
         })?;
@@ -167,9 +176,9 @@ impl Placer {
             Accelerator::Simulated => Target::SimulatedGpu(guard.device_index() as usize),
         };
         let measured = match self.accelerator {
-            Accelerator::Cuda => {
-                measure_own_vram(guard.device_uuid()).unwrap_or(guard.granted_bytes())
-            }
+            Accelerator::Cuda => measure_own_vram(guard.device_uuid())
+                .map(|used| used.saturating_sub(self.baseline).max(1))
+                .unwrap_or(guard.granted_bytes()),
             // Nothing to measure: the estimate is the truth of a simulation.
             Accelerator::Simulated => guard.granted_bytes(),
         };

@@ -1,0 +1,189 @@
+//! `plenum-gpu-check`: on a machine with an NVIDIA GPU, starts a broker on NVML,
+//! loads each provisioned model onto cuda:0 through a lease, and prints what the
+//! broker granted against what NVML measured, the committed size, and per-batch
+//! latency. Fails clearly (exit 2) without a GPU. Run by scripts/gpu-check.sh.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use plenum_broker::inventory::{Inventory, Nvml};
+use plenum_broker::ledger::LedgerConfig;
+use plenum_broker::{Broker, BrokerSettings};
+use plenum_engine::tch::{self, Kind, Tensor};
+use plenum_engine::{DeviceChoice, Engine, EngineMetrics, EngineSettings, ModelManifest};
+use plenum_lease::{LeaseClient, LeaseClientConfig, Priority};
+use plenum_proto::broker::v1 as pb;
+use plenum_runtime::bytes::format_bytes;
+use tokio_util::sync::CancellationToken;
+
+/// Loads every model on the GPU through a broker lease and reports the books.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Manifests to load (default: every *.toml under models/ocr/generated and models/detector).
+    manifests: Vec<PathBuf>,
+    /// Timed runs per batch size.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+}
+
+fn default_manifests() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in ["models/ocr/generated", "models/detector"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|ext| ext == "toml") {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    plenum_engine::omp::ensure_passive_wait_policy();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gpu-check FAILED: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let nvml = Nvml::open()
+        .map_err(|e| anyhow::anyhow!("no NVML here ({e}): this check needs an NVIDIA GPU"))?;
+    anyhow::ensure!(!nvml.devices().is_empty(), "NVML sees no GPU");
+    anyhow::ensure!(
+        tch::Cuda::is_available(),
+        "libtorch sees no CUDA device (is LD_LIBRARY_PATH on torch/lib, and was libtorch_cuda linked?)"
+    );
+    for device in nvml.devices() {
+        println!(
+            "GPU {}: {} ({}), {}",
+            device.index,
+            device.name,
+            device.uuid,
+            format_bytes(device.total_bytes)
+        );
+    }
+    let manifests = if args.manifests.is_empty() {
+        default_manifests()
+    } else {
+        args.manifests
+    };
+    anyhow::ensure!(
+        !manifests.is_empty(),
+        "no model manifests found (run from the repository root)"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let broker = Broker::new(
+        BrokerSettings {
+            ledger: LedgerConfig {
+                reserve_bytes: 512 << 20,
+                ..LedgerConfig::default()
+            },
+            inventory: Arc::new(nvml),
+            token: None,
+            poll_interval: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(1),
+        },
+        shutdown.clone(),
+    );
+    tokio::spawn(async move { broker.serve(listener).await });
+
+    let mut status_client = pb::broker_client::BrokerClient::connect(url.clone()).await?;
+    println!();
+    println!(
+        "{:<22} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14}",
+        "model", "placement", "estimate", "granted", "committed", "batch 1 p50", "batch 8 p50"
+    );
+    let mut engines = Vec::new();
+    for path in manifests {
+        let manifest = ModelManifest::load(&path)?;
+        let estimate = manifest.vram_estimate_bytes;
+        let name = manifest.name.clone();
+        let lease = LeaseClient::connect(LeaseClientConfig::new(url.clone(), name.clone()))?;
+        let settings = EngineSettings {
+            device: DeviceChoice::Cuda,
+            lease_wait: Duration::from_secs(10),
+            priority: Priority::Normal,
+            ..EngineSettings::default()
+        };
+        let engine = Engine::start(
+            manifest.clone(),
+            settings,
+            Some(lease),
+            EngineMetrics::unregistered(&name),
+        )
+        .await?;
+        let placement = engine.state().borrow().placement;
+        let status = status_client
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner();
+        let lease = status.leases.iter().find(|lease| {
+            lease
+                .holder
+                .as_ref()
+                .is_some_and(|holder| holder.name == name)
+        });
+        let (granted, committed) =
+            lease.map_or((0, 0), |lease| (lease.granted_bytes, lease.measured_bytes));
+        let mut shape = manifest.warmup_shape();
+        let mut latencies = Vec::new();
+        for batch in [1, 8] {
+            shape[0] = batch;
+            let mut times = Vec::new();
+            for _ in 0..args.runs {
+                let input = Tensor::rand(shape.as_slice(), (Kind::Float, tch::Device::Cpu));
+                let started = Instant::now();
+                let _output = engine.infer(input).await?;
+                times.push(started.elapsed());
+            }
+            times.sort();
+            latencies.push(times[times.len() / 2]);
+        }
+        println!(
+            "{:<22} {:>10} {:>12} {:>12} {:>12} {:>11.2} ms {:>11.2} ms",
+            name,
+            format!("{placement:?}"),
+            format_bytes(estimate),
+            format_bytes(granted),
+            format_bytes(committed),
+            latencies[0].as_secs_f64() * 1e3,
+            latencies[1].as_secs_f64() * 1e3
+        );
+        engines.push(engine);
+    }
+    let status = status_client
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner();
+    println!();
+    for device in &status.devices {
+        println!(
+            "device {}: NVML used {}, leased {}, measured {}, external {}, free for leases {}",
+            device.index,
+            format_bytes(device.used_bytes),
+            format_bytes(device.leased_bytes),
+            format_bytes(device.measured_bytes),
+            format_bytes(device.external_bytes),
+            format_bytes(device.free_for_lease_bytes)
+        );
+    }
+    shutdown.cancel();
+    Ok(())
+}
