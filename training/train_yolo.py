@@ -217,6 +217,7 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     classes = list(a.classes)
     scale = a.imgsz // 32 * 32
+    t0 = time.time()
     n = len(a.epochs)
     init = str(a.init) if a.init else False
     train_s = 0.0

@@ -108,7 +108,7 @@ async fn run(
     .await?;
     // A few requests beyond the engine's own warmup, not counted.
     for seed in 0..3 {
-        engine.infer(crop(seed)).await?;
+        let _ = engine.infer(crop(seed)).await?;
     }
     let (calls_before, rows_before) = engine.metrics().batches();
 
@@ -124,7 +124,7 @@ async fn run(
             let mut latencies = Vec::with_capacity(inputs.len());
             for input in inputs {
                 let sent = Instant::now();
-                engine.infer(input).await?;
+                let _ = engine.infer(input).await?;
                 latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
             }
             Ok::<_, plenum_engine::EngineError>(latencies)

@@ -87,7 +87,7 @@ fn bench(
 ) -> Result<Vec<f64>, tch::TchError> {
     tch::no_grad(|| {
         for _ in 0..warmup {
-            module.forward_ts(&[input])?;
+            let _ = module.forward_ts(&[input])?;
         }
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {

@@ -1,0 +1,398 @@
+//! Decoding untrusted PNG and JPEG bytes into RGB8, refusing oversized input before it costs
+//! memory.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+
+/// How much one request may make the decoder read and allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded input accepted, in bytes.
+    pub max_bytes: usize,
+    /// Largest `width * height` accepted, checked against the header before any pixel is
+    /// decoded.
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    /// 20 MiB of input and 40 megapixels: a 600 dpi scan of an A1 drawing still fits.
+    fn default() -> Self {
+        Self {
+            max_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The `image` crate's own limits, a second guard behind the header check: no dimension
+    /// above `max_pixels`, no allocation above 8 bytes a pixel (16-bit RGBA, the widest PNG
+    /// output) plus the RGB8 copy made at the end.
+    fn image_limits(&self) -> image::Limits {
+        let side = u32::try_from(self.max_pixels).unwrap_or(u32::MAX);
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(side);
+        limits.max_image_height = Some(side);
+        limits.max_alloc = Some(self.max_pixels.saturating_mul(8 + 3));
+        limits
+    }
+}
+
+/// A decoded image, always 8-bit RGB.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    /// The pixels, after the JPEG EXIF orientation (if any) has been applied.
+    pub image: RgbImage,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Why bytes were not turned into an image.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("the image is empty (0 bytes)")]
+    Empty,
+    #[error("the image is {bytes} bytes, over the limit of {max} bytes")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("the image is {width}x{height} pixels, over the limit of {max} pixels")]
+    TooManyPixels { width: u32, height: u32, max: u64 },
+    #[error("not a PNG or JPEG")]
+    UnknownFormat,
+    /// A well-formed PNG or JPEG using a feature the decoder lacks (say, arithmetic coding).
+    #[error("unsupported PNG or JPEG variant: {0}")]
+    Unsupported(String),
+    /// Truncated or malformed data.
+    #[error("corrupt or truncated image: {0}")]
+    Corrupt(String),
+}
+
+/// Decodes a PNG or JPEG into RGB8.
+///
+/// The header is read first and the image refused when its declared `width * height` is over
+/// `limits.max_pixels`, so a small file declaring 20000x20000 costs nothing. Alpha is dropped
+/// (not composited), and 16-bit samples are scaled to 8 bits, as OpenCV's `imread` does.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(DecodeError::TooLarge {
+            bytes: bytes.len(),
+            max: limits.max_bytes,
+        });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let format = reader.format();
+    if !matches!(format, Some(ImageFormat::Png | ImageFormat::Jpeg)) {
+        return Err(DecodeError::UnknownFormat);
+    }
+    // The allocation budget applies while the header is parsed (PNG text and ICC chunks are
+    // inflated there); the dimension limits wait until the header check below has had the
+    // chance to refuse with the dimensions in the error.
+    let mut header_limits = image::Limits::default();
+    header_limits.max_alloc = limits.image_limits().max_alloc;
+    reader.limits(header_limits);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(e, None))?;
+
+    let (width, height) = decoder.dimensions();
+    let too_many = || DecodeError::TooManyPixels {
+        width,
+        height,
+        max: limits.max_pixels,
+    };
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(too_many());
+    }
+    if width == 0 || height == 0 {
+        return Err(DecodeError::Corrupt(format!(
+            "declared size {width}x{height}"
+        )));
+    }
+    let image_limits = limits.image_limits();
+    if decoder.total_bytes() > image_limits.max_alloc.unwrap_or(u64::MAX) {
+        return Err(too_many());
+    }
+    decoder
+        .set_limits(image_limits)
+        .map_err(|e| classify(e, Some(too_many())))?;
+    // A broken EXIF block is no reason to refuse the pixels.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| classify(e, Some(too_many())))?;
+    if format == Some(ImageFormat::Jpeg) {
+        check_jpeg_complete(bytes)?;
+    }
+    image.apply_orientation(orientation);
+    let image = image.into_rgb8();
+    Ok(DecodedImage {
+        width: image.width(),
+        height: image.height(),
+        image,
+    })
+}
+
+fn classify(error: ImageError, over_limit: Option<DecodeError>) -> DecodeError {
+    match error {
+        ImageError::Limits(e) => over_limit.unwrap_or_else(|| DecodeError::Corrupt(e.to_string())),
+        ImageError::Unsupported(e) => DecodeError::Unsupported(e.to_string()),
+        other => DecodeError::Corrupt(other.to_string()),
+    }
+}
+
+/// The JPEG decoder runs in lenient mode and fills a truncated scan with grey instead of
+/// failing, so completeness is checked here: the last start-of-scan marker must be followed
+/// by an end-of-image marker. Inside entropy-coded data a 0xFF byte is always stuffed
+/// (followed by 0x00 or a restart marker), so neither marker can appear there by accident; an
+/// EXIF thumbnail's own markers come before the main image's scans.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
+    const SOS: [u8; 2] = [0xFF, 0xDA];
+    const EOI: [u8; 2] = [0xFF, 0xD9];
+    let last_scan = bytes.windows(2).rposition(|w| w == SOS);
+    let complete = last_scan.is_some_and(|at| bytes[at..].windows(2).any(|w| w == EOI));
+    if complete {
+        Ok(())
+    } else {
+        Err(DecodeError::Corrupt(
+            "JPEG data ends before the end-of-image marker".to_owned(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use image::{ImageEncoder, Rgb, RgbImage};
+
+    use super::*;
+
+    fn test_image() -> RgbImage {
+        RgbImage::from_fn(37, 23, |x, y| Rgb([(x * 7) as u8, (y * 11) as u8, 200]))
+    }
+
+    fn png_bytes(image: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        out
+    }
+
+    fn jpeg_bytes(image: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        out
+    }
+
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(&crc.finalize().to_be_bytes());
+        out
+    }
+
+    /// A well-formed PNG header declaring `width x height` RGB8, with one tiny IDAT.
+    fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit, RGB, deflate, no filter, no interlace
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        out.extend(chunk(b"IHDR", &ihdr));
+        // A zlib stream holding one empty stored block: decodes to nothing.
+        out.extend(chunk(
+            b"IDAT",
+            &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 1],
+        ));
+        out.extend(chunk(b"IEND", &[]));
+        out
+    }
+
+    #[test]
+    fn decodes_png_and_jpeg() {
+        let source = test_image();
+        let png = decode(&png_bytes(&source), &Limits::default()).unwrap();
+        assert_eq!((png.width, png.height), (37, 23));
+        assert_eq!(png.image, source, "PNG is lossless");
+        let jpeg = decode(&jpeg_bytes(&source), &Limits::default()).unwrap();
+        assert_eq!((jpeg.width, jpeg.height), (37, 23));
+    }
+
+    #[test]
+    fn drops_alpha_and_expands_grey() {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(
+                &[10, 20, 30, 0, 40, 50, 60, 255],
+                2,
+                1,
+                image::ExtendedColorType::Rgba8,
+            )
+            .unwrap();
+        let decoded = decode(&out, &Limits::default()).unwrap();
+        assert_eq!(decoded.image.as_raw(), &[10, 20, 30, 40, 50, 60]);
+
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(&[7, 9], 1, 2, image::ExtendedColorType::L8)
+            .unwrap();
+        let decoded = decode(&out, &Limits::default()).unwrap();
+        assert_eq!(decoded.image.as_raw(), &[7, 7, 7, 9, 9, 9]);
+    }
+
+    #[test]
+    fn empty_input_is_refused() {
+        assert_eq!(
+            decode(&[], &Limits::default()).unwrap_err(),
+            DecodeError::Empty
+        );
+    }
+
+    #[test]
+    fn random_bytes_are_not_an_image() {
+        // A fixed xorshift stream: deterministic "random" bytes.
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let err = decode(&bytes, &Limits::default()).unwrap_err();
+        assert_eq!(err, DecodeError::UnknownFormat);
+        assert_eq!(err.to_string(), "not a PNG or JPEG");
+        // Other formats the image crate knows are refused too.
+        let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+        assert_eq!(
+            decode(gif, &Limits::default()).unwrap_err(),
+            DecodeError::UnknownFormat
+        );
+    }
+
+    #[test]
+    fn truncated_png_is_corrupt() {
+        let bytes = png_bytes(&test_image());
+        for cut in [bytes.len() / 2, bytes.len() - 13, 20, 9] {
+            let err = decode(&bytes[..cut], &Limits::default()).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Corrupt(_)),
+                "cut at {cut}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_jpeg_is_corrupt() {
+        let bytes = jpeg_bytes(&test_image());
+        for cut in [bytes.len() - 2, bytes.len() * 3 / 4, bytes.len() / 2, 30, 4] {
+            let err = decode(&bytes[..cut], &Limits::default()).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Corrupt(_)),
+                "cut at {cut}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_declared_png_is_refused_from_the_header() {
+        let bytes = png_declaring(20_000, 20_000);
+        assert!(bytes.len() < 100);
+        let started = Instant::now();
+        let err = decode(&bytes, &Limits::default()).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooManyPixels {
+                width: 20_000,
+                height: 20_000,
+                max: 40_000_000
+            }
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            err.to_string(),
+            "the image is 20000x20000 pixels, over the limit of 40000000 pixels"
+        );
+        // A wide, short image is counted by area, not by side.
+        let tight = Limits {
+            max_pixels: 1000,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            decode(&png_declaring(1001, 1), &tight),
+            Err(DecodeError::TooManyPixels { width: 1001, .. })
+        ));
+    }
+
+    #[test]
+    fn crafted_header_within_limits_is_corrupt_not_a_panic() {
+        // The same crafted file at an allowed size: the IDAT holds no pixels.
+        let err = decode(&png_declaring(64, 64), &Limits::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_parsing() {
+        let limits = Limits {
+            max_bytes: 100,
+            ..Limits::default()
+        };
+        let err = decode(&[0u8; 101], &limits).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooLarge {
+                bytes: 101,
+                max: 100
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the image is 101 bytes, over the limit of 100 bytes"
+        );
+    }
+
+    #[test]
+    fn pixel_limit_applies_to_real_images() {
+        let limits = Limits {
+            max_pixels: 37 * 23 - 1,
+            ..Limits::default()
+        };
+        for bytes in [png_bytes(&test_image()), jpeg_bytes(&test_image())] {
+            assert!(matches!(
+                decode(&bytes, &limits),
+                Err(DecodeError::TooManyPixels {
+                    width: 37,
+                    height: 23,
+                    ..
+                })
+            ));
+        }
+    }
+}

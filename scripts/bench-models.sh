@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The OCR models on libtorch (Rust, tch) against onnxruntime (Python), in one run with the
+# same input shapes and thread budget, then recognition throughput through the engine.
+#
+#   scripts/bench-models.sh [--threads 2] [--runs 10] [--warmup 3] [--requests 64]
+#
+# Needs the project venv (.venv, `make setup`) and provisioned models
+# (scripts/provision-models.sh). Prints a final markdown table:
+# model | input | tch (Rust) ms | ORT ms | ratio (tch / ORT, < 1 means tch is faster).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+THREADS=2
+RUNS=10
+WARMUP=3
+REQUESTS=64
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --threads) THREADS="$2"; shift 2 ;;
+        --runs) RUNS="$2"; shift 2 ;;
+        --warmup) WARMUP="$2"; shift 2 ;;
+        --requests) REQUESTS="$2"; shift 2 ;;
+        *) echo "usage: $0 [--threads N] [--runs N] [--warmup N] [--requests N]" >&2; exit 2 ;;
+    esac
+done
+
+if [[ ! -x "$PY" ]]; then
+    echo "error: no python in $VENV (run make setup, or set VENV=...)" >&2
+    exit 1
+fi
+# libgomp reads this once, when libtorch / onnxruntime load it; spinning is 10-25x slower here.
+export OMP_WAIT_POLICY=PASSIVE
+
+cd "$ROOT"
+cargo build --release --quiet -p plenum-engine --example bench_models --example bench_batching
+EXAMPLES="$ROOT/target/release/examples"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+echo "== tch (Rust)"
+"$EXAMPLES/bench_models" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" | tee "$TMP/tch.txt"
+grep '^BENCH_JSON ' "$TMP/tch.txt" | sed 's/^BENCH_JSON //' >"$TMP/tch.json"
+
+echo
+echo "== onnxruntime (Python)"
+"$PY" - "$THREADS" "$RUNS" "$WARMUP" "$TMP/ort.json" <<'PY'
+import json, statistics, sys, time
+from pathlib import Path
+
+sys.path.insert(0, "models")
+import provision_ocr as P  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+threads, runs, warmup, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+SHAPES = {"det": (1, 3, 960, 960), "rec": (8, 3, 48, 320), "cls": (6, 3, 48, 192)}
+sources = P.check_sources()
+rng = np.random.default_rng(0)
+print(f"onnxruntime {ort.__version__} on CPU, intra-op {threads} / inter-op 1 threads, "
+      f"median of {runs} runs after {warmup} warm-up")
+print(f"{'model':<5} {'input':<14} {'median ms':>10} {'p90 ms':>10}")
+models = []
+for key, shape in SHAPES.items():
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(str(sources[key]), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        samples.append((time.perf_counter() - t) * 1000.0)
+    samples.sort()
+    med = statistics.median(samples)
+    p90 = samples[max(1, -(-9 * len(samples) // 10)) - 1]
+    dims = "x".join(map(str, shape))
+    print(f"{key:<5} {dims:<14} {med:>10.1f} {p90:>10.1f}", flush=True)
+    models.append({"model": key, "input": dims, "median_ms": med, "p90_ms": p90})
+out.write_text(json.dumps({"backend": "ort", "threads": threads, "models": models}))
+PY
+
+echo
+echo "== recognition through the engine (tch, batching)"
+"$EXAMPLES/bench_batching" --threads "$THREADS" --requests "$REQUESTS"
+
+echo
+echo "== tch (Rust) vs onnxruntime, medians, $THREADS threads"
+"$PY" - "$TMP/tch.json" "$TMP/ort.json" <<'PY'
+import json, sys
+
+tch = {m["model"]: m for m in json.load(open(sys.argv[1]))["models"]}
+ort = {m["model"]: m for m in json.load(open(sys.argv[2]))["models"]}
+print("| model | input | tch (Rust) ms | ORT ms | ratio |")
+print("|---|---|---:|---:|---:|")
+for key, t in tch.items():
+    o = ort[key]
+    assert t["input"] == o["input"], (t, o)
+    print(f"| {key} | {t['input']} | {t['median_ms']:.1f} | {o['median_ms']:.1f} | "
+          f"{t['median_ms'] / o['median_ms']:.2f} |")
+PY

@@ -1,0 +1,64 @@
+//! The detector's one clap struct; every flag is also a `PLENUM_*` variable.
+
+use std::path::PathBuf;
+
+use plenum_engine::EngineArgs;
+use plenum_runtime::config::{BrokerClientArgs, ServerArgs, TelemetryArgs};
+
+/// plenum-detector: YOLO detection on tch, placed on a GPU under a broker lease.
+#[derive(Debug, clap::Parser)]
+#[command(name = "plenum-detector", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub broker: BrokerClientArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Folder holding the models (default: `models/` of the checkout, found from the
+    /// working directory or the binary's location).
+    #[arg(long, env = "PLENUM_MODELS")]
+    pub models: Option<PathBuf>,
+    /// The detection model's manifest name under `<models>/detector/`.
+    #[arg(long, env = "PLENUM_DETECTOR_MODEL", default_value = "hvac-yolov8n")]
+    pub model: String,
+    /// Largest gRPC request accepted, in bytes.
+    #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "64MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    pub max_request_bytes: u64,
+    /// Largest encoded image accepted, in bytes.
+    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    pub max_image_bytes: u64,
+    /// Largest image accepted, in pixels (checked from the header, before decoding).
+    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Most images in one Detect call.
+    #[arg(long, env = "PLENUM_MAX_IMAGES", default_value_t = 16)]
+    pub max_images: usize,
+    /// Overlap between tiles of a large page, in pixels (more than the largest symbol).
+    #[arg(long, env = "PLENUM_TILE_OVERLAP", default_value_t = 128)]
+    pub tile_overlap: u32,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7002";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9102";
+
+/// The checkout's `models/`: from the working directory, else next to the binary
+/// (`target/release/…` → `../../models`).
+pub fn default_models_dir() -> PathBuf {
+    let here = PathBuf::from("models");
+    if here.join("detector").exists() {
+        return here;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()?
+                .parent()?
+                .parent()
+                .map(|root| root.join("models"))
+        })
+        .filter(|dir| dir.exists())
+        .unwrap_or(here)
+}

@@ -1,0 +1,76 @@
+//! The detector service: YOLO (Ultralytics TorchScript exports) over the engine.
+//!
+//! Rooms: [`yolo`] decodes model outputs exactly as Ultralytics does, [`pipeline`]
+//! turns images into model inputs and detections back into source pixels (letterbox
+//! or tiles), [`service`] is the gRPC face, [`config`] the flags.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod pipeline;
+pub mod service;
+pub mod yolo;
+
+use std::path::Path;
+use std::time::Duration;
+
+use plenum_engine::{Engine, EngineMetrics, EngineSettings, ModelManifest};
+use plenum_lease::LeaseClient;
+use plenum_proto::detector::v1::detector_server::DetectorServer;
+use plenum_runtime::grpc::GrpcServer;
+use plenum_vision::decode::Limits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::Detector;
+use crate::service::DetectorService;
+
+/// Everything the detector needs, resolved from flags.
+pub struct DetectorSettings {
+    pub manifest: ModelManifest,
+    pub engine: EngineSettings,
+    pub lease: Option<LeaseClient>,
+    pub limits: Limits,
+    pub max_images: usize,
+    pub max_request_bytes: usize,
+    pub tile_overlap: u32,
+    pub drain_timeout: Duration,
+}
+
+/// Loads the model named `model` from `<models>/detector/<model>.toml`.
+pub fn load_manifest(
+    models: &Path,
+    model: &str,
+) -> Result<ModelManifest, plenum_engine::manifest::ManifestError> {
+    ModelManifest::load(&models.join("detector").join(format!("{model}.toml")))
+}
+
+/// Loads the model (placing it through the broker when given), then serves on
+/// `listener` until `shutdown`.
+pub async fn run(
+    settings: DetectorSettings,
+    metrics: &prometheus::Registry,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let engine_metrics = EngineMetrics::register(metrics, "detector", &settings.manifest.name)?;
+    let engine = Engine::start(
+        settings.manifest,
+        settings.engine,
+        settings.lease,
+        engine_metrics,
+    )
+    .await?;
+    let detector = Detector::new(engine, settings.limits, settings.tile_overlap);
+    let service = DetectorServer::new(DetectorService::new(detector, settings.max_images))
+        .max_decoding_message_size(settings.max_request_bytes);
+    let server = GrpcServer::new();
+    server
+        .health()
+        .set_serving::<DetectorServer<DetectorService>>()
+        .await;
+    server
+        .add_service(service)
+        .serve(listener, shutdown, settings.drain_timeout)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+use anyhow::Context;
+use plenum_detector::config::{Config, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, default_models_dir};
+use plenum_detector::{DetectorSettings, load_manifest, run};
+use plenum_lease::{LeaseClient, LeaseClientConfig};
+use plenum_runtime::config::parse_with_defaults;
+use plenum_runtime::{metrics, shutdown, telemetry};
+use plenum_vision::decode::Limits;
+use tokio::net::TcpListener;
+
+fn main() -> anyhow::Result<()> {
+    // Before libtorch loads: libgomp reads its wait policy only once.
+    plenum_engine::omp::ensure_passive_wait_policy();
+    tokio::runtime::Runtime::new()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let config: Config = parse_with_defaults(&[
+        ("listen", DEFAULT_LISTEN),
+        ("metrics_listen", DEFAULT_METRICS_LISTEN),
+    ]);
+    let telemetry = telemetry::init("plenum-detector", &config.telemetry)?;
+    tracing::info!(?config, "starting plenum-detector");
+    let shutdown = shutdown::on_signal();
+
+    let models = config.models.clone().unwrap_or_else(default_models_dir);
+    let manifest = load_manifest(&models, &config.model).with_context(|| {
+        format!(
+            "cannot load model `{}` from {}",
+            config.model,
+            models.display()
+        )
+    })?;
+    let lease = match &config.broker.broker {
+        Some(url) => {
+            let mut lease_config = LeaseClientConfig::new(url.clone(), "detector");
+            lease_config.token = config.broker.token.as_ref().map(|token| token.shared());
+            Some(LeaseClient::connect(lease_config)?)
+        }
+        None => {
+            tracing::info!("no --broker: the model runs on the CPU");
+            None
+        }
+    };
+    let registry = prometheus::Registry::new();
+    if let Some(addr) = config.server.metrics_listen {
+        metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;
+    }
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot bind {}", config.server.listen))?;
+    let settings = DetectorSettings {
+        manifest,
+        engine: config.engine.settings(),
+        lease,
+        limits: Limits {
+            max_bytes: config.max_image_bytes as usize,
+            max_pixels: config.max_image_pixels,
+        },
+        max_images: config.max_images,
+        max_request_bytes: config.max_request_bytes as usize,
+        tile_overlap: config.tile_overlap,
+        drain_timeout: config.server.drain_timeout,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "detector listening once the model is loaded");
+    run(settings, &registry, listener, shutdown).await?;
+    telemetry.shutdown();
+    Ok(())
+}

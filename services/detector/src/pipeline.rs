@@ -1,0 +1,370 @@
+//! From encoded images to detections in source pixels: decode with limits, fit
+//! each page to the model (letterbox, or tiles at the native scale for large pages),
+//! run every input of the call through the engine as one batch, decode, merge.
+
+use std::sync::Arc;
+
+use image::{Rgb, RgbImage};
+use plenum_engine::tch::{Kind, Tensor};
+use plenum_engine::{Engine, EngineError};
+use plenum_vision::decode::{DecodeError, DecodedImage, Limits, decode};
+use plenum_vision::geometry::{BoxF, nms};
+use plenum_vision::letterbox::{PAD_VALUE, to_nchw_f32};
+use plenum_vision::resize::resize_linear;
+use plenum_vision::tiles::{crop, tile_grid};
+
+use crate::yolo::{self, RawDetection};
+
+/// How one call wants its images fitted and filtered, already validated.
+#[derive(Debug, Clone)]
+pub struct DetectOptions {
+    pub score_threshold: f32,
+    pub iou_threshold: f32,
+    /// Class indices to keep; None = all.
+    pub classes: Option<Vec<usize>>,
+    pub tiling: Tiling,
+    /// Letterbox size when not tiling.
+    pub input_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiling {
+    Auto,
+    Off,
+    On,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub bbox: BoxF,
+    pub class: usize,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageResult {
+    pub width: u32,
+    pub height: u32,
+    pub tiles: u32,
+    pub detections: Vec<Detection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("images[{index}]: {source}")]
+    Decode { index: usize, source: DecodeError },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// The model and what the pipeline needs to know about it.
+#[derive(Clone)]
+pub struct Detector {
+    engine: Engine,
+    classes: Arc<Vec<String>>,
+    native_size: u32,
+    limits: Limits,
+    tile_overlap: u32,
+    stride: u32,
+}
+
+/// How a page became model inputs, to map boxes back.
+enum Plan {
+    /// The letterboxed input's size.
+    Letterbox {
+        width: u32,
+        height: u32,
+    },
+    Tiles {
+        origins: Vec<(u32, u32)>,
+    },
+}
+
+impl Detector {
+    pub fn new(engine: Engine, limits: Limits, tile_overlap: u32) -> Self {
+        let manifest = engine.manifest();
+        let classes = Arc::new(manifest.labels.classes.clone());
+        let native_size = manifest.input.size.unwrap_or(640).max(32) as u32;
+        let stride = manifest.input.stride.unwrap_or(32).max(1) as u32;
+        Self {
+            stride,
+            engine,
+            classes,
+            native_size,
+            limits,
+            tile_overlap,
+        }
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    pub fn native_size(&self) -> u32 {
+        self.native_size
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether a page of this size is tiled under `tiling`: pages whose longer side
+    /// exceeds 4/3 of the native size would shrink below 75% of the scale the model
+    /// was trained at, where small symbols start to be missed.
+    pub fn should_tile(&self, width: u32, height: u32, tiling: Tiling) -> bool {
+        match tiling {
+            Tiling::On => true,
+            Tiling::Off => false,
+            Tiling::Auto => u64::from(width.max(height)) * 3 > u64::from(self.native_size) * 4,
+        }
+    }
+
+    pub async fn detect(
+        &self,
+        images: Vec<Vec<u8>>,
+        options: &DetectOptions,
+    ) -> Result<Vec<ImageResult>, PipelineError> {
+        let this = self.clone();
+        let options_for_prep = options.clone();
+        // Decoding and resizing are CPU work: keep them off the async threads.
+        let prepared =
+            tokio::task::spawn_blocking(move || this.prepare(&images, &options_for_prep))
+                .await
+                .map_err(|error| PipelineError::Internal(error.to_string()))??;
+
+        // Letterboxed inputs of one size and tiles (all native size) go through the
+        // engine as batches; sizes differ only when callers ask for input_size.
+        let mut groups: Vec<((u32, u32), Vec<f32>, usize)> = Vec::new();
+        for page in &prepared {
+            for (size, pixels) in &page.inputs {
+                match groups.iter_mut().find(|(s, _, _)| s == size) {
+                    Some((_, data, count)) => {
+                        data.extend_from_slice(pixels);
+                        *count += 1;
+                    }
+                    None => groups.push((*size, pixels.clone(), 1)),
+                }
+            }
+        }
+        let mut outputs_by_size = Vec::new();
+        for ((width, height), data, count) in groups {
+            let input = Tensor::from_slice(&data).view([
+                count as i64,
+                3,
+                i64::from(height),
+                i64::from(width),
+            ]);
+            let output = self.engine.infer(input).await?;
+            outputs_by_size.push(((width, height), yolo::split_batch(&output).into_iter()));
+        }
+
+        let mut results = Vec::with_capacity(prepared.len());
+        for page in prepared {
+            let mut raw = Vec::new();
+            for (size, _) in &page.inputs {
+                let (_, outputs) = outputs_by_size
+                    .iter_mut()
+                    .find(|(s, _)| s == size)
+                    .ok_or_else(|| PipelineError::Internal("lost a batch".into()))?;
+                let output = outputs
+                    .next()
+                    .ok_or_else(|| PipelineError::Internal("short batch".into()))?;
+                raw.push(yolo::decode(
+                    &output.to_kind(Kind::Float),
+                    options.score_threshold,
+                    options.iou_threshold,
+                    options.classes.as_deref(),
+                ));
+            }
+            let detections = match &page.plan {
+                Plan::Letterbox { width, height } => raw
+                    .pop()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|d| Detection {
+                        bbox: yolo::scale_to_source(
+                            &d.bbox,
+                            *width,
+                            *height,
+                            page.width,
+                            page.height,
+                        ),
+                        class: d.class,
+                        score: d.score,
+                    })
+                    .collect(),
+                Plan::Tiles { origins } => merge_tiles(
+                    raw,
+                    origins,
+                    self.native_size,
+                    page.width,
+                    page.height,
+                    options.iou_threshold,
+                ),
+            };
+            results.push(ImageResult {
+                width: page.width,
+                height: page.height,
+                tiles: page.inputs.len() as u32,
+                detections,
+            });
+        }
+        Ok(results)
+    }
+
+    fn prepare(
+        &self,
+        images: &[Vec<u8>],
+        options: &DetectOptions,
+    ) -> Result<Vec<PreparedPage>, PipelineError> {
+        images
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                let image = decode(bytes, &self.limits)
+                    .map_err(|source| PipelineError::Decode { index, source })?;
+                Ok(self.prepare_page(&image, options))
+            })
+            .collect()
+    }
+
+    fn prepare_page(&self, image: &DecodedImage, options: &DetectOptions) -> PreparedPage {
+        let (width, height) = (image.width, image.height);
+        if self.should_tile(width, height, options.tiling) {
+            let side = self.native_size;
+            let origins = tile_grid(width, height, side, self.tile_overlap);
+            let inputs = origins
+                .iter()
+                .map(|&(x, y)| {
+                    let tile = crop(&image.image, i64::from(x), i64::from(y), side, side);
+                    ((side, side), to_nchw_f32(&[&tile]).0)
+                })
+                .collect();
+            PreparedPage {
+                width,
+                height,
+                plan: Plan::Tiles { origins },
+                inputs,
+            }
+        } else {
+            let boxed = letterbox_rect(&image.image, options.input_size, self.stride);
+            let size = boxed.dimensions();
+            PreparedPage {
+                width,
+                height,
+                plan: Plan::Letterbox {
+                    width: size.0,
+                    height: size.1,
+                },
+                inputs: vec![(size, to_nchw_f32(&[&boxed]).0)],
+            }
+        }
+    }
+}
+
+struct PreparedPage {
+    width: u32,
+    height: u32,
+    plan: Plan,
+    /// ((width, height), RGB/255 NCHW pixels) of each model input
+    inputs: Vec<((u32, u32), Vec<f32>)>,
+}
+
+/// Ultralytics' letterbox for a dynamic export (`auto=True`, what `predict` does with
+/// this model): scale to fit `size`, then pad only up to the next multiple of `stride`
+/// (the minimum rectangle), centred with the `round(d ∓ 0.1)` split, grey 114. A
+/// 1600×1200 page becomes 640×480, not 640×640: a quarter less compute.
+fn letterbox_rect(source: &RgbImage, size: u32, stride: u32) -> RgbImage {
+    let (w, h) = source.dimensions();
+    let ratio = f64::min(
+        f64::from(size) / f64::from(h),
+        f64::from(size) / f64::from(w),
+    );
+    let unpad_w = (f64::from(w) * ratio)
+        .round_ties_even()
+        .clamp(1.0, f64::from(size)) as u32;
+    let unpad_h = (f64::from(h) * ratio)
+        .round_ties_even()
+        .clamp(1.0, f64::from(size)) as u32;
+    let dw = f64::from((size - unpad_w) % stride) / 2.0;
+    let dh = f64::from((size - unpad_h) % stride) / 2.0;
+    let (left, right) = (
+        (dw - 0.1).round_ties_even() as u32,
+        (dw + 0.1).round_ties_even() as u32,
+    );
+    let (top, bottom) = (
+        (dh - 0.1).round_ties_even() as u32,
+        (dh + 0.1).round_ties_even() as u32,
+    );
+    let mut out = RgbImage::from_pixel(
+        unpad_w + left + right,
+        unpad_h + top + bottom,
+        Rgb([PAD_VALUE; 3]),
+    );
+    if (unpad_w, unpad_h) == (w, h) {
+        image::imageops::replace(&mut out, source, i64::from(left), i64::from(top));
+    } else {
+        let resized = resize_linear(source, unpad_w, unpad_h);
+        image::imageops::replace(&mut out, &resized, i64::from(left), i64::from(top));
+    }
+    out
+}
+
+/// Tiles back to one page: shift each tile's boxes by its origin, drop boxes cut by
+/// an inner tile edge (the overlap guarantees a neighbour saw the whole symbol), then
+/// class-wise NMS across tiles.
+fn merge_tiles(
+    per_tile: Vec<Vec<RawDetection>>,
+    origins: &[(u32, u32)],
+    side: u32,
+    width: u32,
+    height: u32,
+    iou_threshold: f32,
+) -> Vec<Detection> {
+    const EDGE: f32 = 2.0;
+    let mut candidates = Vec::new();
+    for (detections, &(x0, y0)) in per_tile.into_iter().zip(origins) {
+        let (x0, y0) = (x0 as f32, y0 as f32);
+        let (x1, y1) = (x0 + side as f32, y0 + side as f32);
+        for d in detections {
+            let b = BoxF {
+                x_min: (d.bbox.x_min + x0).clamp(0.0, width as f32),
+                y_min: (d.bbox.y_min + y0).clamp(0.0, height as f32),
+                x_max: (d.bbox.x_max + x0).clamp(0.0, width as f32),
+                y_max: (d.bbox.y_max + y0).clamp(0.0, height as f32),
+            };
+            let cut = (x0 > 0.0 && b.x_min - x0 < EDGE)
+                || (y0 > 0.0 && b.y_min - y0 < EDGE)
+                || (x1 < width as f32 && x1 - b.x_max < EDGE)
+                || (y1 < height as f32 && y1 - b.y_max < EDGE);
+            if !cut {
+                candidates.push(Detection {
+                    bbox: b,
+                    class: d.class,
+                    score: d.score,
+                });
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let offset: Vec<BoxF> = candidates
+        .iter()
+        .map(|d| {
+            let o = d.class as f32 * 7680.0;
+            BoxF {
+                x_min: d.bbox.x_min + o,
+                y_min: d.bbox.y_min + o,
+                x_max: d.bbox.x_max + o,
+                y_max: d.bbox.y_max + o,
+            }
+        })
+        .collect();
+    let scores: Vec<f32> = candidates.iter().map(|d| d.score).collect();
+    let mut keep = nms(&offset, &scores, iou_threshold);
+    keep.truncate(yolo::MAX_DETECTIONS);
+    keep.into_iter()
+        .map(|index| candidates[index].clone())
+        .collect()
+}

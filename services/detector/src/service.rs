@@ -1,0 +1,212 @@
+//! `plenum.detector.v1.Detector`: validates, runs the pipeline, and converts every
+//! error to a status in one place.
+
+use plenum_engine::EngineError;
+use plenum_proto::common::v1 as common;
+use plenum_proto::detector::v1::{self as pb, detector_server::Detector as DetectorApi};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::pipeline::{DetectOptions, Detector, PipelineError, Tiling};
+
+const DEFAULT_SCORE: f32 = 0.25;
+const DEFAULT_IOU: f32 = 0.7;
+
+pub struct DetectorService {
+    detector: Detector,
+    max_images: usize,
+}
+
+impl DetectorService {
+    pub fn new(detector: Detector, max_images: usize) -> Self {
+        Self {
+            detector,
+            max_images,
+        }
+    }
+}
+
+/// A request the caller got wrong, naming the field.
+#[derive(Debug)]
+struct BadField {
+    field: String,
+    reason: String,
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> BadField {
+    BadField {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl From<BadField> for Status {
+    fn from(bad: BadField) -> Self {
+        let mut details = ErrorDetails::new();
+        details.add_bad_request_violation(bad.field.clone(), bad.reason.clone());
+        Status::with_error_details(
+            Code::InvalidArgument,
+            format!("{}: {}", bad.field, bad.reason),
+            details,
+        )
+    }
+}
+
+impl From<PipelineError> for Status {
+    fn from(error: PipelineError) -> Self {
+        match error {
+            PipelineError::Decode { index, source } => {
+                bad(format!("images[{index}]"), source.to_string()).into()
+            }
+            PipelineError::Engine(EngineError::Overloaded { .. }) => {
+                let details =
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
+                Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
+            }
+            PipelineError::Engine(EngineError::NotReady(_)) => {
+                Status::unavailable(error.to_string())
+            }
+            PipelineError::Engine(EngineError::Inference(_) | EngineError::Load(_))
+            | PipelineError::Internal(_) => {
+                tracing::error!(%error, "detection failed");
+                Status::internal("detection failed; the details are in the detector's log")
+            }
+        }
+    }
+}
+
+impl DetectorService {
+    fn options(&self, options: Option<pb::DetectOptions>) -> Result<DetectOptions, BadField> {
+        let options = options.unwrap_or_default();
+        let score_threshold = match options.score_threshold {
+            0.0 => DEFAULT_SCORE,
+            s if (0.0..1.0).contains(&s) => s,
+            s => {
+                return Err(bad(
+                    "options.score_threshold",
+                    format!("must be in [0, 1), got {s}"),
+                ));
+            }
+        };
+        let iou_threshold = match options.iou_threshold {
+            0.0 => DEFAULT_IOU,
+            iou if iou > 0.0 && iou <= 1.0 => iou,
+            iou => {
+                return Err(bad(
+                    "options.iou_threshold",
+                    format!("must be in (0, 1], got {iou}"),
+                ));
+            }
+        };
+        let known = self.detector.classes();
+        let classes = if options.classes.is_empty() {
+            None
+        } else {
+            let indices = options
+                .classes
+                .iter()
+                .map(|name| {
+                    known.iter().position(|class| class == name).ok_or_else(|| {
+                        bad(
+                            "options.classes",
+                            format!(
+                                "unknown class `{name}`; this model knows {}",
+                                known.join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(indices)
+        };
+        let tiling = match pb::Tiling::try_from(options.tiling) {
+            Ok(pb::Tiling::Unspecified | pb::Tiling::Auto) => Tiling::Auto,
+            Ok(pb::Tiling::Off) => Tiling::Off,
+            Ok(pb::Tiling::On) => Tiling::On,
+            Err(_) => {
+                return Err(bad(
+                    "options.tiling",
+                    format!("unknown tiling {}", options.tiling),
+                ));
+            }
+        };
+        let input_size = match options.input_size {
+            0 => self.detector.native_size(),
+            size if size % 32 == 0 && (32..=4096).contains(&size) => size,
+            size => {
+                return Err(bad(
+                    "options.input_size",
+                    format!("must be a multiple of 32 in [32, 4096], got {size}"),
+                ));
+            }
+        };
+        Ok(DetectOptions {
+            score_threshold,
+            iou_threshold,
+            classes,
+            tiling,
+            input_size,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl DetectorApi for DetectorService {
+    async fn detect(
+        &self,
+        request: Request<pb::DetectRequest>,
+    ) -> Result<Response<pb::DetectResponse>, Status> {
+        let request = request.into_inner();
+        if request.images.is_empty() {
+            return Err(bad("images", "at least one image is required").into());
+        }
+        if request.images.len() > self.max_images {
+            return Err(bad(
+                "images",
+                format!(
+                    "{} images; at most {} per call",
+                    request.images.len(),
+                    self.max_images
+                ),
+            )
+            .into());
+        }
+        let options = self.options(request.options)?;
+        let results = self.detector.detect(request.images, &options).await?;
+        let classes = self.detector.classes();
+        let placement = if self.detector.engine().state().borrow().placement.is_gpu() {
+            common::Placement::Gpu
+        } else {
+            common::Placement::Cpu
+        };
+        Ok(Response::new(pb::DetectResponse {
+            results: results
+                .into_iter()
+                .map(|image| pb::ImageDetections {
+                    width: image.width,
+                    height: image.height,
+                    tiles: image.tiles,
+                    detections: image
+                        .detections
+                        .into_iter()
+                        .map(|d| pb::Detection {
+                            r#box: Some(common::Box {
+                                x_min: d.bbox.x_min,
+                                y_min: d.bbox.y_min,
+                                x_max: d.bbox.x_max,
+                                y_max: d.bbox.y_max,
+                            }),
+                            class_name: classes
+                                .get(d.class)
+                                .cloned()
+                                .unwrap_or_else(|| d.class.to_string()),
+                            score: d.score,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            model: self.detector.engine().manifest().name.clone(),
+            placement: placement as i32,
+        }))
+    }
+}
