@@ -12,10 +12,7 @@ fuzz_target!(|data: &[u8]| {
         max_pixels: 512 * 512,
     };
     if let Ok(decoded) = decode(data, &limits) {
-        assert_eq!(
-            decoded.image.dimensions(),
-            (decoded.width, decoded.height)
-        );
+        assert_eq!(decoded.image.dimensions(), (decoded.width, decoded.height));
         assert!(u64::from(decoded.width) * u64::from(decoded.height) <= limits.max_pixels);
         let boxed = letterbox(&decoded.image, 64, 64);
         assert_eq!(boxed.image.dimensions(), (64, 64));
