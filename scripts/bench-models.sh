@@ -2,8 +2,10 @@
 # The OCR models on libtorch (Rust, tch) against onnxruntime (Python), in one run with the
 # same input shapes and thread budget, then recognition throughput through the engine.
 #
-#   scripts/bench-models.sh [--threads 2] [--runs 10] [--warmup 3] [--requests 64]
+#   scripts/bench-models.sh [--threads 2] [--runs 10] [--warmup 3] [--rounds 2] [--requests 64]
 #
+# Each round runs both backends (in alternating order); the final table pools the samples
+# of all rounds, so its medians are of rounds x runs runs per model and backend.
 # Needs the project venv (.venv, `make setup`) and provisioned models
 # (scripts/provision-models.sh). Prints a final markdown table:
 # model | input | tch (Rust) ms | ORT ms | ratio (tch / ORT, < 1 means tch is faster).
@@ -16,13 +18,16 @@ THREADS=2
 RUNS=10
 WARMUP=3
 REQUESTS=64
+ROUNDS=2
+MODELS="det rec cls"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
         --warmup) WARMUP="$2"; shift 2 ;;
         --requests) REQUESTS="$2"; shift 2 ;;
-        *) echo "usage: $0 [--threads N] [--runs N] [--warmup N] [--requests N]" >&2; exit 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        *) echo "usage: $0 [--threads N] [--runs N] [--warmup N] [--rounds N] [--requests N]" >&2; exit 2 ;;
     esac
 done
 
@@ -39,13 +44,8 @@ EXAMPLES="$ROOT/target/release/examples"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-echo "== tch (Rust)"
-"$EXAMPLES/bench_models" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" | tee "$TMP/tch.txt"
-grep '^BENCH_JSON ' "$TMP/tch.txt" | sed 's/^BENCH_JSON //' >"$TMP/tch.json"
-
-echo
-echo "== onnxruntime (Python)"
-"$PY" - "$THREADS" "$RUNS" "$WARMUP" "$TMP/ort.json" <<'PY'
+# The ORT side: the same shapes and thread budget; writes its samples as JSON.
+cat >"$TMP/ort_bench.py" <<'PY'
 import json, statistics, sys, time
 from pathlib import Path
 
@@ -56,6 +56,7 @@ import onnxruntime as ort  # noqa: E402
 
 threads, runs, warmup, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 SHAPES = {"det": (1, 3, 960, 960), "rec": (8, 3, 48, 320), "cls": (6, 3, 48, 192)}
+SHAPES = {key: SHAPES[key] for key in sys.argv[5].split(",")}
 sources = P.check_sources()
 rng = np.random.default_rng(0)
 print(f"onnxruntime {ort.__version__} on CPU, intra-op {threads} / inter-op 1 threads, "
@@ -77,31 +78,65 @@ for key, shape in SHAPES.items():
         t = time.perf_counter()
         sess.run(None, {name: x})
         samples.append((time.perf_counter() - t) * 1000.0)
-    samples.sort()
-    med = statistics.median(samples)
-    p90 = samples[max(1, -(-9 * len(samples) // 10)) - 1]
+    ordered = sorted(samples)
+    med = statistics.median(ordered)
+    p90 = ordered[max(1, -(-9 * len(ordered) // 10)) - 1]
     dims = "x".join(map(str, shape))
     print(f"{key:<5} {dims:<14} {med:>10.1f} {p90:>10.1f}", flush=True)
-    models.append({"model": key, "input": dims, "median_ms": med, "p90_ms": p90})
+    models.append({"model": key, "input": dims, "median_ms": med, "p90_ms": p90, "samples_ms": samples})
 out.write_text(json.dumps({"backend": "ort", "threads": threads, "models": models}))
 PY
+
+run_tch() { # round model
+    echo "== round $1, $2: tch (Rust)"
+    "$EXAMPLES/bench_models" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --model "$2" \
+        | tee "$TMP/tch.out" | grep -v '^BENCH_JSON '
+    grep '^BENCH_JSON ' "$TMP/tch.out" | sed 's/^BENCH_JSON //' >"$TMP/tch.$1.$2.json"
+}
+run_ort() { # round model
+    echo "== round $1, $2: onnxruntime (Python)"
+    "$PY" "$TMP/ort_bench.py" "$THREADS" "$RUNS" "$WARMUP" "$TMP/ort.$1.$2.json" "$2"
+}
+
+# The VM is shared and its load drifts by 2-4x within a minute: go model by model, alternate
+# which backend runs first (tch, ORT, then ORT, tch, ...), and pool every round's samples,
+# so neither side always gets the quieter moment.
+for ((round = 1; round <= ROUNDS; round++)); do
+    for model in $MODELS; do
+        if ((round % 2)); then
+            run_tch "$round" "$model"; run_ort "$round" "$model"
+        else
+            run_ort "$round" "$model"; run_tch "$round" "$model"
+        fi
+    done
+done
 
 echo
 echo "== recognition through the engine (tch, batching)"
 "$EXAMPLES/bench_batching" --threads "$THREADS" --requests "$REQUESTS"
 
 echo
-echo "== tch (Rust) vs onnxruntime, medians, $THREADS threads"
-"$PY" - "$TMP/tch.json" "$TMP/ort.json" <<'PY'
-import json, sys
+echo "== tch (Rust) vs onnxruntime: medians of $((ROUNDS * RUNS)) runs each ($ROUNDS alternating rounds of $RUNS), $THREADS threads"
+"$PY" - "$TMP" <<'PY'
+import json, statistics, sys
+from pathlib import Path
 
-tch = {m["model"]: m for m in json.load(open(sys.argv[1]))["models"]}
-ort = {m["model"]: m for m in json.load(open(sys.argv[2]))["models"]}
+tmp = Path(sys.argv[1])
+
+def pooled(backend):
+    models = {}
+    for path in sorted(tmp.glob(f"{backend}.*.json")):
+        for m in json.loads(path.read_text())["models"]:
+            models.setdefault(m["model"], {"input": m["input"], "samples": []})["samples"] += m["samples_ms"]
+    return models
+
+tch, ort = pooled("tch"), pooled("ort")
 print("| model | input | tch (Rust) ms | ORT ms | ratio |")
 print("|---|---|---:|---:|---:|")
-for key, t in tch.items():
+for key in ("det", "rec", "cls"):
+    t = tch[key]
     o = ort[key]
     assert t["input"] == o["input"], (t, o)
-    print(f"| {key} | {t['input']} | {t['median_ms']:.1f} | {o['median_ms']:.1f} | "
-          f"{t['median_ms'] / o['median_ms']:.2f} |")
+    a, b = statistics.median(t["samples"]), statistics.median(o["samples"])
+    print(f"| {key} | {t['input']} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
 PY

@@ -2,10 +2,11 @@
 //! engine: each model's TorchScript called directly on fixed inputs.
 //!
 //!   OMP_WAIT_POLICY=PASSIVE cargo run --release -p plenum-engine --example bench_models \
-//!       -- [--threads 2] [--warmup 3] [--runs 10]
+//!       -- [--threads 2] [--warmup 3] [--runs 10] [--model det,rec,cls]
 //!
 //! Prints a table (median and p90 per model) and one line starting with `BENCH_JSON `
-//! for scripts (`scripts/bench-models.sh` puts it beside onnxruntime's numbers).
+//! (the same, plus every sample) for scripts: `scripts/bench-models.sh` puts it beside
+//! onnxruntime's numbers.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,6 +26,8 @@ struct Options {
     warmup: usize,
     runs: usize,
     dir: PathBuf,
+    /// Model keys to run, in `MODELS` order.
+    only: Vec<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -33,6 +36,7 @@ fn options() -> Result<Options, String> {
         warmup: 3,
         runs: 10,
         dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/ocr/generated"),
+        only: MODELS.iter().map(|(key, _, _)| (*key).to_owned()).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -47,9 +51,19 @@ fn options() -> Result<Options, String> {
             "--warmup" => options.warmup = number()?,
             "--runs" => options.runs = number()?.max(1),
             "--models" => options.dir = PathBuf::from(&value),
+            "--model" => {
+                options.only = value.split(',').map(str::to_owned).collect();
+                if let Some(bad) = options
+                    .only
+                    .iter()
+                    .find(|key| !MODELS.iter().any(|(k, _, _)| k == key))
+                {
+                    return Err(format!("--model {bad}: not one of det, rec, cls"));
+                }
+            }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; use --threads N --warmup N --runs N --models DIR"
+                    "unknown flag {flag}; use --threads N --warmup N --runs N --model det,rec,cls --models DIR"
                 ));
             }
         }
@@ -77,6 +91,8 @@ struct Timing {
     input: String,
     median_ms: f64,
     p90_ms: f64,
+    /// In the order they were taken, ms.
+    samples: Vec<f64>,
 }
 
 fn bench(
@@ -112,19 +128,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut timings = Vec::new();
     for (key, manifest, shape) in MODELS {
+        if !options.only.iter().any(|k| k == key) {
+            continue;
+        }
         let manifest = ModelManifest::load(&options.dir.join(manifest))?;
         manifest.verify()?;
         let mut module = CModule::load_on_device(manifest.model_path(), Device::Cpu)?;
         module.f_set_eval()?;
         tch::manual_seed(0);
         let input = Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-        let mut samples = bench(&module, &input, options.warmup, options.runs)?;
-        samples.sort_by(f64::total_cmp);
+        let samples = bench(&module, &input, options.warmup, options.runs)?;
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
         timings.push(Timing {
             key,
             input: shape.map(|d| d.to_string()).join("x"),
-            median_ms: median(&samples),
-            p90_ms: quantile(&samples, 0.9),
+            median_ms: median(&sorted),
+            p90_ms: quantile(&sorted, 0.9),
+            samples,
         });
     }
 
@@ -141,9 +162,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models: Vec<String> = timings
         .iter()
         .map(|t| {
+            let samples: Vec<String> = t.samples.iter().map(|s| format!("{s:.3}")).collect();
             format!(
-                r#"{{"model":"{}","input":"{}","median_ms":{:.3},"p90_ms":{:.3}}}"#,
-                t.key, t.input, t.median_ms, t.p90_ms
+                r#"{{"model":"{}","input":"{}","median_ms":{:.3},"p90_ms":{:.3},"samples_ms":[{}]}}"#,
+                t.key,
+                t.input,
+                t.median_ms,
+                t.p90_ms,
+                samples.join(",")
             )
         })
         .collect();
