@@ -347,6 +347,190 @@ def patch_onnx2torch() -> None:
             reg[desc] = conv_constant
 
 
+def optimize_graph(fx) -> dict:
+    """Fuse op chains of the onnx2torch GraphModule before tracing (fewer, bigger ops per call).
+
+    All rewrites keep weights as module parameters/buffers (no torch.jit.freeze), so the traced
+    module still moves with `.to(device)`; verify() bounds the numeric change (<= TOLERANCE).
+      * Conv2d -> BatchNorm2d (eval)                        -> one Conv2d (fuse_conv_bn_eval)
+      * Conv2d -> Mul/Add/Sub/Div by a scalar or per-channel constant -> folded into the Conv2d
+      * HardSigmoid(alpha, beta) right after a single-use Conv2d -> the Conv2d rescaled to feed
+        F.hardsigmoid (clip(a*x+b, 0, 1) == hardsigmoid(6a*x + 6b - 3)); alpha == 1/6, beta == 1/2
+        anywhere -> F.hardsigmoid
+      * x * ReLU6(x + 3) / 6                                -> F.hardswish(x)
+      * x * Sigmoid(x)                                      -> F.silu(x)
+      * Mul(x, scalar s) -> Add(., scalar b)                -> torch.addcmul(b, x, s)
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+    from onnx2torch.node_converters.activations import OnnxHardSigmoid
+
+    g = fx.graph
+    mods = dict(fx.named_modules())
+    counts = {"conv+bn": 0, "conv+const": 0, "hardsigmoid": 0, "hardswish": 0, "silu": 0, "addcmul": 0}
+    fname = {torch.add: "add", torch.sub: "sub", torch.mul: "mul"}
+
+    def mod(n):
+        return mods.get(n.target) if n.op == "call_module" else None
+
+    def binop(n):
+        m = mod(n)
+        if isinstance(m, OnnxBinaryMathOperation) and not (m.broadcast == 1 and m.axis is not None):
+            f = m.math_op_function
+            return fname.get(f, "div" if getattr(f, "__name__", "") == "_onnx_div" else None)
+        return None
+
+    def const(n):
+        if n.op != "get_attr":
+            return None
+        obj = fx
+        for part in n.target.split("."):
+            obj = getattr(obj, part)
+        return obj if isinstance(obj, torch.Tensor) and obj.is_floating_point() else None
+
+    def split_const(n):
+        """(other arg, constant tensor, const_is_first) for a binary op with one constant operand."""
+        a, b = n.args
+        cb = const(b) if isinstance(b, torch.fx.Node) else None
+        if cb is not None:
+            return a, cb, False
+        ca = const(a) if isinstance(a, torch.fx.Node) else None
+        if ca is not None:
+            return b, ca, True
+        return None
+
+    def is_conv(n):
+        m = mod(n)
+        return isinstance(m, nn.Conv2d) and len(n.users) == 1
+
+    def per_channel(c, conv):
+        """c as a [C_out] vector if it broadcasts per output channel over NCHW, else None."""
+        oc = conv.out_channels
+        if c.numel() == 1:
+            return c.reshape(()).expand(oc).clone()
+        s = list(c.shape)
+        while s and s[0] == 1 and len(s) > 3:
+            s.pop(0)
+        if len(s) == 3 and s[0] == oc and s[1] == s[2] == 1:
+            return c.reshape(oc).clone()
+        return None
+
+    def replace(old, new):
+        old.replace_all_uses_with(new)
+        g.erase_node(old)
+
+    changed = True
+    while changed:
+        changed = False
+        for n in list(g.nodes):
+            if n.op != "call_module" or n not in n.graph.nodes:
+                continue
+            m = mod(n)
+            src = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+            # Conv2d -> BatchNorm2d
+            if isinstance(m, nn.BatchNorm2d) and src is not None and is_conv(src) and not m.training:
+                conv = mods[src.target]
+                fused = fuse_conv_bn_eval(conv, m)
+                parent, _, attr = src.target.rpartition(".")
+                setattr(fx.get_submodule(parent) if parent else fx, attr, fused)
+                mods[src.target] = fused
+                replace(n, src)
+                counts["conv+bn"] += 1
+                changed = True
+                continue
+            op = binop(n)
+            if op is not None:
+                sc = split_const(n)
+                if sc is not None and is_conv(sc[0]) and not (sc[2] and op in ("sub", "div")):
+                    conv = mods[sc[0].target]
+                    v = per_channel(sc[1].detach(), conv)
+                    if v is not None:
+                        with torch.no_grad():
+                            if conv.bias is None:
+                                conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+                            if op == "mul":
+                                conv.weight.mul_(v.view(-1, 1, 1, 1)); conv.bias.mul_(v)
+                            elif op == "div":
+                                conv.weight.div_(v.view(-1, 1, 1, 1)); conv.bias.div_(v)
+                            elif op == "add":
+                                conv.bias.add_(v)
+                            else:
+                                conv.bias.sub_(v)
+                        replace(n, sc[0])
+                        counts["conv+const"] += 1
+                        changed = True
+                        continue
+            if isinstance(m, OnnxHardSigmoid) and src is not None:
+                a, b = float(m.alpha), float(m.beta)
+                ok = abs(a - 1 / 6) < 1e-6 and b == 0.5
+                if not ok and is_conv(src):
+                    conv = mods[src.target]
+                    with torch.no_grad():
+                        if conv.bias is None:
+                            conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+                        conv.weight.mul_(6 * a); conv.bias.mul_(6 * a).add_(6 * b - 3)
+                    ok = True
+                if ok:
+                    with g.inserting_after(n):
+                        new = g.call_function(F.hardsigmoid, (src,))
+                    replace(n, new)
+                    counts["hardsigmoid"] += 1
+                    changed = True
+                    continue
+        # elementwise patterns (no module changes)
+        for n in list(g.nodes):
+            if n not in g.nodes:
+                continue
+            op = binop(n)
+            # x * relu6(x + 3) / 6
+            if op == "div":
+                sc = split_const(n)
+                if sc and not sc[2] and sc[1].numel() == 1 and float(sc[1]) == 6.0 and binop(sc[0]) == "mul" and len(sc[0].users) == 1:
+                    mul = sc[0]
+                    for x, r in (mul.args, mul.args[::-1]):
+                        if isinstance(mod(r), nn.ReLU6) and len(r.users) == 1 and binop(r.args[0]) == "add" and len(r.args[0].users) == 1:
+                            add = r.args[0]
+                            sa = split_const(add)
+                            if sa and sa[0] is x and sa[1].numel() == 1 and float(sa[1]) == 3.0:
+                                with g.inserting_after(n):
+                                    new = g.call_function(F.hardswish, (x,))
+                                replace(n, new); g.erase_node(mul); g.erase_node(r); g.erase_node(add)
+                                counts["hardswish"] += 1
+                                changed = True
+                                break
+                    continue
+            if op == "mul":
+                a, b = n.args
+                for x, s in ((a, b), (b, a)):
+                    if isinstance(mod(s), nn.Sigmoid) and s.args[0] is x and len(s.users) == 1:
+                        with g.inserting_after(n):
+                            new = g.call_function(F.silu, (x,))
+                        replace(n, new); g.erase_node(s)
+                        counts["silu"] += 1
+                        changed = True
+                        break
+                else:
+                    sc = split_const(n)
+                    if sc and sc[1].numel() == 1 and len(n.users) == 1:
+                        add = next(iter(n.users))
+                        sa = split_const(add) if binop(add) == "add" else None
+                        if sa and sa[0] is n and sa[1].numel() == 1:
+                            s_node = n.args[0] if sc[2] else n.args[1]
+                            b_node = add.args[1] if not sa[2] else add.args[0]
+                            with g.inserting_after(add):
+                                new = g.call_function(torch.addcmul, (b_node, sc[0], s_node))
+                            replace(add, new); g.erase_node(n)
+                            counts["addcmul"] += 1
+                            changed = True
+    g.eliminate_dead_code()
+    g.lint()
+    fx.recompile()
+    return counts
+
+
 def convert(key: str, onnx_path: Path, out_pt: Path) -> dict:
     import torch
     from onnx2torch import convert as o2t_convert
@@ -355,6 +539,16 @@ def convert(key: str, onnx_path: Path, out_pt: Path) -> dict:
     t0 = time.perf_counter()
     model, moved = prepare_onnx(onnx_path, spec["shape_infer"])
     fx = o2t_convert(model).eval()
+    fused = optimize_graph(fx)
+    if os.environ.get("OCR_CL"):
+        import torch.nn as nn
+        fx = fx.to(memory_format=torch.channels_last)
+        class CL(nn.Module):
+            def __init__(self, m):
+                super().__init__(); self.m = m
+            def forward(self, x):
+                return self.m(x.contiguous(memory_format=torch.channels_last))
+        fx = CL(fx).eval()
     example = torch.rand(*spec["trace"]) * 2 - 1
     with torch.no_grad(), warnings.catch_warnings():
         # The remaining TracerWarnings are about values that are constant by construction (slice
@@ -366,7 +560,7 @@ def convert(key: str, onnx_path: Path, out_pt: Path) -> dict:
     os.replace(tmp, out_pt)
     secs = time.perf_counter() - t0
     print(f"[{key}] converted {onnx_path.name} -> {out_pt.name} "
-          f"({moved} weight Constants -> initializers, trace {spec['trace']}) in {secs:.1f}s", flush=True)
+          f"({moved} weight Constants -> initializers, fused {fused}, trace {spec['trace']}) in {secs:.1f}s", flush=True)
     return {"convert_s": secs}
 
 

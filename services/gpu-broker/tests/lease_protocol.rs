@@ -562,3 +562,88 @@ async fn refusal_details_are_machine_readable() {
     assert_eq!(violation.field, "bytes");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn watch_status_streams_every_change() {
+    use tokio_stream::StreamExt;
+    let broker = start(gtx_1070()).await;
+    let mut updates = broker
+        .client()
+        .await
+        .watch_status(pb::WatchStatusRequest {
+            interval_ms: 60_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = updates.next().await.unwrap().unwrap();
+    assert!(first.leases.is_empty());
+    let client = holder(&broker.url(), "ocr");
+    let lease = client
+        .acquire(LeaseRequest::weights("ocr", 2 * GIB))
+        .await
+        .unwrap();
+    // With a one-minute interval, only a change can bring the next snapshots this soon.
+    let with_lease = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let status = updates.next().await.unwrap().unwrap();
+            if status.leases.iter().any(|l| l.lease_id == lease.id()) {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("the grant is streamed");
+    assert_eq!(with_lease.devices[0].leased_bytes, 2 * GIB);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_serves_the_books_per_device_and_holder() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = start(gtx_1070()).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let addr = plenum_runtime::metrics::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        broker.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let client = holder(&broker.url(), "detector");
+    let mut lease = client
+        .acquire(LeaseRequest::weights("det", 2 * GIB))
+        .await
+        .unwrap();
+    lease.commit(GIB + GIB / 2).await.unwrap();
+    let scrape = || async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    let expected = [
+        "plenum_broker_device_granted_bytes{device=\"0\",name=\"GTX 1070\"} 1610612736",
+        "plenum_broker_device_free_bytes{device=\"0\",name=\"GTX 1070\"} 5905580032",
+        "plenum_broker_holder_measured_bytes{device=\"0\",holder=\"detector\"} 1610612736",
+        "plenum_broker_queue_length 0",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let body = scrape().await;
+        if expected.iter().all(|line| body.contains(line)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed the lease:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    broker.stop().await;
+}

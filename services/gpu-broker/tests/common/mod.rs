@@ -19,6 +19,7 @@ pub const GIB: u64 = 1 << 30;
 
 pub struct RunningBroker {
     pub addr: SocketAddr,
+    pub metrics: prometheus::Registry,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -92,11 +93,13 @@ pub async fn start_with(
         },
         shutdown.clone(),
     );
+    let metrics = broker.metrics_registry();
     let task = tokio::spawn(async move {
         broker.serve(listener).await.expect("broker serves");
     });
     RunningBroker {
         addr,
+        metrics,
         shutdown,
         task,
     }
