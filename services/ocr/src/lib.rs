@@ -1,0 +1,73 @@
+//! The OCR service: PP-OCRv4 mobile over the engine. `Recognize` reads crops (the
+//! angle classifier turns upside-down ones first) exactly as RapidOCR 1.4.4 does;
+//! `ReadText` (page reading with DB text detection) is not built yet.
+//!
+//! Rooms: [`text`] is PaddleOCR's pre/post-processing (pure), [`reader`] runs the two
+//! models, [`service`] is the gRPC face.
+#![forbid(unsafe_code)]
+
+pub mod reader;
+pub mod service;
+pub mod text;
+
+use std::path::Path;
+use std::time::Duration;
+
+use plenum_engine::{Engine, EngineMetrics, EngineSettings, ModelManifest};
+use plenum_lease::LeaseClient;
+use plenum_proto::ocr::v1::ocr_server::OcrServer;
+use plenum_runtime::grpc::GrpcServer;
+use plenum_vision::decode::Limits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::reader::Reader;
+use crate::service::OcrService;
+
+pub struct OcrSettings {
+    pub models: std::path::PathBuf,
+    pub engine: EngineSettings,
+    pub lease: Option<LeaseClient>,
+    pub limits: Limits,
+    pub max_crops: usize,
+    pub max_request_bytes: usize,
+    pub drain_timeout: Duration,
+}
+
+fn manifest(models: &Path, name: &str) -> anyhow::Result<ModelManifest> {
+    let path = models.join("ocr/generated").join(format!("{name}.toml"));
+    ModelManifest::load(&path)
+        .map_err(|error| anyhow::anyhow!("{error} (run `make setup` to provision the OCR models)"))
+}
+
+/// Loads the recognizer and the angle classifier, then serves until `shutdown`.
+pub async fn run(
+    settings: OcrSettings,
+    metrics: &prometheus::Registry,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let rec_manifest = manifest(&settings.models, "ppocr-v4-rec")?;
+    let cls_manifest = manifest(&settings.models, "ppocr-mobile-v2-cls")?;
+    let dictionary = rec_manifest.dictionary()?;
+    let rec_metrics = EngineMetrics::register(metrics, "ocr", &rec_manifest.name)?;
+    let cls_metrics = EngineMetrics::register(metrics, "ocr", &cls_manifest.name)?;
+    let rec = Engine::start(
+        rec_manifest,
+        settings.engine.clone(),
+        settings.lease.clone(),
+        rec_metrics,
+    )
+    .await?;
+    let cls = Engine::start(cls_manifest, settings.engine, settings.lease, cls_metrics).await?;
+    let reader = Reader::new(rec, cls, dictionary);
+    let service = OcrServer::new(OcrService::new(reader, settings.limits, settings.max_crops))
+        .max_decoding_message_size(settings.max_request_bytes);
+    let server = GrpcServer::new();
+    server.health().set_serving::<OcrServer<OcrService>>().await;
+    server
+        .add_service(service)
+        .serve(listener, shutdown, settings.drain_timeout)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use plenum_engine::EngineArgs;
+use plenum_lease::{LeaseClient, LeaseClientConfig};
+use plenum_ocr::{OcrSettings, run};
+use plenum_runtime::config::{BrokerClientArgs, ServerArgs, TelemetryArgs, parse_with_defaults};
+use plenum_runtime::{metrics, shutdown, telemetry};
+use plenum_vision::decode::Limits;
+use tokio::net::TcpListener;
+
+/// plenum-ocr: PP-OCRv4 recognition of crops on tch, placed under a broker lease.
+#[derive(Debug, clap::Parser)]
+#[command(name = "plenum-ocr", version)]
+struct Config {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    #[command(flatten)]
+    broker: BrokerClientArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Folder holding the models (default: `models/` of the checkout).
+    #[arg(long, env = "PLENUM_MODELS")]
+    models: Option<PathBuf>,
+    /// Largest gRPC request accepted, in bytes.
+    #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "32MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    max_request_bytes: u64,
+    /// Largest encoded crop accepted, in bytes.
+    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "4MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    max_image_bytes: u64,
+    /// Largest crop accepted, in pixels (checked from the header, before decoding).
+    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 4_000_000)]
+    max_image_pixels: u64,
+    /// Most crops in one Recognize call.
+    #[arg(long, env = "PLENUM_MAX_CROPS", default_value_t = 256)]
+    max_crops: usize,
+}
+
+fn default_models_dir() -> PathBuf {
+    let here = PathBuf::from("models");
+    if here.join("ocr").exists() {
+        return here;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()?
+                .parent()?
+                .parent()
+                .map(|root| root.join("models"))
+        })
+        .filter(|dir| dir.exists())
+        .unwrap_or(here)
+}
+
+fn main() -> anyhow::Result<()> {
+    // Before libtorch loads: libgomp reads its wait policy only once.
+    plenum_engine::omp::ensure_passive_wait_policy();
+    tokio::runtime::Runtime::new()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let config: Config = parse_with_defaults(&[
+        ("listen", "127.0.0.1:7003"),
+        ("metrics_listen", "127.0.0.1:9103"),
+    ]);
+    let telemetry = telemetry::init("plenum-ocr", &config.telemetry)?;
+    tracing::info!(?config, "starting plenum-ocr");
+    let shutdown = shutdown::on_signal();
+    let lease = match &config.broker.broker {
+        Some(url) => {
+            let mut lease_config = LeaseClientConfig::new(url.clone(), "ocr");
+            lease_config.token = config.broker.token.as_ref().map(|token| token.shared());
+            Some(LeaseClient::connect(lease_config)?)
+        }
+        None => {
+            tracing::info!("no --broker: the models run on the CPU");
+            None
+        }
+    };
+    let registry = prometheus::Registry::new();
+    if let Some(addr) = config.server.metrics_listen {
+        metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;
+    }
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot bind {}", config.server.listen))?;
+    let settings = OcrSettings {
+        models: config.models.clone().unwrap_or_else(default_models_dir),
+        engine: config.engine.settings(),
+        lease,
+        limits: Limits {
+            max_bytes: config.max_image_bytes as usize,
+            max_pixels: config.max_image_pixels,
+        },
+        max_crops: config.max_crops,
+        max_request_bytes: config.max_request_bytes as usize,
+        drain_timeout: config.server.drain_timeout,
+    };
+    run(settings, &registry, listener, shutdown).await?;
+    telemetry.shutdown();
+    Ok(())
+}
