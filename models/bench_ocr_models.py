@@ -5,6 +5,7 @@ Same inputs, same thread budget (torch.set_num_threads(N) / ORT intra_op_num_thr
 inter-op 1), warm-up runs first, then the median of --runs timed runs.
 
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python models/bench_ocr_models.py [--threads 2] [--runs 10]
+      [--baseline DIR]   # also time the TorchScript files in DIR (e.g. an older conversion)
 
 Run scripts/provision-models.sh first.
 """
@@ -42,6 +43,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, action="append", default=[],
+                    help="also time the TorchScript files in this directory (not checked; repeatable)")
     args = ap.parse_args()
 
     ok, why = P.up_to_date(args.out)
@@ -59,7 +62,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__} / onnxruntime {ort.__version__}, {args.threads} threads, "
           f"median of {args.runs} runs after {args.warmup} warm-up")
-    print(f"{'model':<5} {'input':<14} {'torchscript ms':>15} {'onnxruntime ms':>15} {'ts/ort':>7} {'max|diff|':>10}")
+    print(f"{'model':<5} {'input':<14} {'torchscript ms':>15} {'onnxruntime ms':>15} {'ts/ort':>7} {'max|diff|':>10}"
+          + "".join(f"  {d.name + ' ms':>14} {'/ort':>5}" for d in args.baseline))
     for key, shape in SHAPES.items():
         spec = P.MODELS[key]
         x = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
@@ -83,8 +87,18 @@ def main() -> int:
         t_ts = timed(run_ts, args.runs, args.warmup)
         t_ort = timed(run_ort, args.runs, args.warmup)
         diff = float(np.max(np.abs(run_ts().numpy() - run_ort())))
-        print(f"{key:<5} {'x'.join(map(str, shape)):<14} {t_ts:>15.1f} {t_ort:>15.1f} {t_ts / t_ort:>7.2f} {diff:>10.2e}",
-              flush=True)
+        extra = ""
+        for d in args.baseline:
+            base = torch.jit.load(str(d / spec["file"]), map_location="cpu").eval()
+
+            def run_base():
+                with torch.no_grad():
+                    return base(xt)
+
+            t_b = timed(run_base, args.runs, args.warmup)
+            extra += f"  {t_b:>14.1f} {t_b / t_ort:>5.2f}"
+        print(f"{key:<5} {'x'.join(map(str, shape)):<14} {t_ts:>15.1f} {t_ort:>15.1f} {t_ts / t_ort:>7.2f} {diff:>10.2e}"
+              + extra, flush=True)
     return 0
 
 

@@ -359,7 +359,9 @@ def optimize_graph(fx) -> dict:
         anywhere -> F.hardsigmoid
       * x * ReLU6(x + 3) / 6                                -> F.hardswish(x)
       * x * Sigmoid(x)                                      -> F.silu(x)
-      * Mul(x, scalar s) -> Add(., scalar b)                -> torch.addcmul(b, x, s)
+      * GlobalAveragePool on 4-D input (mean over H, W)    -> F.adaptive_avg_pool2d(x, 1)
+      * Mul(x, scalar s) -> Add(., scalar b) -> 1x1 Conv2d (no padding) -> folded into the Conv2d,
+        otherwise -> torch.addcmul(b, x, s)
     """
     import torch
     import torch.nn.functional as F
@@ -370,7 +372,7 @@ def optimize_graph(fx) -> dict:
 
     g = fx.graph
     mods = dict(fx.named_modules())
-    counts = {"conv+bn": 0, "conv+const": 0, "hardsigmoid": 0, "hardswish": 0, "silu": 0, "addcmul": 0}
+    counts = {"conv+bn": 0, "conv+const": 0, "hardsigmoid": 0, "hardswish": 0, "silu": 0, "avgpool": 0, "affine->1x1conv": 0, "addcmul": 0}
     fname = {torch.add: "add", torch.sub: "sub", torch.mul: "mul"}
 
     def mod(n):
@@ -484,6 +486,16 @@ def optimize_graph(fx) -> dict:
         for n in list(g.nodes):
             if n not in g.nodes:
                 continue
+            if type(mod(n)).__name__ in ("OnnxGlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape") \
+                    and len(n.args) == 1:
+                src = n.args[0]
+                if getattr(mods[n.target], "_x_dims", [2, 3]) == [2, 3]:
+                    with g.inserting_after(n):
+                        new = g.call_function(F.adaptive_avg_pool2d, (src, 1))
+                    replace(n, new)
+                    counts["avgpool"] += 1
+                    changed = True
+                    continue
             op = binop(n)
             # x * relu6(x + 3) / 6
             if op == "div":
@@ -518,6 +530,23 @@ def optimize_graph(fx) -> dict:
                         add = next(iter(n.users))
                         sa = split_const(add) if binop(add) == "add" else None
                         if sa and sa[0] is n and sa[1].numel() == 1:
+                            user = next(iter(add.users)) if len(add.users) == 1 else None
+                            conv = mod(user) if user is not None else None
+                            if (isinstance(conv, nn.Conv2d) and user.args[0] is add and conv.groups == 1
+                                    and tuple(conv.kernel_size) == (1, 1) and tuple(conv.padding) == (0, 0)
+                                    and conv.padding_mode == "zeros"):
+                                # 1x1 conv without padding: conv(s*x + b) == conv'(x) exactly
+                                with torch.no_grad():
+                                    if conv.bias is None:
+                                        conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+                                    s_v, b_v = float(sc[1].reshape(())), float(sa[1].reshape(()))
+                                    conv.bias.add_(conv.weight.sum(dim=(1, 2, 3)) * b_v)
+                                    conv.weight.mul_(s_v)
+                                user.replace_input_with(add, sc[0])
+                                g.erase_node(add); g.erase_node(n)
+                                counts["affine->1x1conv"] += 1
+                                changed = True
+                                continue
                             s_node = n.args[0] if sc[2] else n.args[1]
                             b_node = add.args[1] if not sa[2] else add.args[0]
                             with g.inserting_after(add):
@@ -531,6 +560,25 @@ def optimize_graph(fx) -> dict:
     return counts
 
 
+def to_channels_last(fx) -> None:
+    """Run the convolutions in NHWC: oneDNN's depthwise and small convs are much faster there.
+
+    The 4-D weights are stored channels_last (`.to(device)` preserves it) and the graph starts
+    with `x.contiguous(memory_format=torch.channels_last)`; every later op keeps the layout or
+    is layout-agnostic (reshape/transpose/matmul), so outputs and their shapes are unchanged.
+    """
+    import torch
+
+    fx.to(memory_format=torch.channels_last)
+    g = fx.graph
+    x = next(n for n in g.nodes if n.op == "placeholder")
+    with g.inserting_after(x):
+        cl = g.call_method("contiguous", (x,), {"memory_format": torch.channels_last})
+    x.replace_all_uses_with(cl, delete_user_cb=lambda user: user is not cl)
+    g.lint()
+    fx.recompile()
+
+
 def convert(key: str, onnx_path: Path, out_pt: Path) -> dict:
     import torch
     from onnx2torch import convert as o2t_convert
@@ -540,15 +588,7 @@ def convert(key: str, onnx_path: Path, out_pt: Path) -> dict:
     model, moved = prepare_onnx(onnx_path, spec["shape_infer"])
     fx = o2t_convert(model).eval()
     fused = optimize_graph(fx)
-    if os.environ.get("OCR_CL"):
-        import torch.nn as nn
-        fx = fx.to(memory_format=torch.channels_last)
-        class CL(nn.Module):
-            def __init__(self, m):
-                super().__init__(); self.m = m
-            def forward(self, x):
-                return self.m(x.contiguous(memory_format=torch.channels_last))
-        fx = CL(fx).eval()
+    to_channels_last(fx)
     example = torch.rand(*spec["trace"]) * 2 - 1
     with torch.no_grad(), warnings.catch_warnings():
         # The remaining TracerWarnings are about values that are constant by construction (slice
