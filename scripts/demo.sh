@@ -48,7 +48,7 @@ until $BIN/plenum health "$det" >/dev/null 2>&1; do sleep 0.2; done
 $BIN/plenum broker status
 
 page=tests/pages/page_0000
-echo "== Detect on $page.png (1600x1200, tiled at the model's native 640)"
+echo "== Detect on $page.png (1600x1200, fed at its own scale: the symbols are small)"
 printf '{"images": ["%s"]}' "$(base64 -w0 "$page.png")" |
     .venv/bin/grpcurl -plaintext -max-msg-sz 67108864 -d @ "$det" plenum.detector.v1.Detector/Detect |
     python3 scripts/show-detections.py "$page.json"

@@ -5,7 +5,8 @@ import sys
 truth = json.load(open(sys.argv[1]))["symbols"]
 result = json.load(sys.stdin)["results"][0]
 found = result.get("detections", [])
-print(f"{len(found)} symbols found in {result.get('tiles', 1)} tiles; the page has {len(truth)}")
+inputs = result.get("tiles", 1)
+print(f"{len(found)} symbols found ({inputs} model input{'s' if inputs > 1 else ''}); the page has {len(truth)}")
 print(f"{'CLASS':<12} {'SCORE':>5}  BOX")
 for d in sorted(found, key=lambda d: (d["box"].get("yMin", 0), d["box"].get("xMin", 0)))[:12]:
     b = {k: b for k, b in d["box"].items()}

@@ -39,6 +39,10 @@ pub struct Config {
     /// Overlap between tiles of a large page, in pixels (more than the largest symbol).
     #[arg(long, env = "PLENUM_TILE_OVERLAP", default_value_t = 128)]
     pub tile_overlap: u32,
+    /// Pages up to this many pixels on the longer side go through the model in one
+    /// pass at their own scale; larger ones are tiled.
+    #[arg(long, env = "PLENUM_MAX_SINGLE_PASS", default_value_t = 2048)]
+    pub max_single_pass: u32,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7002";

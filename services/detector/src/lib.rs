@@ -33,6 +33,8 @@ pub struct DetectorSettings {
     pub max_images: usize,
     pub max_request_bytes: usize,
     pub tile_overlap: u32,
+    /// Longest page side fed to the model in one pass at native scale; tiles beyond.
+    pub max_single_pass: u32,
     pub drain_timeout: Duration,
 }
 
@@ -60,7 +62,12 @@ pub async fn run(
         engine_metrics,
     )
     .await?;
-    let detector = Detector::new(engine, settings.limits, settings.tile_overlap);
+    let detector = Detector::new(
+        engine,
+        settings.limits,
+        settings.tile_overlap,
+        settings.max_single_pass,
+    );
     let service = DetectorServer::new(DetectorService::new(detector, settings.max_images))
         .max_decoding_message_size(settings.max_request_bytes);
     let server = GrpcServer::new();

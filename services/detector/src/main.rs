@@ -59,6 +59,7 @@ async fn serve() -> anyhow::Result<()> {
         max_images: config.max_images,
         max_request_bytes: config.max_request_bytes as usize,
         tile_overlap: config.tile_overlap,
+        max_single_pass: config.max_single_pass,
         drain_timeout: config.server.drain_timeout,
     };
     tracing::info!(addr = %listener.local_addr()?, "detector listening once the model is loaded");

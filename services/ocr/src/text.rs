@@ -70,12 +70,12 @@ pub fn ctc_decode(
     let mut previous = usize::MAX;
     for step in 0..steps {
         let row = &probabilities[step * classes..(step + 1) * classes];
-        let (best, probability) = row
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (index, &p)| {
-                if p > best.1 { (index, p) } else { best }
-            });
+        let (best, probability) =
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (index, &p)| {
+                    if p > best.1 { (index, p) } else { best }
+                });
         if best != 0 && best != previous {
             text.push_str(character(best, dictionary));
             kept.push(probability);
