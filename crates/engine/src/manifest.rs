@@ -156,3 +156,23 @@ impl ModelManifest {
         Ok(text.lines().map(str::to_owned).collect())
     }
 }
+
+/// The checkout's `models/` folder, for services started from the checkout: found from
+/// the working directory, else from the binary's location (`target/release/x` →
+/// `models/`). `kind` is the subfolder that must exist (`detector`, `ocr`).
+pub fn default_models_dir(kind: &str) -> PathBuf {
+    let here = PathBuf::from("models");
+    if here.join(kind).exists() {
+        return here;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()?
+                .parent()?
+                .parent()
+                .map(|root| root.join("models"))
+        })
+        .filter(|dir| dir.join(kind).exists())
+        .unwrap_or(here)
+}

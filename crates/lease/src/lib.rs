@@ -241,6 +241,21 @@ impl LeaseClient {
         })
     }
 
+    /// The client a model service's `--broker` / `--broker-token` flags ask for, or
+    /// None (and a log line) when there is no broker: the service then runs on CPU.
+    pub fn from_args(
+        args: &plenum_runtime::config::BrokerClientArgs,
+        holder_name: &str,
+    ) -> Result<Option<Self>, tonic::transport::Error> {
+        let Some(url) = &args.broker else {
+            tracing::info!("no --broker: models run on the CPU");
+            return Ok(None);
+        };
+        let mut config = LeaseClientConfig::new(url.clone(), holder_name);
+        config.token = args.token.as_ref().map(|token| token.shared());
+        Self::connect(config).map(Some)
+    }
+
     /// This process as the broker sees it.
     pub fn holder(&self) -> &pb::Holder {
         &self.inner.holder

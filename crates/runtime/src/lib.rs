@@ -9,4 +9,5 @@ pub mod grpc;
 pub mod metrics;
 pub mod propagation;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;

@@ -47,22 +47,3 @@ pub struct Config {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7002";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9102";
-
-/// The checkout's `models/`: from the working directory, else next to the binary
-/// (`target/release/…` → `../../models`).
-pub fn default_models_dir() -> PathBuf {
-    let here = PathBuf::from("models");
-    if here.join("detector").exists() {
-        return here;
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            exe.parent()?
-                .parent()?
-                .parent()
-                .map(|root| root.join("models"))
-        })
-        .filter(|dir| dir.exists())
-        .unwrap_or(here)
-}

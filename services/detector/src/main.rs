@@ -1,7 +1,8 @@
 use anyhow::Context;
-use plenum_detector::config::{Config, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, default_models_dir};
+use plenum_detector::config::{Config, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
 use plenum_detector::{DetectorSettings, load_manifest, run};
-use plenum_lease::{LeaseClient, LeaseClientConfig};
+use plenum_engine::manifest::default_models_dir;
+use plenum_lease::LeaseClient;
 use plenum_runtime::config::parse_with_defaults;
 use plenum_runtime::{metrics, shutdown, telemetry};
 use plenum_vision::decode::Limits;
@@ -22,7 +23,10 @@ async fn serve() -> anyhow::Result<()> {
     tracing::info!(?config, "starting plenum-detector");
     let shutdown = shutdown::on_signal();
 
-    let models = config.models.clone().unwrap_or_else(default_models_dir);
+    let models = config
+        .models
+        .clone()
+        .unwrap_or_else(|| default_models_dir("detector"));
     let manifest = load_manifest(&models, &config.model).with_context(|| {
         format!(
             "cannot load model `{}` from {}",
@@ -30,17 +34,7 @@ async fn serve() -> anyhow::Result<()> {
             models.display()
         )
     })?;
-    let lease = match &config.broker.broker {
-        Some(url) => {
-            let mut lease_config = LeaseClientConfig::new(url.clone(), "detector");
-            lease_config.token = config.broker.token.as_ref().map(|token| token.shared());
-            Some(LeaseClient::connect(lease_config)?)
-        }
-        None => {
-            tracing::info!("no --broker: the model runs on the CPU");
-            None
-        }
-    };
+    let lease = LeaseClient::from_args(&config.broker, "detector")?;
     let registry = prometheus::Registry::new();
     if let Some(addr) = config.server.metrics_listen {
         metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;

@@ -4,6 +4,7 @@
 use plenum_engine::EngineError;
 use plenum_proto::common::v1 as common;
 use plenum_proto::detector::v1::{self as pb, detector_server::Detector as DetectorApi};
+use plenum_runtime::status::invalid_field as bad;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -26,37 +27,11 @@ impl DetectorService {
     }
 }
 
-/// A request the caller got wrong, naming the field.
-#[derive(Debug)]
-struct BadField {
-    field: String,
-    reason: String,
-}
-
-fn bad(field: impl Into<String>, reason: impl Into<String>) -> BadField {
-    BadField {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
-
-impl From<BadField> for Status {
-    fn from(bad: BadField) -> Self {
-        let mut details = ErrorDetails::new();
-        details.add_bad_request_violation(bad.field.clone(), bad.reason.clone());
-        Status::with_error_details(
-            Code::InvalidArgument,
-            format!("{}: {}", bad.field, bad.reason),
-            details,
-        )
-    }
-}
-
 impl From<PipelineError> for Status {
     fn from(error: PipelineError) -> Self {
         match error {
             PipelineError::Decode { index, source } => {
-                bad(format!("images[{index}]"), source.to_string()).into()
+                bad(format!("images[{index}]"), source.to_string())
             }
             PipelineError::Engine(EngineError::Overloaded { .. }) => {
                 let details =
@@ -76,7 +51,7 @@ impl From<PipelineError> for Status {
 }
 
 impl DetectorService {
-    fn options(&self, options: Option<pb::DetectOptions>) -> Result<DetectOptions, BadField> {
+    fn options(&self, options: Option<pb::DetectOptions>) -> Result<DetectOptions, Status> {
         let options = options.unwrap_or_default();
         let score_threshold = match options.score_threshold {
             0.0 => DEFAULT_SCORE,
@@ -158,7 +133,7 @@ impl DetectorApi for DetectorService {
     ) -> Result<Response<pb::DetectResponse>, Status> {
         let request = request.into_inner();
         if request.images.is_empty() {
-            return Err(bad("images", "at least one image is required").into());
+            return Err(bad("images", "at least one image is required"));
         }
         if request.images.len() > self.max_images {
             return Err(bad(
@@ -168,8 +143,7 @@ impl DetectorApi for DetectorService {
                     request.images.len(),
                     self.max_images
                 ),
-            )
-            .into());
+            ));
         }
         let options = self.options(request.options)?;
         let results = self.detector.detect(request.images, &options).await?;

@@ -2,7 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use plenum_engine::EngineArgs;
-use plenum_lease::{LeaseClient, LeaseClientConfig};
+use plenum_engine::manifest::default_models_dir;
+use plenum_lease::LeaseClient;
 use plenum_ocr::{OcrSettings, run};
 use plenum_runtime::config::{BrokerClientArgs, ServerArgs, TelemetryArgs, parse_with_defaults};
 use plenum_runtime::{metrics, shutdown, telemetry};
@@ -38,23 +39,6 @@ struct Config {
     max_crops: usize,
 }
 
-fn default_models_dir() -> PathBuf {
-    let here = PathBuf::from("models");
-    if here.join("ocr").exists() {
-        return here;
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            exe.parent()?
-                .parent()?
-                .parent()
-                .map(|root| root.join("models"))
-        })
-        .filter(|dir| dir.exists())
-        .unwrap_or(here)
-}
-
 fn main() -> anyhow::Result<()> {
     // Before libtorch loads: libgomp reads its wait policy only once.
     plenum_engine::omp::ensure_passive_wait_policy();
@@ -69,17 +53,7 @@ async fn serve() -> anyhow::Result<()> {
     let telemetry = telemetry::init("plenum-ocr", &config.telemetry)?;
     tracing::info!(?config, "starting plenum-ocr");
     let shutdown = shutdown::on_signal();
-    let lease = match &config.broker.broker {
-        Some(url) => {
-            let mut lease_config = LeaseClientConfig::new(url.clone(), "ocr");
-            lease_config.token = config.broker.token.as_ref().map(|token| token.shared());
-            Some(LeaseClient::connect(lease_config)?)
-        }
-        None => {
-            tracing::info!("no --broker: the models run on the CPU");
-            None
-        }
-    };
+    let lease = LeaseClient::from_args(&config.broker, "ocr")?;
     let registry = prometheus::Registry::new();
     if let Some(addr) = config.server.metrics_listen {
         metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;
@@ -88,7 +62,10 @@ async fn serve() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot bind {}", config.server.listen))?;
     let settings = OcrSettings {
-        models: config.models.clone().unwrap_or_else(default_models_dir),
+        models: config
+            .models
+            .clone()
+            .unwrap_or_else(|| default_models_dir("ocr")),
         engine: config.engine.settings(),
         lease,
         limits: Limits {

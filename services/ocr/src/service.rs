@@ -3,6 +3,7 @@
 use plenum_engine::EngineError;
 use plenum_proto::common::v1 as common;
 use plenum_proto::ocr::v1::{self as pb, ocr_server::Ocr};
+use plenum_runtime::status::invalid_field as bad;
 use plenum_vision::decode::{Limits, decode};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -23,13 +24,6 @@ impl OcrService {
             max_crops,
         }
     }
-}
-
-fn bad(field: impl Into<String>, reason: impl Into<String>) -> Status {
-    let (field, reason) = (field.into(), reason.into());
-    let mut details = ErrorDetails::new();
-    details.add_bad_request_violation(field.clone(), reason.clone());
-    Status::with_error_details(Code::InvalidArgument, format!("{field}: {reason}"), details)
 }
 
 fn engine_status(error: EngineError) -> Status {
