@@ -115,6 +115,8 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// The engine settings these flags ask for. Also sets libtorch's intra-op thread
+    /// count, which is process-wide, when `--intra-op-threads` is given.
     pub fn settings(&self) -> EngineSettings {
         if self.intra_op_threads > 0 {
             tch::set_num_threads(self.intra_op_threads);
