@@ -316,6 +316,8 @@ impl Broker for BrokerService {
                 now,
             )
         })?;
+        // A commit changes what the holder uses: measure soon, so status shows it.
+        self.shared.measure_soon.notify_one();
         Ok(Response::new(pb::CommitResponse { lease: Some(lease) }))
     }
 
