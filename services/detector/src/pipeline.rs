@@ -8,7 +8,7 @@ use image::{Rgb, RgbImage};
 use plenum_engine::tch::{Kind, Tensor};
 use plenum_engine::{Engine, EngineError};
 use plenum_vision::decode::{DecodeError, DecodedImage, Limits, decode};
-use plenum_vision::geometry::{BoxF, nms};
+use plenum_vision::geometry::BoxF;
 use plenum_vision::letterbox::{PAD_VALUE, to_nchw_f32};
 use plenum_vision::resize::resize_linear;
 use plenum_vision::tiles::{crop, tile_grid};
@@ -43,12 +43,8 @@ pub enum Tiling {
     On,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Detection {
-    pub bbox: BoxF,
-    pub class: usize,
-    pub score: f32,
-}
+/// A detection in source-image pixels.
+pub type Detection = RawDetection;
 
 #[derive(Debug, Clone)]
 pub struct ImageResult {
@@ -376,22 +372,5 @@ fn merge_tiles(
         }
     }
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let offset: Vec<BoxF> = candidates
-        .iter()
-        .map(|d| {
-            let o = d.class as f32 * 7680.0;
-            BoxF {
-                x_min: d.bbox.x_min + o,
-                y_min: d.bbox.y_min + o,
-                x_max: d.bbox.x_max + o,
-                y_max: d.bbox.y_max + o,
-            }
-        })
-        .collect();
-    let scores: Vec<f32> = candidates.iter().map(|d| d.score).collect();
-    let mut keep = nms(&offset, &scores, iou_threshold);
-    keep.truncate(yolo::MAX_DETECTIONS);
-    keep.into_iter()
-        .map(|index| candidates[index].clone())
-        .collect()
+    yolo::class_wise_nms(candidates, iou_threshold)
 }

@@ -71,6 +71,13 @@ pub fn decode(
     }
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     candidates.truncate(MAX_NMS);
+    class_wise_nms(candidates, iou_threshold)
+}
+
+/// Ultralytics' class-wise NMS over `candidates` sorted best first: boxes of each
+/// class shifted by `class × 7680` so one torchvision-style NMS never compares two
+/// classes; at most 300 kept, best first.
+pub fn class_wise_nms(candidates: Vec<RawDetection>, iou_threshold: f32) -> Vec<RawDetection> {
     let offset_boxes: Vec<BoxF> = candidates
         .iter()
         .map(|candidate| {
