@@ -138,6 +138,10 @@ struct LeaseEntry {
     model_key: String,
     granted_at: Instant,
     from_estimate: bool,
+    /// Re-created from a holder's claim after a broker restart rather than granted
+    /// by this ledger. A reclaimed load is a load that is already happening: the
+    /// broker books it even when another load is in flight on the same device.
+    reclaimed: bool,
     orphaned_until: Option<Instant>,
     releasing: Option<ReleaseTracking>,
 }
@@ -451,6 +455,7 @@ impl Ledger {
                 model_key: claim.model_key,
                 granted_at: now,
                 from_estimate: false,
+                reclaimed: true,
                 orphaned_until: None,
                 releasing: None,
             },
@@ -890,6 +895,7 @@ impl Ledger {
             model_key: waiter.model_key.clone(),
             granted_at: now,
             from_estimate: waiter.from_estimate,
+            reclaimed: false,
             orphaned_until: None,
             releasing: None,
         };
@@ -1262,13 +1268,19 @@ impl Ledger {
                     "device {index}: {leased} leased > {capacity} leasable"
                 ));
             }
-            let loading = self
+            // Single flight binds what this ledger grants; loads reclaimed after a
+            // restart were already running and are booked as they are.
+            let granted_loading = self
                 .leases
                 .values()
-                .filter(|lease| lease.device == index as u32 && lease.is_loading())
+                .filter(|lease| {
+                    lease.device == index as u32 && lease.is_loading() && !lease.reclaimed
+                })
                 .count();
-            if loading > 1 {
-                return Err(format!("device {index}: {loading} leases loading at once"));
+            if granted_loading > 1 {
+                return Err(format!(
+                    "device {index}: {granted_loading} granted leases loading at once"
+                ));
             }
         }
         for lease in self.leases.values() {
