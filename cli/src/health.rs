@@ -22,30 +22,36 @@ pub struct HealthArgs {
 }
 
 pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
-    let url = if args.addr.contains("://") {
-        args.addr.clone()
-    } else {
-        format!("http://{}", args.addr)
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .with_context(|| format!("`{}` is not an address", args.addr))?
-        .connect_timeout(args.timeout)
-        .timeout(args.timeout)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: args.service.clone(),
-        })
-        .await
-        .with_context(|| format!("health check of {url} failed"))?
-        .into_inner();
-    let status = ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown);
+    let status = check(&args.addr, &args.service, args.timeout).await?;
     println!("{}", status.as_str_name());
     Ok(if status == ServingStatus::Serving {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether the server at `addr` answers SERVING within `timeout`.
+pub async fn is_serving(addr: &str, timeout: Duration) -> bool {
+    matches!(check(addr, "", timeout).await, Ok(ServingStatus::Serving))
+}
+
+/// Asks the server at `addr` (host:port or URL) how `service` is doing.
+pub async fn check(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<ServingStatus> {
+    let url = crate::url(addr);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .with_context(|| format!("`{addr}` is not an address"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("health check of {url} failed"))?
+        .into_inner();
+    Ok(ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown))
 }
