@@ -1,14 +1,17 @@
 //! Image handling for the model services, in pure Rust: bounded decoding of untrusted PNG and
 //! JPEG bytes, Ultralytics' letterbox (with OpenCV's bilinear resize reproduced), overlapping
-//! tiles and padded crops, box geometry and torchvision-style NMS.
+//! tiles and padded crops, box geometry and torchvision-style NMS, and the OpenCV geometry of
+//! PaddleOCR's text detection (binary-map regions, rotated rectangles, perspective crops).
 //!
 //! The detector and OCR services build their pre- and post-processing on this crate; keeping it
 //! free of libtorch keeps it fast to test and safe to fuzz.
 #![forbid(unsafe_code)]
 
+pub mod contours;
 pub mod decode;
 pub mod geometry;
 pub mod letterbox;
+pub mod quad;
 pub mod resize;
 pub mod tiles;
 
