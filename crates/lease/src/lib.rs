@@ -287,6 +287,8 @@ impl LeaseClient {
     }
 
     /// Asks for a lease; waits in the broker's queue up to `request.max_wait`.
+    // A client span per broker call, so the broker's server span joins the caller's trace.
+    #[tracing::instrument(name = "lease.acquire", skip_all, fields(otel.kind = "client", model_key = %request.model_key, bytes = request.bytes))]
     pub async fn acquire(&self, request: LeaseRequest) -> Result<LeaseGuard, AcquireError> {
         let connect_wait = request.max_wait.max(Duration::from_secs(2));
         let session_id = self.wait_for_session(connect_wait).await?;
@@ -409,6 +411,7 @@ impl LeaseGuard {
     }
 
     /// Reports what the model really uses; the lease shrinks or grows to it.
+    #[tracing::instrument(name = "lease.commit", skip_all, fields(otel.kind = "client", lease_id = %self.lease_id, measured_bytes = measured_bytes))]
     pub async fn commit(&mut self, measured_bytes: u64) -> Result<(), tonic::Status> {
         let session_id = self.session_id()?;
         let lease = self
@@ -441,6 +444,7 @@ impl LeaseGuard {
     }
 
     /// Gives the lease back and waits for the broker to take it.
+    #[tracing::instrument(name = "lease.release", skip_all, fields(otel.kind = "client", lease_id = %self.lease_id))]
     pub async fn release(mut self) -> Result<(), tonic::Status> {
         self.released = true;
         self.client.inner.held().remove(&self.lease_id);

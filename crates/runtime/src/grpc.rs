@@ -12,6 +12,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic_health::server::HealthReporter;
 
+use crate::grpc_metrics::GrpcMetricsLayer;
 use crate::propagation;
 
 /// A gRPC server under construction: add services, then [`GrpcServer::serve`].
@@ -90,6 +91,8 @@ impl GrpcServer {
         let stop_accepting = shutdown.clone();
         let server = tonic::transport::Server::builder()
             .trace_fn(propagation::server_span)
+            // Requests and latency per RPC and code, for every service alike.
+            .layer(GrpcMetricsLayer)
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming(listener), async move {
                 stop_accepting.cancelled().await;

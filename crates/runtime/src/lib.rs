@@ -6,6 +6,7 @@
 pub mod bytes;
 pub mod config;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod metrics;
 pub mod propagation;
 pub mod shutdown;

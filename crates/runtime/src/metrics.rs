@@ -43,10 +43,13 @@ pub async fn spawn(
     Ok(local)
 }
 
-/// The registry in Prometheus text exposition format.
+/// The registry in Prometheus text exposition format, followed by the process-wide
+/// default registry (the per-RPC series of `grpc_metrics`).
 pub fn render(registry: &Registry) -> String {
+    let mut families = registry.gather();
+    families.extend(prometheus::gather());
     let mut buffer = Vec::new();
-    if let Err(error) = TextEncoder::new().encode(&registry.gather(), &mut buffer) {
+    if let Err(error) = TextEncoder::new().encode(&families, &mut buffer) {
         tracing::error!(%error, "cannot encode metrics");
     }
     String::from_utf8(buffer).unwrap_or_default()

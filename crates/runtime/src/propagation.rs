@@ -33,7 +33,13 @@ impl Injector for MetadataInjector<'_> {
 /// Used as the `trace_fn` of every server.
 pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
-    let span = tracing::info_span!("grpc.server", otel.name = %path.trim_start_matches('/'), rpc.path = %path);
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.path = %path,
+    );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(request.headers()))
     });
