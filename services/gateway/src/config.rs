@@ -1,0 +1,64 @@
+//! The gateway's one clap struct; every flag is also a `PLENUM_*` variable.
+
+use std::time::Duration;
+
+use plenum_runtime::config::{ServerArgs, TelemetryArgs};
+
+/// plenum-gateway: detect symbols, read the tag beside each, with every backend
+/// behind its own load shed and concurrency limit.
+#[derive(Debug, clap::Parser)]
+#[command(name = "plenum-gateway", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// Detector replicas, comma-separated (balanced with power-of-two-choices).
+    #[arg(
+        long,
+        env = "PLENUM_DETECTOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7002"
+    )]
+    pub detector: Vec<String>,
+    /// OCR replicas, comma-separated (balanced with power-of-two-choices).
+    #[arg(
+        long,
+        env = "PLENUM_OCR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7003"
+    )]
+    pub ocr: Vec<String>,
+    /// Calls in flight to the detector (all replicas together); one more is shed.
+    #[arg(long, env = "PLENUM_DETECTOR_CONCURRENCY", default_value_t = 5)]
+    pub detector_concurrency: usize,
+    /// Calls in flight to OCR (all replicas together); one more is shed.
+    #[arg(long, env = "PLENUM_OCR_CONCURRENCY", default_value_t = 5)]
+    pub ocr_concurrency: usize,
+    /// Longest a detector call may take, whatever the client's deadline.
+    #[arg(long, env = "PLENUM_DETECTOR_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub detector_timeout: Duration,
+    /// Longest an OCR call may take; past it the symbols come back without tags.
+    #[arg(long, env = "PLENUM_OCR_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ocr_timeout: Duration,
+    /// Analyze calls worked on at once (streamed images included); one more is
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PLENUM_MAX_CONCURRENT_ANALYZE", default_value_t = 64)]
+    pub max_concurrent_analyze: usize,
+    /// Images of one AnalyzeStream worked on at once; beyond, the gateway stops reading.
+    #[arg(long, env = "PLENUM_STREAM_IN_FLIGHT", default_value_t = 4)]
+    pub stream_in_flight: usize,
+    /// Largest gRPC request accepted, in bytes.
+    #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "24MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    pub max_request_bytes: u64,
+    /// Largest encoded image accepted, in bytes.
+    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    pub max_image_bytes: u64,
+    /// Largest image accepted, in pixels (read from the header; the gateway never
+    /// decodes pixels).
+    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9100";

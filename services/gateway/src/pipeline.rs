@@ -1,0 +1,375 @@
+//! Analyze: check the request, read the image header, detect symbols and read the
+//! page at the same time, then give each symbol its tag.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::try_join;
+use plenum_proto::common::v1 as common;
+use plenum_proto::detector::v1::{self as det, detector_client::DetectorClient};
+use plenum_proto::gateway::v1::{self as pb, TagMissingReason};
+use plenum_proto::ocr::v1::{self as ocr, ocr_client::OcrClient};
+use plenum_runtime::propagation::inject_trace_context;
+use plenum_runtime::status::invalid_field as bad;
+use plenum_vision::decode::{DecodeError, Limits};
+use tonic::{Code, Status};
+use tracing::Instrument;
+
+use crate::assign::{Padding, Rect, assign};
+use crate::backend::{Backend, overloaded};
+
+/// Largest `tag_search_padding_px` accepted.
+const MAX_PADDING_PX: u32 = 1000;
+/// Longest class name accepted in `classes_to_read`.
+const MAX_CLASS_NAME: usize = 128;
+/// Backend answers can carry a page's worth of boxes and text.
+const MAX_BACKEND_RESPONSE_BYTES: usize = 16 << 20;
+
+/// The detect → read → join pipeline over the two backends.
+pub struct Pipeline {
+    pub detector: Backend,
+    pub ocr: Backend,
+    pub limits: Limits,
+}
+
+/// Options after validation.
+#[derive(Debug, Clone)]
+struct Options {
+    score_threshold: f32,
+    classes_to_read: Vec<String>,
+    padding: Padding,
+    include_unassigned_text: bool,
+}
+
+fn options(options: Option<pb::AnalyzeOptions>) -> Result<Options, Status> {
+    let options = options.unwrap_or_default();
+    let score = options.score_threshold;
+    if !(0.0..1.0).contains(&score) {
+        return Err(bad(
+            "options.score_threshold",
+            format!("must be in [0, 1), got {score}"),
+        ));
+    }
+    for (index, class) in options.classes_to_read.iter().enumerate() {
+        if class.trim().is_empty() || class.len() > MAX_CLASS_NAME {
+            return Err(bad(
+                format!("options.classes_to_read[{index}]"),
+                format!("a class name is 1 to {MAX_CLASS_NAME} characters, got `{class}`"),
+            ));
+        }
+    }
+    let padding = match options.tag_search_padding_px {
+        0 => Padding::Relative,
+        px if px <= MAX_PADDING_PX => Padding::Pixels(px as f32),
+        px => {
+            return Err(bad(
+                "options.tag_search_padding_px",
+                format!("at most {MAX_PADDING_PX} px, got {px}"),
+            ));
+        }
+    };
+    Ok(Options {
+        score_threshold: score,
+        classes_to_read: options.classes_to_read,
+        padding,
+        include_unassigned_text: options.include_unassigned_text,
+    })
+}
+
+/// Width and height from the header alone, with the same limits and errors as
+/// `plenum_vision::decode`: the pixels are decoded by the backends, not here.
+pub fn dimensions(bytes: &[u8], limits: &Limits) -> Result<(u32, u32), DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(DecodeError::TooLarge {
+            bytes: bytes.len(),
+            max: limits.max_bytes,
+        });
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if !matches!(
+        reader.format(),
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg)
+    ) {
+        return Err(DecodeError::UnknownFormat);
+    }
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if width == 0 || height == 0 {
+        return Err(DecodeError::Corrupt(format!(
+            "declared size {width}x{height}"
+        )));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(DecodeError::TooManyPixels {
+            width,
+            height,
+            max: limits.max_pixels,
+        });
+    }
+    Ok((width, height))
+}
+
+/// A text line as OCR returned it.
+struct Line {
+    rect: Rect,
+    text: String,
+    score: f32,
+}
+
+fn rect(b: Option<common::Box>) -> Rect {
+    let b = b.unwrap_or_default();
+    Rect::new(b.x_min, b.y_min, b.x_max, b.y_max)
+}
+
+fn to_box(r: Rect) -> common::Box {
+    common::Box {
+        x_min: r.x_min,
+        y_min: r.y_min,
+        x_max: r.x_max,
+        y_max: r.y_max,
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The status the client gets when detection fails: the detector's trouble in the
+/// gateway's words.
+fn detector_status(status: Status) -> Status {
+    match status.code() {
+        Code::InvalidArgument => bad(
+            "image",
+            format!("the detector refused it: {}", status.message()),
+        ),
+        Code::ResourceExhausted => overloaded(format!("detector overloaded: {}", status.message())),
+        Code::DeadlineExceeded => Status::deadline_exceeded(status.message()),
+        Code::Unavailable => Status::unavailable(format!(
+            "no detector replica answered: {}",
+            status.message()
+        )),
+        Code::Cancelled => Status::cancelled(status.message()),
+        _ => {
+            tracing::error!(%status, "detector failed");
+            Status::internal("detection failed; the details are in the gateway's log")
+        }
+    }
+}
+
+/// Why symbols carry no tag when OCR did not answer.
+fn ocr_missing_reason(status: &Status) -> TagMissingReason {
+    match status.code() {
+        Code::Unavailable => TagMissingReason::OcrUnavailable,
+        Code::ResourceExhausted => TagMissingReason::OcrOverloaded,
+        Code::DeadlineExceeded => TagMissingReason::OcrTimedOut,
+        _ => TagMissingReason::OcrFailed,
+    }
+}
+
+async fn timed<F: Future>(future: F) -> (F::Output, Duration) {
+    let started = Instant::now();
+    let output = future.await;
+    (output, started.elapsed())
+}
+
+impl Pipeline {
+    /// One image through the pipeline; `deadline` (the client's) bounds every
+    /// backend call and is sent on to the backends.
+    pub async fn analyze(
+        &self,
+        request: pb::AnalyzeRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::AnalyzeResponse, Status> {
+        let started = Instant::now();
+        let options = options(request.options)?;
+        let (width, height) = {
+            let _span = tracing::info_span!("decode").entered();
+            dimensions(&request.image, &self.limits).map_err(|e| bad("image", e.to_string()))?
+        };
+        let decoded = started.elapsed();
+
+        // The image is sent as is to both backends, at the same time.
+        let image = Arc::new(request.image);
+        let detect = timed(self.detect(Arc::clone(&image), options.score_threshold, deadline))
+            .instrument(tracing::info_span!("detect"));
+        let read = timed(self.read_text(image, deadline)).instrument(tracing::info_span!("ocr"));
+        // A failed detection ends the call at once; the OCR call is dropped (cancelled).
+        let ((detections, detect_time), (lines, ocr_time)) = try_join(
+            async {
+                let (result, time) = detect.await;
+                result.map(|detections| (detections, time))
+            },
+            async { Ok::<_, Status>(read.await) },
+        )
+        .await?;
+
+        let _span = tracing::info_span!("assign").entered();
+        let wants_tag: Vec<bool> = detections
+            .iter()
+            .map(|d| {
+                options.classes_to_read.is_empty()
+                    || options.classes_to_read.contains(&d.class_name)
+            })
+            .collect();
+        let mut symbols: Vec<pb::Symbol> = detections
+            .into_iter()
+            .map(|d| pb::Symbol {
+                r#box: d.r#box,
+                class_name: d.class_name,
+                score: d.score,
+                ..Default::default()
+            })
+            .collect();
+        let mut unassigned_text = Vec::new();
+        match lines {
+            Ok(lines) => {
+                let symbol_rects: Vec<Rect> = symbols.iter().map(|s| rect(s.r#box)).collect();
+                let line_rects: Vec<Rect> = lines.iter().map(|l| l.rect).collect();
+                let assignment = assign(&symbol_rects, &wants_tag, &line_rects, options.padding);
+                for ((symbol, tag), wants) in
+                    symbols.iter_mut().zip(&assignment.tag_of).zip(&wants_tag)
+                {
+                    match tag {
+                        Some(l) => {
+                            let line = &lines[*l];
+                            symbol.tag = line.text.clone();
+                            symbol.tag_score = line.score;
+                            symbol.tag_box = Some(to_box(line.rect));
+                        }
+                        None if *wants => {
+                            symbol.set_tag_missing_reason(TagMissingReason::NoTextNearby);
+                        }
+                        None => symbol.set_tag_missing_reason(TagMissingReason::NotRequested),
+                    }
+                }
+                if options.include_unassigned_text {
+                    unassigned_text = assignment
+                        .unassigned
+                        .iter()
+                        .map(|&l| pb::TextLine {
+                            r#box: Some(to_box(lines[l].rect)),
+                            text: lines[l].text.clone(),
+                            score: lines[l].score,
+                        })
+                        .collect();
+                }
+            }
+            Err(status) => {
+                let reason = ocr_missing_reason(&status);
+                tracing::warn!(%status, ?reason, "OCR failed; symbols go without tags");
+                for (symbol, wants) in symbols.iter_mut().zip(&wants_tag) {
+                    symbol.set_tag_missing_reason(if *wants {
+                        reason
+                    } else {
+                        TagMissingReason::NotRequested
+                    });
+                }
+            }
+        }
+        Ok(pb::AnalyzeResponse {
+            request_id: request.request_id,
+            symbols,
+            unassigned_text,
+            timings: Some(pb::StageTimings {
+                decode_us: micros(decoded),
+                detect_us: micros(detect_time),
+                ocr_us: micros(ocr_time),
+                total_us: micros(started.elapsed()),
+            }),
+            width,
+            height,
+        })
+    }
+
+    async fn detect(
+        &self,
+        image: Arc<Vec<u8>>,
+        score_threshold: f32,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<det::Detection>, Status> {
+        let response = self
+            .detector
+            .call(deadline, |stack, timeout| {
+                let image = Vec::clone(&image);
+                async move {
+                    let mut client = DetectorClient::with_interceptor(stack, inject_trace_context)
+                        .max_decoding_message_size(MAX_BACKEND_RESPONSE_BYTES);
+                    let mut request = tonic::Request::new(det::DetectRequest {
+                        images: vec![image],
+                        options: Some(det::DetectOptions {
+                            score_threshold,
+                            ..Default::default()
+                        }),
+                    });
+                    if let Some(timeout) = timeout {
+                        request.set_timeout(timeout);
+                    }
+                    client
+                        .detect(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+                .boxed()
+            })
+            .await
+            .map_err(detector_status)?;
+        match <[_; 1]>::try_from(response.results) {
+            Ok([result]) => Ok(result.detections),
+            Err(results) => {
+                tracing::error!(
+                    results = results.len(),
+                    "the detector answered one image with a result count other than one"
+                );
+                Err(Status::internal(
+                    "the detector's answer did not fit the request",
+                ))
+            }
+        }
+    }
+
+    async fn read_text(
+        &self,
+        image: Arc<Vec<u8>>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Line>, Status> {
+        let response = self
+            .ocr
+            .call(deadline, |stack, timeout| {
+                let image = Vec::clone(&image);
+                async move {
+                    let mut client = OcrClient::with_interceptor(stack, inject_trace_context)
+                        .max_decoding_message_size(MAX_BACKEND_RESPONSE_BYTES);
+                    let mut request = tonic::Request::new(ocr::ReadTextRequest {
+                        image,
+                        classify_angle: false,
+                    });
+                    if let Some(timeout) = timeout {
+                        request.set_timeout(timeout);
+                    }
+                    client
+                        .read_text(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+                .boxed()
+            })
+            .await?;
+        Ok(response
+            .lines
+            .into_iter()
+            .map(|line| Line {
+                rect: rect(line.r#box),
+                text: line.text,
+                score: line.score,
+            })
+            .collect())
+    }
+}

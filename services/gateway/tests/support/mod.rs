@@ -1,0 +1,316 @@
+//! Test doubles of the backends: real gRPC Detector and Ocr servers on loopback
+//! sockets, each on its own Tokio runtime so a test can kill one outright (every
+//! connection closes, as when a process dies). They record what they were asked
+//! and whether the caller went away before they answered.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use plenum_proto::common::v1 as common;
+use plenum_proto::detector::v1::{self as det, detector_server};
+use plenum_proto::ocr::v1::{self as ocr, ocr_server};
+use tokio::sync::watch;
+use tonic::{Code, Request, Response, Status};
+
+/// What a fake saw and how it behaves; shared between the test and the server.
+#[derive(Default)]
+pub struct Behaviour {
+    /// Calls received.
+    pub calls: AtomicUsize,
+    /// Calls whose future was dropped before it answered (the caller went away).
+    pub cancelled: AtomicUsize,
+    /// Most calls in flight at once.
+    pub max_in_flight: AtomicUsize,
+    in_flight: AtomicUsize,
+    in_flight_watch: Mutex<Option<watch::Sender<usize>>>,
+    /// How long each call takes.
+    pub delay: Mutex<Duration>,
+    /// Answer every call with this code instead.
+    pub fail_with: Mutex<Option<Code>>,
+    /// The `grpc-timeout` header of the last call.
+    pub last_timeout: Mutex<Option<String>>,
+    /// Whether the last call carried a `traceparent`.
+    pub last_traceparent: Mutex<Option<String>>,
+}
+
+impl Behaviour {
+    pub fn new() -> Arc<Self> {
+        let behaviour = Self::default();
+        *behaviour.in_flight_watch.lock().unwrap() = Some(watch::channel(0).0);
+        Arc::new(behaviour)
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    pub fn fail_with(&self, code: Option<Code>) {
+        *self.fail_with.lock().unwrap() = code;
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn cancelled(&self) -> usize {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Waits (without sleeping) until `n` calls are in flight at once.
+    pub async fn wait_in_flight(&self, n: usize) {
+        let mut rx = self
+            .in_flight_watch
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|&v| v >= n))
+            .await
+            .expect("calls in flight in time")
+            .unwrap();
+    }
+
+    /// Waits until `n` calls were dropped by their caller.
+    pub async fn wait_cancelled(&self, n: usize) {
+        let mut rx = self
+            .in_flight_watch
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .subscribe();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.cancelled() < n {
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the backend call was dropped in time");
+    }
+
+    /// Runs one call: counts it, waits the delay, notices a drop.
+    async fn serve<T>(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        answer: T,
+    ) -> Result<T, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        *self.last_timeout.lock().unwrap() = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        *self.last_traceparent.lock().unwrap() = metadata
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.notify();
+        let mut guard = InFlight {
+            behaviour: self,
+            finished: false,
+        };
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        guard.finished = true;
+        drop(guard);
+        match *self.fail_with.lock().unwrap() {
+            Some(code) => Err(Status::new(code, "the fake was told to fail")),
+            None => Ok(answer),
+        }
+    }
+
+    fn notify(&self) {
+        if let Some(tx) = self.in_flight_watch.lock().unwrap().as_ref() {
+            tx.send_replace(self.in_flight.load(Ordering::SeqCst));
+        }
+    }
+}
+
+struct InFlight<'a> {
+    behaviour: &'a Behaviour,
+    finished: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.behaviour.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+        self.behaviour.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.behaviour.notify();
+    }
+}
+
+pub fn bx(x_min: f32, y_min: f32, x_max: f32, y_max: f32) -> Option<common::Box> {
+    Some(common::Box {
+        x_min,
+        y_min,
+        x_max,
+        y_max,
+    })
+}
+
+/// A detector that finds the same detections on every image.
+pub struct FakeDetector {
+    pub behaviour: Arc<Behaviour>,
+    pub detections: Vec<det::Detection>,
+}
+
+#[tonic::async_trait]
+impl detector_server::Detector for FakeDetector {
+    async fn detect(
+        &self,
+        request: Request<det::DetectRequest>,
+    ) -> Result<Response<det::DetectResponse>, Status> {
+        let images = request.get_ref().images.len();
+        let answer = det::DetectResponse {
+            results: (0..images)
+                .map(|_| det::ImageDetections {
+                    detections: self.detections.clone(),
+                    width: 0,
+                    height: 0,
+                    tiles: 1,
+                })
+                .collect(),
+            model: "fake".into(),
+            placement: common::Placement::Cpu as i32,
+        };
+        self.behaviour
+            .serve(request.metadata(), answer)
+            .await
+            .map(Response::new)
+    }
+}
+
+/// An OCR service that reads the same lines on every page.
+pub struct FakeOcr {
+    pub behaviour: Arc<Behaviour>,
+    pub lines: Vec<ocr::TextLine>,
+}
+
+#[tonic::async_trait]
+impl ocr_server::Ocr for FakeOcr {
+    async fn recognize(
+        &self,
+        _request: Request<ocr::RecognizeRequest>,
+    ) -> Result<Response<ocr::RecognizeResponse>, Status> {
+        Err(Status::unimplemented("the gateway reads whole pages"))
+    }
+
+    async fn read_text(
+        &self,
+        request: Request<ocr::ReadTextRequest>,
+    ) -> Result<Response<ocr::ReadTextResponse>, Status> {
+        let answer = ocr::ReadTextResponse {
+            lines: self.lines.clone(),
+            width: 0,
+            height: 0,
+        };
+        self.behaviour
+            .serve(request.metadata(), answer)
+            .await
+            .map(Response::new)
+    }
+}
+
+/// A fake server on its own runtime; `kill` drops the runtime and every socket.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Ends the server at once, as a crash would: its connections close mid-call.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    fn start<S>(service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn detector(behaviour: Arc<Behaviour>, detections: Vec<det::Detection>) -> Self {
+        Self::start(detector_server::DetectorServer::new(FakeDetector {
+            behaviour,
+            detections,
+        }))
+    }
+
+    pub fn ocr(behaviour: Arc<Behaviour>, lines: Vec<ocr::TextLine>) -> Self {
+        Self::start(ocr_server::OcrServer::new(FakeOcr { behaviour, lines }))
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on (bound, then closed).
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// A small white PNG of `width` x `height`.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
