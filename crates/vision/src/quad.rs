@@ -57,13 +57,32 @@ pub fn convex_hull(points: &[[i32; 2]]) -> Vec<[i32; 2]> {
     hull.iter().map(|p| [p[0] as i32, p[1] as i32]).collect()
 }
 
+/// The hull as `minAreaRect` walks it for a contour from `findContours`: OpenCV's
+/// "clockwise" hull (counter-clockwise on screen, y down), starting at the contour's
+/// first point, which for an outer border is its topmost-leftmost pixel. Where the
+/// walk starts decides which of two equal-area rectangles the calipers keep, and with
+/// it the last bits of the corners (330.99997 instead of 331, truncated later).
+fn caliper_hull(points: &[[i32; 2]]) -> Vec<PointF> {
+    let mut hull = convex_hull(points);
+    let doubled_area: i64 = (0..hull.len())
+        .map(|i| {
+            let (a, b) = (hull[i], hull[(i + 1) % hull.len()]);
+            i64::from(a[0]) * i64::from(b[1]) - i64::from(b[0]) * i64::from(a[1])
+        })
+        .sum();
+    if doubled_area > 0 {
+        hull.reverse();
+    }
+    if let Some(start) = (0..hull.len()).min_by_key(|&i| (hull[i][1], hull[i][0])) {
+        hull.rotate_left(start);
+    }
+    hull.iter().map(|p| [p[0] as f32, p[1] as f32]).collect()
+}
+
 /// `cv2.minAreaRect` of integer points: rotating calipers over the convex hull, in
 /// OpenCV's `f32` arithmetic (modules/imgproc/src/rotcalipers.cpp).
 pub fn min_area_rect(points: &[[i32; 2]]) -> RotatedRect {
-    let hull: Vec<PointF> = convex_hull(points)
-        .iter()
-        .map(|p| [p[0] as f32, p[1] as f32])
-        .collect();
+    let hull = caliper_hull(points);
     let n = hull.len();
     let mut rect = RotatedRect {
         center: [0.0, 0.0],

@@ -1,11 +1,14 @@
-//! The OCR service: PP-OCRv4 mobile over the engine. `Recognize` reads crops (the
-//! angle classifier turns upside-down ones first) exactly as RapidOCR 1.4.4 does;
-//! `ReadText` (page reading with DB text detection) is not built yet.
+//! The OCR service: PP-OCRv4 mobile over the engine, as RapidOCR 1.4.4 runs it.
+//! `Recognize` reads crops (the angle classifier turns upside-down ones first);
+//! `ReadText` finds the text lines of a page with DB text detection and reads them.
 //!
-//! Rooms: [`text`] is PaddleOCR's pre/post-processing (pure), [`reader`] runs the two
-//! models, [`service`] is the gRPC face.
+//! Rooms: [`text`] and [`detect`] are PaddleOCR's pre/post-processing (pure),
+//! [`reader`] runs recognition and angle models on crops, [`page`] adds the detector,
+//! [`service`] is the gRPC face.
 #![forbid(unsafe_code)]
 
+pub mod detect;
+pub mod page;
 pub mod reader;
 pub mod service;
 pub mod text;
@@ -21,6 +24,7 @@ use plenum_vision::decode::Limits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::page::PageReader;
 use crate::reader::Reader;
 use crate::service::OcrService;
 
@@ -40,7 +44,8 @@ fn manifest(models: &Path, name: &str) -> anyhow::Result<ModelManifest> {
         .map_err(|error| anyhow::anyhow!("{error} (run `make setup` to provision the OCR models)"))
 }
 
-/// Loads the recognizer and the angle classifier, then serves until `shutdown`.
+/// Loads the text detector, the recognizer and the angle classifier, then serves until
+/// `shutdown`.
 pub async fn run(
     settings: OcrSettings,
     metrics: &prometheus::Registry,
@@ -49,9 +54,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let rec_manifest = manifest(&settings.models, "ppocr-v4-rec")?;
     let cls_manifest = manifest(&settings.models, "ppocr-mobile-v2-cls")?;
+    let det_manifest = manifest(&settings.models, "ppocr-v4-det")?;
     let dictionary = rec_manifest.dictionary()?;
     let rec_metrics = EngineMetrics::register(metrics, "ocr", &rec_manifest.name)?;
     let cls_metrics = EngineMetrics::register(metrics, "ocr", &cls_manifest.name)?;
+    let det_metrics = EngineMetrics::register(metrics, "ocr", &det_manifest.name)?;
     let rec = Engine::start(
         rec_manifest,
         settings.engine.clone(),
@@ -59,8 +66,16 @@ pub async fn run(
         rec_metrics,
     )
     .await?;
-    let cls = Engine::start(cls_manifest, settings.engine, settings.lease, cls_metrics).await?;
-    let reader = Reader::new(rec, cls, dictionary);
+    let cls = Engine::start(
+        cls_manifest,
+        settings.engine.clone(),
+        settings.lease.clone(),
+        cls_metrics,
+    )
+    .await?;
+    // The detector holds its own lease, like the other two models.
+    let det = Engine::start(det_manifest, settings.engine, settings.lease, det_metrics).await?;
+    let reader = PageReader::new(det, Reader::new(rec, cls, dictionary));
     let service = OcrServer::new(OcrService::new(reader, settings.limits, settings.max_crops))
         .max_decoding_message_size(settings.max_request_bytes);
     let server = GrpcServer::new();

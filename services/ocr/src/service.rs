@@ -1,4 +1,5 @@
-//! `plenum.ocr.v1.Ocr`: validates crops, reads them, converts errors in one place.
+//! `plenum.ocr.v1.Ocr`: validates crops and pages, reads them, converts errors in one
+//! place.
 
 use plenum_engine::EngineError;
 use plenum_proto::common::v1 as common;
@@ -8,16 +9,16 @@ use plenum_vision::decode::{Limits, decode};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::reader::Reader;
+use crate::page::{Line, PageReader};
 
 pub struct OcrService {
-    reader: Reader,
+    reader: PageReader,
     limits: Limits,
     max_crops: usize,
 }
 
 impl OcrService {
-    pub fn new(reader: Reader, limits: Limits, max_crops: usize) -> Self {
+    pub fn new(reader: PageReader, limits: Limits, max_crops: usize) -> Self {
         Self {
             reader,
             limits,
@@ -79,10 +80,19 @@ impl Ocr for OcrService {
         .map_err(|_| Status::internal("decoding failed"))??;
         let results = self
             .reader
+            .reader()
             .recognize(crops, request.classify_angle)
             .await
             .map_err(engine_status)?;
-        let placement = if self.reader.rec().state().borrow().placement.is_gpu() {
+        let placement = if self
+            .reader
+            .reader()
+            .rec()
+            .state()
+            .borrow()
+            .placement
+            .is_gpu()
+        {
             common::Placement::Gpu
         } else {
             common::Placement::Cpu
@@ -102,12 +112,50 @@ impl Ocr for OcrService {
 
     async fn read_text(
         &self,
-        _request: Request<pb::ReadTextRequest>,
+        request: Request<pb::ReadTextRequest>,
     ) -> Result<Response<pb::ReadTextResponse>, Status> {
-        // Page reading needs DB text detection (binarise, contours, unclip) in Rust:
-        // not built yet. Said plainly rather than answered wrongly.
-        Err(Status::unimplemented(
-            "ReadText (whole-page reading) is not built yet; Recognize reads crops",
-        ))
+        let request = request.into_inner();
+        let limits = self.limits;
+        // Decoding is CPU work: off the async threads.
+        let image = tokio::task::spawn_blocking(move || decode(&request.image, &limits))
+            .await
+            .map_err(|_| Status::internal("decoding failed"))?
+            .map_err(|e| bad("image", e.to_string()))?
+            .image;
+        let (width, height) = image.dimensions();
+        let lines = self
+            .reader
+            .read(image, request.classify_angle)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(pb::ReadTextResponse {
+            lines: lines.into_iter().map(text_line).collect(),
+            width,
+            height,
+        }))
+    }
+}
+
+fn text_line(line: Line) -> pb::TextLine {
+    let (xs, ys) = (line.quad.map(|p| p[0]), line.quad.map(|p| p[1]));
+    let bound = |values: [f32; 4], pick: fn(f32, f32) -> f32| {
+        values.into_iter().reduce(pick).unwrap_or(0.0)
+    };
+    pb::TextLine {
+        quad: Some(common::Quad {
+            points: line
+                .quad
+                .iter()
+                .map(|&[x, y]| common::Point { x, y })
+                .collect(),
+        }),
+        r#box: Some(common::Box {
+            x_min: bound(xs, f32::min),
+            y_min: bound(ys, f32::min),
+            x_max: bound(xs, f32::max),
+            y_max: bound(ys, f32::max),
+        }),
+        text: line.text,
+        score: line.score,
     }
 }

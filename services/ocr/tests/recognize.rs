@@ -142,10 +142,5 @@ async fn bad_crops_are_named_and_the_service_keeps_serving() {
         .expect("still serving")
         .into_inner();
     assert_eq!(read.results[0].text, "D-102");
-    let unbuilt = client
-        .read_text(pb::ReadTextRequest::default())
-        .await
-        .expect_err("not built");
-    assert_eq!(unbuilt.code(), Code::Unimplemented);
     shutdown.cancel();
 }

@@ -1,0 +1,102 @@
+//! Reading a whole page: DB text detection on the det engine, perspective crops, then
+//! the crops through [`Reader`] (angle classifier, recognizer). CPU steps run on the
+//! blocking pool; the models on their engines.
+
+use image::RgbImage;
+use plenum_engine::tch::{Kind, Tensor};
+use plenum_engine::{Engine, EngineError};
+use plenum_vision::quad::PointF;
+
+use crate::detect::{self, Page, TEXT_SCORE};
+use crate::reader::Reader;
+
+/// One line found and read on a page, in source pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Corners clockwise from the top-left.
+    pub quad: [PointF; 4],
+    pub text: String,
+    pub score: f32,
+}
+
+/// The text detector beside the crop reader.
+#[derive(Clone)]
+pub struct PageReader {
+    det: Engine,
+    reader: Reader,
+}
+
+fn blocking_failed(error: tokio::task::JoinError) -> EngineError {
+    EngineError::Inference(format!("page processing failed: {error}"))
+}
+
+impl PageReader {
+    pub fn new(det: Engine, reader: Reader) -> Self {
+        Self { det, reader }
+    }
+
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    /// The lines of `image` in reading order, those read with a score under 0.5 left
+    /// out, as RapidOCR returns them.
+    pub async fn read(
+        &self,
+        image: RgbImage,
+        classify_angle: bool,
+    ) -> Result<Vec<Line>, EngineError> {
+        let prepared = tokio::task::spawn_blocking(move || {
+            let page = Page::new(image)?;
+            let input = detect::det_input(&page.image)?;
+            Some((page, input))
+        })
+        .await
+        .map_err(blocking_failed)?;
+        let Some((page, (data, width, height))) = prepared else {
+            return Ok(Vec::new());
+        };
+        let input = Tensor::from_slice(&data).view([1, 3, i64::from(height), i64::from(width)]);
+        let output = self
+            .det
+            .infer(input)
+            .await?
+            .to_kind(Kind::Float)
+            .contiguous();
+        let pred: Vec<f32> = output
+            .view([-1])
+            .try_into()
+            .map_err(|e: plenum_engine::tch::TchError| EngineError::Inference(e.to_string()))?;
+        let (page, quads, crops) = tokio::task::spawn_blocking(move || {
+            let (w, h) = page.image.dimensions();
+            let quads = detect::reading_order(detect::boxes_from_map(
+                &pred,
+                width as usize,
+                height as usize,
+                w,
+                h,
+            ));
+            let (quads, crops): (Vec<_>, Vec<_>) = quads
+                .into_iter()
+                .filter_map(|quad| detect::crop(&page.image, &quad).map(|crop| (quad, crop)))
+                .unzip();
+            (page, quads, crops)
+        })
+        .await
+        .map_err(blocking_failed)?;
+        if crops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = self.reader.recognize(crops, classify_angle).await?;
+        Ok(quads
+            .iter()
+            .zip(read)
+            .filter(|(_, r)| r.score >= TEXT_SCORE)
+            .map(|(quad, r)| Line {
+                quad: page.to_source(quad),
+                text: r.text,
+                score: r.score,
+            })
+            .collect())
+    }
+}
