@@ -177,7 +177,7 @@ fn print_table(file: &Path, response: &pb::AnalyzeResponse, annotated: &Path) {
     let mut rows = Vec::new();
     for symbol in &response.symbols {
         let tag = if symbol.tag.is_empty() {
-            format!("- ({})", symbol.tag_missing_reason)
+            format!("- ({})", missing_reason(symbol))
         } else {
             format!("{} ({:.2})", symbol.tag, symbol.tag_score)
         };
@@ -202,6 +202,19 @@ fn print_table(file: &Path, response: &pb::AnalyzeResponse, annotated: &Path) {
     }
     println!("  annotated: {}", annotated.display());
     println!();
+}
+
+/// `TAG_MISSING_REASON_NO_TEXT_NEARBY` as "no text nearby".
+fn missing_reason(symbol: &pb::Symbol) -> String {
+    match pb::TagMissingReason::try_from(symbol.tag_missing_reason) {
+        Ok(pb::TagMissingReason::Unspecified) => String::new(),
+        Ok(reason) => reason
+            .as_str_name()
+            .trim_start_matches("TAG_MISSING_REASON_")
+            .to_ascii_lowercase()
+            .replace('_', " "),
+        Err(_) => format!("reason {}", symbol.tag_missing_reason),
+    }
 }
 
 fn timing(response: &pb::AnalyzeResponse, stage: fn(&pb::StageTimings) -> u64) -> u64 {
@@ -235,7 +248,7 @@ fn to_json(file: &Path, response: &pb::AnalyzeResponse, annotated: &Path) -> ser
             "tag": s.tag,
             "tag_score": s.tag_score,
             "tag_box": bbox(&s.tag_box),
-            "tag_missing_reason": s.tag_missing_reason,
+            "tag_missing_reason": missing_reason(s),
         })).collect::<Vec<_>>(),
         "unassigned_text": response.unassigned_text.iter().map(|t| serde_json::json!({
             "text": t.text, "score": t.score, "box": bbox(&t.r#box),
