@@ -34,11 +34,11 @@ $BIN/plenum analyze "$PAGE" --out "$OUT"
 truth="${PAGE%.png}.json"
 if [[ -f $truth ]]; then
     echo "== the generator's ground truth for this page, for comparison"
-    python3 -c '
+    python3 - "$truth" <<'PY'
 import json, sys
-page = json.load(open(sys.argv[1]))
-tags = sorted(s["tag"] for s in page["symbols"])
-print(f"   {len(tags)} symbols: {\", \".join(tags)}")' "$truth"
+tags = sorted(symbol["tag"] for symbol in json.load(open(sys.argv[1]))["symbols"])
+print(f"   {len(tags)} symbols: " + ", ".join(tags))
+PY
 fi
 
 echo "== stopping the stack"
