@@ -10,7 +10,7 @@ use plenum_runtime::{metrics, shutdown, telemetry};
 use plenum_vision::decode::Limits;
 use tokio::net::TcpListener;
 
-/// plenum-ocr: PP-OCRv4 recognition of crops on tch, placed under a broker lease.
+/// plenum-ocr: PP-OCRv4 text detection and recognition on tch, placed under a broker lease.
 #[derive(Debug, clap::Parser)]
 #[command(name = "plenum-ocr", version)]
 struct Config {
@@ -28,10 +28,10 @@ struct Config {
     /// Largest gRPC request accepted, in bytes.
     #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "32MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
     max_request_bytes: u64,
-    /// Largest encoded crop accepted, in bytes.
+    /// Largest encoded crop or page accepted, in bytes.
     #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "4MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
     max_image_bytes: u64,
-    /// Largest crop accepted, in pixels (checked from the header, before decoding).
+    /// Largest crop or page accepted, in pixels (checked from the header, before decoding).
     #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 4_000_000)]
     max_image_pixels: u64,
     /// Most crops in one Recognize call.
