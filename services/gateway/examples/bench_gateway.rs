@@ -92,6 +92,7 @@ impl Clients {
             ocr.read_text(ocr::ReadTextRequest {
                 image: image.to_vec(),
                 classify_angle: false,
+                ignore_regions: vec![],
             })
         );
         a.unwrap();

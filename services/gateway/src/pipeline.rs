@@ -174,6 +174,16 @@ fn ocr_missing_reason(status: &Status) -> TagMissingReason {
     }
 }
 
+/// A tag is one token: the spaces a recognizer puts around a hyphen (`SD - 22`) go,
+/// and so do the symbol's strokes read as marks at either end when the text
+/// detector joined them to the tag (`β MD-50`, `FD-3±`).
+pub fn tag_text(raw: &str) -> String {
+    let token: String = raw.chars().filter(|c| !c.is_whitespace()).collect();
+    token
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
 async fn timed<F: Future>(future: F) -> (F::Output, Duration) {
     let started = Instant::now();
     let output = future.await;
@@ -231,6 +241,11 @@ impl Pipeline {
         let mut unassigned_text = Vec::new();
         match lines {
             Ok(lines) => {
+                // Marks with no letter or digit (a lone `±`) are nobody's tag.
+                let lines: Vec<Line> = lines
+                    .into_iter()
+                    .filter(|line| !tag_text(&line.text).is_empty())
+                    .collect();
                 let symbol_rects: Vec<Rect> = symbols.iter().map(|s| rect(s.r#box)).collect();
                 let line_rects: Vec<Rect> = lines.iter().map(|l| l.rect).collect();
                 let assignment = assign(&symbol_rects, &wants_tag, &line_rects, options.padding);
@@ -240,7 +255,7 @@ impl Pipeline {
                     match tag {
                         Some(l) => {
                             let line = &lines[*l];
-                            symbol.tag = line.text.clone();
+                            symbol.tag = tag_text(&line.text);
                             symbol.tag_score = line.score;
                             symbol.tag_box = Some(to_box(line.rect));
                         }
@@ -350,6 +365,7 @@ impl Pipeline {
                     let mut request = tonic::Request::new(ocr::ReadTextRequest {
                         image,
                         classify_angle: false,
+                        ignore_regions: vec![],
                     });
                     if let Some(timeout) = timeout {
                         request.set_timeout(timeout);
@@ -371,5 +387,20 @@ impl Pipeline {
                 score: line.score,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_is_one_token_without_stray_marks() {
+        assert_eq!(tag_text("SD - 22"), "SD-22");
+        assert_eq!(tag_text("TS-15 "), "TS-15");
+        assert_eq!(tag_text("β MD-50"), "MD-50");
+        assert_eq!(tag_text("FD-3±"), "FD-3");
+        assert_eq!(tag_text("VAV-203"), "VAV-203");
+        assert_eq!(tag_text("±"), "");
     }
 }

@@ -115,13 +115,19 @@ impl Ocr for OcrService {
         request: Request<pb::ReadTextRequest>,
     ) -> Result<Response<pb::ReadTextResponse>, Status> {
         let request = request.into_inner();
+        let ignore = ignore_regions(&request.ignore_regions)?;
         let limits = self.limits;
         // Decoding is CPU work: off the async threads.
-        let image = tokio::task::spawn_blocking(move || decode(&request.image, &limits))
-            .await
-            .map_err(|_| Status::internal("decoding failed"))?
-            .map_err(|e| bad("image", e.to_string()))?
-            .image;
+        let image = tokio::task::spawn_blocking(move || {
+            decode(&request.image, &limits).map(|decoded| {
+                let mut image = decoded.image;
+                blank(&mut image, &ignore);
+                image
+            })
+        })
+        .await
+        .map_err(|_| Status::internal("decoding failed"))?
+        .map_err(|e| bad("image", e.to_string()))?;
         let (width, height) = image.dimensions();
         let lines = self
             .reader
@@ -133,6 +139,49 @@ impl Ocr for OcrService {
             width,
             height,
         }))
+    }
+}
+
+/// Most regions one ReadText may ignore.
+const MAX_IGNORE_REGIONS: usize = 10_000;
+
+/// Checked `ignore_regions`: finite, not inverted.
+fn ignore_regions(regions: &[common::Box]) -> Result<Vec<[f32; 4]>, Status> {
+    if regions.len() > MAX_IGNORE_REGIONS {
+        return Err(bad(
+            "ignore_regions",
+            format!("{} regions; at most {MAX_IGNORE_REGIONS}", regions.len()),
+        ));
+    }
+    regions
+        .iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let corners = [r.x_min, r.y_min, r.x_max, r.y_max];
+            if corners.iter().any(|v| !v.is_finite()) || r.x_min > r.x_max || r.y_min > r.y_max {
+                return Err(bad(
+                    format!("ignore_regions[{index}]"),
+                    "must be finite with x_min <= x_max and y_min <= y_max",
+                ));
+            }
+            Ok(corners)
+        })
+        .collect()
+}
+
+/// Paints each region white, covering every pixel it touches.
+fn blank(image: &mut image::RgbImage, regions: &[[f32; 4]]) {
+    let (width, height) = image.dimensions();
+    for &[x_min, y_min, x_max, y_max] in regions {
+        let x0 = x_min.floor().clamp(0.0, width as f32) as u32;
+        let y0 = y_min.floor().clamp(0.0, height as f32) as u32;
+        let x1 = x_max.ceil().clamp(0.0, width as f32) as u32;
+        let y1 = y_max.ceil().clamp(0.0, height as f32) as u32;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                image.put_pixel(x, y, image::Rgb([255, 255, 255]));
+            }
+        }
     }
 }
 

@@ -98,6 +98,7 @@ async fn read_text_reads_what_rapidocr_reads() {
             .read_text(pb::ReadTextRequest {
                 image: std::fs::read(dir.join(&case.image)).unwrap(),
                 classify_angle: true,
+                ignore_regions: vec![],
             })
             .await
             .expect("read")
@@ -200,6 +201,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
             .read_text(pb::ReadTextRequest {
                 image,
                 classify_angle: false,
+                ignore_regions: vec![],
             })
             .await
             .expect_err(what);
@@ -221,6 +223,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
         .read_text(pb::ReadTextRequest {
             image: good,
             classify_angle: false,
+            ignore_regions: vec![],
         })
         .await
         .expect("still serving")

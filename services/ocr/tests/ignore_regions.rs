@@ -1,0 +1,121 @@
+//! `ReadText`'s `ignore_regions`: what the caller knows is not text is painted out
+//! before reading, and a malformed region is refused by name.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use plenum_engine::{DeviceChoice, EngineSettings};
+use plenum_ocr::{OcrSettings, run};
+use plenum_proto::common::v1 as common;
+use plenum_proto::ocr::v1::{self as pb, ocr_client::OcrClient};
+use plenum_vision::decode::Limits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn start() -> (OcrClient<Channel>, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let settings = OcrSettings {
+        models: repo().join("models"),
+        engine: EngineSettings {
+            device: DeviceChoice::Cpu,
+            max_queue_delay: Duration::from_millis(2),
+            ..EngineSettings::default()
+        },
+        lease: None,
+        limits: Limits {
+            max_bytes: 4 << 20,
+            max_pixels: 4_000_000,
+        },
+        max_crops: 64,
+        max_request_bytes: 16 << 20,
+        drain_timeout: Duration::from_millis(200),
+    };
+    let registry = prometheus::Registry::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        run(settings, &registry, listener, stop)
+            .await
+            .expect("ocr runs")
+    });
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (OcrClient::new(channel), shutdown)
+}
+
+fn region(x_min: f32, y_min: f32, x_max: f32, y_max: f32) -> common::Box {
+    common::Box {
+        x_min,
+        y_min,
+        x_max,
+        y_max,
+    }
+}
+
+async fn texts(client: &mut OcrClient<Channel>, ignore: Vec<common::Box>) -> Vec<String> {
+    let image = std::fs::read(repo().join("tests/ocr/read/tags_small.png")).unwrap();
+    client
+        .read_text(pb::ReadTextRequest {
+            image,
+            classify_angle: false,
+            ignore_regions: ignore,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines
+        .into_iter()
+        .map(|line| line.text)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_ignored_region_is_not_read_and_the_rest_of_the_page_still_is() {
+    let (mut client, shutdown) = start().await;
+    let all = texts(&mut client, vec![]).await;
+    assert!(all.contains(&"EF-12".to_owned()), "{all:?}");
+    assert!(all.contains(&"VAV-104".to_owned()), "{all:?}");
+
+    // EF-12 sits at (39, 30)-(121, 60) on this image.
+    let without = texts(&mut client, vec![region(30.0, 22.0, 130.0, 68.0)]).await;
+    assert!(!without.iter().any(|t| t.contains("EF")), "{without:?}");
+    assert!(without.contains(&"VAV-104".to_owned()), "{without:?}");
+    assert_eq!(without.len(), all.len() - 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_malformed_region_is_refused_naming_it() {
+    let (mut client, shutdown) = start().await;
+    let image = std::fs::read(repo().join("tests/ocr/read/tag_vav.png")).unwrap();
+    for bad in [
+        region(50.0, 0.0, 10.0, 5.0),
+        region(f32::NAN, 0.0, 1.0, 1.0),
+    ] {
+        let status = client
+            .read_text(pb::ReadTextRequest {
+                image: image.clone(),
+                classify_angle: false,
+                ignore_regions: vec![region(0.0, 0.0, 1.0, 1.0), bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("ignore_regions[1]"),
+            "{}",
+            status.message()
+        );
+    }
+    shutdown.cancel();
+}
