@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use plenum_proto::detector::v1::DetectRequest;
 use plenum_proto::detector::v1::detector_client::DetectorClient;
+use plenum_proto::gateway::v1::AnalyzeRequest;
+use plenum_proto::gateway::v1::gateway_client::GatewayClient;
 use plenum_tracing_tests::{OtlpReceiver, ReceivedSpan};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -53,9 +55,16 @@ struct Service {
 }
 
 impl Service {
-    /// Starts `name` with `args` and waits for its "... listening" log line.
+    /// Starts `name` listening on a free port of 127.0.0.1 (`--listen` is added to
+    /// `args`); [`Service::wait_serving`] waits for it.
     async fn start(name: &'static str, args: &[&str], otlp: &str) -> Self {
+        // Not every binary logs the address it bound, so the port is chosen here.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .to_string();
         let mut child = Command::new(binary(name))
+            .args(["--listen", &addr])
             .args(args)
             .current_dir(workspace_root())
             .env("PLENUM_LOG_FORMAT", "json")
@@ -69,25 +78,8 @@ impl Service {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        // Its log goes to the test's output; draining it keeps the child from blocking.
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("{name} exited before it listened"));
-            eprintln!("[{name}] {line}");
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let message = event["message"].as_str().unwrap_or_default();
-            if message.contains("listening")
-                && let Some(addr) = event["addr"].as_str()
-            {
-                break addr.to_owned();
-            }
-        };
-        // Keep draining its log so the child never blocks on a full pipe.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[{name}] {line}");
@@ -100,13 +92,29 @@ impl Service {
         format!("http://{}", self.addr)
     }
 
-    /// Waits until the server reports SERVING (the models are loaded).
-    async fn wait_serving(&self) {
-        let channel = tonic::transport::Endpoint::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    /// Waits until the server accepts connections and reports SERVING (for a model
+    /// service: its models are loaded), at most two minutes.
+    async fn wait_serving(&mut self) {
+        let started = tokio::time::Instant::now();
+        let limit = Duration::from_secs(120);
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url()).unwrap();
+        let channel = loop {
+            // A child process has no listener to hand over: its port is polled.
+            match endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(error) => {
+                    if let Some(exit) = self.child.try_wait().unwrap() {
+                        panic!("{} exited with {exit} before it listened", self.name);
+                    }
+                    assert!(
+                        started.elapsed() < limit,
+                        "{} not listening: {error}",
+                        self.name
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
         let mut health = HealthClient::new(channel);
         let mut watch = health
             .watch(HealthCheckRequest {
@@ -115,7 +123,7 @@ impl Service {
             .await
             .unwrap()
             .into_inner();
-        let serving = tokio::time::timeout(Duration::from_secs(120), async {
+        let serving = tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
             while let Some(status) = watch.message().await.unwrap() {
                 if status.status == ServingStatus::Serving as i32 {
                     return;
@@ -217,14 +225,35 @@ fn assert_hop(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn detect_and_its_lease_calls_are_traced_across_processes() {
-    let receiver = OtlpReceiver::start().await.unwrap();
-    let broker = Service::start(
+/// Walks parent links from `span` up to the span the test sent (`root_parent`):
+/// every step must be a received span of the same trace. Returns the services passed.
+fn path_to_caller(spans: &[ReceivedSpan], span: &ReceivedSpan, root_parent: &str) -> Vec<String> {
+    let mut path = vec![format!("{}:{}", span.service, span.name)];
+    let mut current = span;
+    while current.parent_span_id != root_parent {
+        let Some(parent) = spans.iter().find(|s| s.span_id == current.parent_span_id) else {
+            panic!(
+                "the parent {} of {} `{}` was never received; path so far {path:?}; received:\n{}",
+                current.parent_span_id,
+                current.service,
+                current.name,
+                render(spans)
+            );
+        };
+        assert_eq!(
+            parent.trace_id, span.trace_id,
+            "one trace id along {path:?}"
+        );
+        path.push(format!("{}:{}", parent.service, parent.name));
+        current = parent;
+    }
+    path
+}
+
+async fn start_broker(receiver: &OtlpReceiver) -> Service {
+    let mut broker = Service::start(
         "plenum-broker",
         &[
-            "--listen",
-            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--simulate",
@@ -235,11 +264,16 @@ async fn detect_and_its_lease_calls_are_traced_across_processes() {
         &receiver.endpoint,
     )
     .await;
-    let detector = Service::start(
-        "plenum-detector",
+    // Up before the model services, so their first Acquire is granted, not refused.
+    broker.wait_serving().await;
+    broker
+}
+
+/// A model service under a lease from `broker` (simulated GPU, CPU compute).
+async fn start_model(name: &'static str, broker: &Service, receiver: &OtlpReceiver) -> Service {
+    Service::start(
+        name,
         &[
-            "--listen",
-            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--broker",
@@ -249,7 +283,14 @@ async fn detect_and_its_lease_calls_are_traced_across_processes() {
         ],
         &receiver.endpoint,
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detect_and_its_lease_calls_are_traced_across_processes() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let broker = start_broker(&receiver).await;
+    let mut detector = start_model("plenum-detector", &broker, &receiver).await;
     detector.wait_serving().await;
 
     let (trace_id, test_span_id) = new_ids();
@@ -323,4 +364,114 @@ async fn detect_and_its_lease_calls_are_traced_across_processes() {
             .is_some_and(|key| key.starts_with("hvac-yolov8n")),
         "lease.acquire names the model: {acquire:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_is_one_trace_through_gateway_detector_and_ocr() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let broker = start_broker(&receiver).await;
+    let mut detector = start_model("plenum-detector", &broker, &receiver).await;
+    let mut ocr = start_model("plenum-ocr", &broker, &receiver).await;
+    detector.wait_serving().await;
+    ocr.wait_serving().await;
+    let mut gateway = Service::start(
+        "plenum-gateway",
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--detector",
+            &detector.url(),
+            "--ocr",
+            &ocr.url(),
+        ],
+        &receiver.endpoint,
+    )
+    .await;
+    gateway.wait_serving().await;
+
+    let (trace_id, test_span_id) = new_ids();
+    let page = std::fs::read(workspace_root().join("tests/pages/page_0000.png")).unwrap();
+    let mut request = tonic::Request::new(AnalyzeRequest {
+        image: page,
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{test_span_id}-01").parse().unwrap(),
+    );
+    let response = GatewayClient::connect(gateway.url())
+        .await
+        .unwrap()
+        .analyze(request)
+        .await
+        .expect("Analyze")
+        .into_inner();
+    assert!(!response.symbols.is_empty(), "Analyze found symbols");
+
+    // Front to back, so each one's outgoing calls are over before it flushes.
+    gateway.stop().await;
+    detector.stop().await;
+    ocr.stop().await;
+    broker.stop().await;
+    let (_, spans) = receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            ["plenum-gateway", "plenum-detector", "plenum-ocr"]
+                .iter()
+                .all(|service| spans.iter().any(|s| s.service == *service))
+        })
+        .await;
+    eprintln!("spans received:\n{}", render(&spans));
+
+    let analyze = find(
+        &spans,
+        "plenum-gateway",
+        "plenum.gateway.v1.Gateway/Analyze",
+    );
+    assert_eq!(
+        analyze.len(),
+        1,
+        "one Analyze span; received:\n{}",
+        render(&spans)
+    );
+    assert_eq!(
+        analyze[0].trace_id, trace_id,
+        "Analyze joined the caller's trace"
+    );
+    assert_eq!(analyze[0].parent_span_id, test_span_id);
+    assert_eq!(analyze[0].kind, SERVER);
+
+    // Each backend's server span hangs, through the gateway's spans, off the
+    // gateway's Analyze span: one tree, three processes, one trace id.
+    for (service, name) in [
+        ("plenum-detector", "plenum.detector.v1.Detector/Detect"),
+        ("plenum-ocr", "plenum.ocr.v1.Ocr/ReadText"),
+    ] {
+        let in_trace: Vec<_> = find(&spans, service, name)
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect();
+        assert!(
+            !in_trace.is_empty(),
+            "no {service} span `{name}` in trace {trace_id}; received:\n{}",
+            render(&spans)
+        );
+        for span in in_trace {
+            assert_eq!(span.kind, SERVER);
+            let path = path_to_caller(&spans, span, &test_span_id);
+            eprintln!("{}", path.join(" <- "));
+            let parent = spans
+                .iter()
+                .find(|s| s.span_id == span.parent_span_id)
+                .unwrap();
+            assert_eq!(
+                parent.service, "plenum-gateway",
+                "{name} is called by the gateway"
+            );
+            assert!(
+                path.last()
+                    .is_some_and(|top| top.ends_with("Gateway/Analyze")),
+                "{name} traces back to Analyze: {path:?}"
+            );
+        }
+    }
 }
