@@ -48,6 +48,7 @@ async fn main() {
         Call::Read(pb::ReadTextRequest {
             image: std::fs::read(repo().join("tests/ocr/read/sheet.png")).unwrap(),
             classify_angle: true,
+            ignore_regions: vec![],
         })
     } else {
         let mut names: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/ocr/crops"))
