@@ -8,7 +8,7 @@ STAMP := $(VENV)/.requirements-installed
 # libgomp's default spin-waiting makes libtorch 10-25x slower on small VMs.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup venv libtorch models build test test-rust test-grpcurl test-python lint demo bench clean
+.PHONY: setup venv libtorch models build test test-rust test-e2e test-grpcurl test-python lint demo bench clean
 
 setup: venv libtorch models
 
@@ -29,10 +29,15 @@ models: venv
 build: setup
 	cargo build --release --workspace --bins
 
-test: setup test-rust test-grpcurl test-python
+test: setup test-rust test-e2e test-grpcurl test-python
 
 test-rust:
 	cargo test --workspace --all-targets
+
+# The whole pipeline on the real models over 30 generated pages: recall and exact tags
+# against the generator's ground truth. Release binaries: in debug it takes many minutes.
+test-e2e: build
+	cargo test --release -p plenum-gateway --test end_to_end -- --ignored --nocapture
 
 test-grpcurl: venv
 	GRPCURL=$(VENV)/bin/grpcurl scripts/grpcurl-check.sh
