@@ -180,6 +180,8 @@ async fn tags_are_joined_to_their_symbols() {
     // One call to each backend, with no deadline when the client gave none.
     assert_eq!((db.calls(), ob.calls()), (1, 1));
     assert_eq!(*db.last_timeout.lock().unwrap(), None);
+    // OCR was told to paint out the three symbols before reading.
+    assert_eq!(ob.last_ignore_regions.load(Ordering::SeqCst), 3);
     assert_eq!(
         metric(
             &gw.registry,
@@ -355,21 +357,32 @@ async fn a_backend_timeout_is_deadline_exceeded_and_an_ocr_timeout_degrades() {
 async fn a_client_that_goes_away_cancels_the_backend_calls() {
     let (detections, lines) = page();
     let (db, ob) = (Behaviour::new(), Behaviour::new());
-    db.set_delay(Duration::from_secs(30));
-    ob.set_delay(Duration::from_secs(30));
     let detector = FakeServer::detector(db.clone(), detections);
     let ocr = FakeServer::ocr(ob.clone(), lines);
     let gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
-    let mut client = gw.client.clone();
-    let call = tokio::spawn(async move {
-        client
-            .analyze(analyze(png(64, 64), Default::default()))
-            .await
-    });
+    let call = |gw: &Gateway| {
+        let mut client = gw.client.clone();
+        tokio::spawn(async move {
+            client
+                .analyze(analyze(png(64, 64), Default::default()))
+                .await
+        })
+    };
+
+    // Gone while the detector works: its call is dropped, OCR is never asked.
+    db.set_delay(Duration::from_secs(30));
+    let first = call(&gw);
     db.wait_in_flight(1).await;
-    ob.wait_in_flight(1).await;
-    call.abort();
+    first.abort();
     db.wait_cancelled(1).await;
+    assert_eq!(ob.calls(), 0);
+
+    // Gone while OCR reads the page: the OCR call is dropped.
+    db.set_delay(Duration::ZERO);
+    ob.set_delay(Duration::from_secs(30));
+    let second = call(&gw);
+    ob.wait_in_flight(1).await;
+    second.abort();
     ob.wait_cancelled(1).await;
 }
 

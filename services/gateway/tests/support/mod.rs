@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub fail_with: Mutex<Option<Code>>,
     /// The `grpc-timeout` header of the last call.
     pub last_timeout: Mutex<Option<String>>,
+    /// How many regions to ignore the last ReadText call carried.
+    pub last_ignore_regions: AtomicUsize,
     /// Whether the last call carried a `traceparent`.
     pub last_traceparent: Mutex<Option<String>>,
 }
@@ -209,6 +211,9 @@ impl ocr_server::Ocr for FakeOcr {
         &self,
         request: Request<ocr::ReadTextRequest>,
     ) -> Result<Response<ocr::ReadTextResponse>, Status> {
+        self.behaviour
+            .last_ignore_regions
+            .store(request.get_ref().ignore_regions.len(), Ordering::SeqCst);
         let answer = ocr::ReadTextResponse {
             lines: self.lines.clone(),
             width: 0,
