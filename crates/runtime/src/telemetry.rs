@@ -62,7 +62,14 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Te
     };
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = match &args.otlp_endpoint {
+    // `OTEL_EXPORTER_OTLP_ENDPOINT=` (set but empty, as compose files and shells
+    // often leave it) means no export, not an invalid URI that stops the service.
+    let endpoint = args
+        .otlp_endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty());
+    let provider = match endpoint {
         Some(endpoint) => Some(otlp_provider(service, endpoint)?),
         None => None,
     };
@@ -76,7 +83,7 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Te
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()?;
-    if let Some(endpoint) = &args.otlp_endpoint {
+    if let Some(endpoint) = endpoint {
         tracing::info!(%endpoint, "exporting traces over OTLP");
     }
     Ok(Telemetry { provider })
