@@ -47,60 +47,137 @@ fn py_round(v: f64) -> f64 {
     v.round_ties_even()
 }
 
-/// `reduce_max_side` / `increase_min_side`: scale so the long (short) side is `side`,
-/// both sides rounded to multiples of 32.
-fn resize_to_side(image: &RgbImage, side: u32, long: bool) -> Option<(RgbImage, f64, f64)> {
-    let (w, h) = (f64::from(image.width()), f64::from(image.height()));
+/// Most pixels the detector is given. RapidOCR's own sizes stay under it for every page
+/// (long side at most 2000, letterboxed to at most a quarter of that high, short side up
+/// to 736) except one: its minimum-side rule scales a strip under 30 px thick up by as
+/// much as 30×, and its letterbox then pads the result to a quarter of its new width
+/// high (a 2 x 2000 strip would become a 30000 x 7500 page and a 10 GB tensor). Those
+/// are refused instead of read.
+pub const MAX_DET_PIXELS: u64 = 2048 * 2048;
+
+/// A page RapidOCR's rules would blow up past [`MAX_DET_PIXELS`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a {width}x{height} page would be read as a {det_width}x{det_height} detector input \
+     (pages thinner than 30 px are scaled up and letterboxed); at most {MAX_DET_PIXELS} pixels"
+)]
+pub struct PageTooLarge {
+    pub width: u32,
+    pub height: u32,
+    pub det_width: u32,
+    pub det_height: u32,
+}
+
+/// Sides scaled by `ratio`, truncated, rounded (half to even) to multiples of 32.
+fn scaled_32(w: f64, h: f64, ratio: f64) -> (u32, u32) {
+    let round = |v: f64| (py_round(f64::from((v * ratio) as u32) / 32.0) * 32.0) as u32;
+    (round(w), round(h))
+}
+
+/// `reduce_max_side` / `increase_min_side` sizes: the long (short) side to `side`.
+fn side_sizes(w: u32, h: u32, side: u32, long: bool) -> (u32, u32) {
+    let (w, h) = (f64::from(w), f64::from(h));
     let ratio = if (h > w) == long {
         f64::from(side) / h
     } else {
         f64::from(side) / w
     };
-    let rh = (py_round(f64::from((h * ratio) as u32) / 32.0) * 32.0) as u32;
-    let rw = (py_round(f64::from((w * ratio) as u32) / 32.0) * 32.0) as u32;
+    scaled_32(w, h, ratio)
+}
+
+/// `DetPreProcess.resize` sizes (`limit_type: min`): the short side up to 736.
+fn det_sizes(w: u32, h: u32) -> (u32, u32) {
+    let (w, h) = (f64::from(w), f64::from(h));
+    let limit = f64::from(DET_LIMIT_SIDE);
+    let ratio = if h.min(w) < limit {
+        if h < w { limit / h } else { limit / w }
+    } else {
+        1.0
+    };
+    scaled_32(w, h, ratio)
+}
+
+/// `maybe_add_letterbox`: rows of black added above (and as many below) a page lower
+/// than 30 px or wider than 8:1.
+fn letterbox_rows(w: u32, h: u32) -> u32 {
+    if h <= MIN_HEIGHT || f64::from(w) / f64::from(h) > f64::from(WIDTH_HEIGHT_RATIO) {
+        ((w / WIDTH_HEIGHT_RATIO).max(MIN_HEIGHT) * 2).abs_diff(h) / 2
+    } else {
+        0
+    }
+}
+
+/// `reduce_max_side` / `increase_min_side`: the image at the new size and the ratios
+/// back (source over new, per axis); `None` when a side rounds to zero.
+fn resize_to_side(image: &RgbImage, side: u32, long: bool) -> Option<(RgbImage, f64, f64)> {
+    let (w, h) = image.dimensions();
+    let (rw, rh) = side_sizes(w, h, side, long);
     if rw == 0 || rh == 0 {
         return None;
     }
     Some((
         resize_linear(image, rw, rh),
-        h / f64::from(rh),
-        w / f64::from(rw),
+        f64::from(h) / f64::from(rh),
+        f64::from(w) / f64::from(rw),
     ))
 }
 
 impl Page {
-    /// `RapidOCR.preprocess` then `maybe_add_letterbox`; `None` when the page is too
-    /// small to resize (RapidOCR raises; there is nothing to read).
-    pub fn new(image: RgbImage) -> Option<Self> {
+    /// `RapidOCR.preprocess` then `maybe_add_letterbox`; `Ok(None)` when a side rounds
+    /// to zero (RapidOCR raises; there is nothing to read). The sizes are worked out
+    /// before any pixel is allocated, so a page that would blow up is refused cheaply.
+    pub fn new(image: RgbImage) -> Result<Option<Self>, PageTooLarge> {
         let (width, height) = image.dimensions();
+        let (mut w, mut h) = (width, height);
+        if w.max(h) > MAX_SIDE {
+            (w, h) = side_sizes(w, h, MAX_SIDE, true);
+        }
+        if w.min(h) < MIN_SIDE && w > 0 && h > 0 {
+            (w, h) = side_sizes(w, h, MIN_SIDE, false);
+        }
+        if w == 0 || h == 0 {
+            return Ok(None);
+        }
+        let (det_width, det_height) = det_sizes(w, h + 2 * letterbox_rows(w, h));
+        if u64::from(det_width) * u64::from(det_height) > MAX_DET_PIXELS {
+            return Err(PageTooLarge {
+                width,
+                height,
+                det_width,
+                det_height,
+            });
+        }
+
         let (mut ratio_h, mut ratio_w) = (1.0, 1.0);
         let mut image = image;
         if width.max(height) > MAX_SIDE {
-            let (resized, rh, rw) = resize_to_side(&image, MAX_SIDE, true)?;
+            let Some((resized, rh, rw)) = resize_to_side(&image, MAX_SIDE, true) else {
+                return Ok(None);
+            };
             (image, ratio_h, ratio_w) = (resized, rh, rw);
         }
         if image.width().min(image.height()) < MIN_SIDE {
             // RapidOCR overwrites the ratios here rather than compounding them.
-            let (resized, rh, rw) = resize_to_side(&image, MIN_SIDE, false)?;
+            let Some((resized, rh, rw)) = resize_to_side(&image, MIN_SIDE, false) else {
+                return Ok(None);
+            };
             (image, ratio_h, ratio_w) = (resized, rh, rw);
         }
         let (w, h) = image.dimensions();
-        let mut pad_top = 0;
-        if h <= MIN_HEIGHT || f64::from(w) / f64::from(h) > f64::from(WIDTH_HEIGHT_RATIO) {
-            let new_h = (w / WIDTH_HEIGHT_RATIO).max(MIN_HEIGHT) * 2;
-            pad_top = new_h.abs_diff(h) / 2;
+        let pad_top = letterbox_rows(w, h);
+        if pad_top > 0 {
             let mut padded = RgbImage::new(w, h + 2 * pad_top);
             image::imageops::replace(&mut padded, &image, 0, i64::from(pad_top));
             image = padded;
         }
-        Some(Self {
+        Ok(Some(Self {
             image,
             ratio_w,
             ratio_h,
             pad_top,
             width,
             height,
-        })
+        }))
     }
 
     /// `_get_origin_points`: a box on [`Page::image`] in source pixels, clipped to it.
@@ -119,15 +196,7 @@ impl Page {
 /// The DB detector's input for `image`: short side brought to 736, sides to multiples
 /// of 32, BGR planes `(x/255 − 0.5)/0.5`. `None` when a side rounds to zero.
 pub fn det_input(image: &RgbImage) -> Option<(Vec<f32>, u32, u32)> {
-    let (w, h) = (f64::from(image.width()), f64::from(image.height()));
-    let limit = f64::from(DET_LIMIT_SIDE);
-    let ratio = if h.min(w) < limit {
-        if h < w { limit / h } else { limit / w }
-    } else {
-        1.0
-    };
-    let rh = (py_round(f64::from((h * ratio) as u32) / 32.0) * 32.0) as u32;
-    let rw = (py_round(f64::from((w * ratio) as u32) / 32.0) * 32.0) as u32;
+    let (rw, rh) = det_sizes(image.width(), image.height());
     if rw == 0 || rh == 0 {
         return None;
     }
@@ -342,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_wide_low_page_is_letterboxed_and_mapped_back() {
-        let page = Page::new(RgbImage::new(400, 40)).unwrap();
+        let page = Page::new(RgbImage::new(400, 40)).unwrap().unwrap();
         // max(400/8, 30) * 2 = 100 high: 30 px above and below.
         assert_eq!(page.image.dimensions(), (400, 100));
         assert_eq!(page.to_source(&[[10.0, 35.0]; 4])[0], [10.0, 5.0]);
@@ -351,11 +420,21 @@ mod tests {
 
     #[test]
     fn a_page_under_30_px_is_scaled_up_to_multiples_of_32() {
-        let page = Page::new(RgbImage::new(120, 24)).unwrap();
+        let page = Page::new(RgbImage::new(120, 24)).unwrap().unwrap();
         // 30/24 → 150x30 → 160x32; then 32 px high is still above 30, ratio 5 < 8.
         assert_eq!(page.image.dimensions(), (160, 32));
         let back = page.to_source(&[[160.0, 32.0]; 4])[0];
         assert_eq!(back, [120.0, 24.0]);
+    }
+
+    #[test]
+    fn a_thin_strip_that_would_blow_up_is_refused_before_allocating() {
+        // 30x upscaling then a letterbox a quarter of the width high: 60000 x 15000.
+        let refused = Page::new(RgbImage::new(2000, 1)).err().expect("refused");
+        assert_eq!((refused.det_width, refused.det_height), (60000, 15008));
+        // The largest ordinary pages pass: 2000 x 2000, and a letterboxed 2000 x 200.
+        assert!(Page::new(RgbImage::new(2000, 2000)).unwrap().is_some());
+        assert!(Page::new(RgbImage::new(2000, 200)).unwrap().is_some());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use plenum_engine::tch::{Kind, Tensor};
 use plenum_engine::{Engine, EngineError};
 use plenum_vision::quad::PointF;
 
-use crate::detect::{self, Page, TEXT_SCORE};
+use crate::detect::{self, Page, PageTooLarge, TEXT_SCORE};
 use crate::reader::Reader;
 
 /// One line found and read on a page, in source pixels.
@@ -24,6 +24,15 @@ pub struct Line {
 pub struct PageReader {
     det: Engine,
     reader: Reader,
+}
+
+/// Why a page was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    TooLarge(#[from] PageTooLarge),
 }
 
 fn blocking_failed(error: tokio::task::JoinError) -> EngineError {
@@ -45,14 +54,15 @@ impl PageReader {
         &self,
         image: RgbImage,
         classify_angle: bool,
-    ) -> Result<Vec<Line>, EngineError> {
+    ) -> Result<Vec<Line>, ReadError> {
         let prepared = tokio::task::spawn_blocking(move || {
-            let page = Page::new(image)?;
-            let input = detect::det_input(&page.image)?;
-            Some((page, input))
+            let Some(page) = Page::new(image)? else {
+                return Ok(None);
+            };
+            Ok::<_, PageTooLarge>(detect::det_input(&page.image).map(|input| (page, input)))
         })
         .await
-        .map_err(blocking_failed)?;
+        .map_err(blocking_failed)??;
         let Some((page, (data, width, height))) = prepared else {
             return Ok(Vec::new());
         };

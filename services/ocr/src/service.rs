@@ -9,7 +9,7 @@ use plenum_vision::decode::{Limits, decode};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::page::{Line, PageReader};
+use crate::page::{Line, PageReader, ReadError};
 
 pub struct OcrService {
     reader: PageReader,
@@ -133,7 +133,10 @@ impl Ocr for OcrService {
             .reader
             .read(image, request.classify_angle)
             .await
-            .map_err(engine_status)?;
+            .map_err(|error| match error {
+                ReadError::Engine(error) => engine_status(error),
+                ReadError::TooLarge(error) => bad("image", error.to_string()),
+            })?;
         Ok(Response::new(pb::ReadTextResponse {
             lines: lines.into_iter().map(text_line).collect(),
             width,

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use image::ImageEncoder;
+
 use plenum_engine::{DeviceChoice, EngineSettings};
 use plenum_ocr::{OcrSettings, run};
 use plenum_proto::ocr::v1::{self as pb, ocr_client::OcrClient};
@@ -191,7 +193,13 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
         &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 1],
     ));
     huge.extend(chunk(b"IEND", &[]));
+    // A 2000 x 1 strip: RapidOCR would scale it 30x and letterbox it to 60000 x 15000.
+    let mut strip = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut strip)
+        .write_image(&[255; 6000], 2000, 1, image::ExtendedColorType::Rgb8)
+        .unwrap();
     for (image, what) in [
+        (strip, "a strip that would blow up"),
         (Vec::new(), "empty"),
         (b"definitely not a PNG".to_vec(), "not an image"),
         (truncated, "truncated"),
