@@ -26,13 +26,16 @@ struct Config {
     #[arg(long, env = "PLENUM_MODELS")]
     models: Option<PathBuf>,
     /// Largest gRPC request accepted, in bytes.
-    #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "32MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "64MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
     max_request_bytes: u64,
-    /// Largest encoded crop or page accepted, in bytes.
-    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "4MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
+    /// Largest encoded crop or page accepted, in bytes. Pages come whole from the
+    /// gateway, so this matches the detector's limit.
+    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
     max_image_bytes: u64,
     /// Largest crop or page accepted, in pixels (checked from the header, before decoding).
-    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 4_000_000)]
+    /// Pages are scaled to at most 2000 px on the longer side before detection, so a
+    /// 300 dpi A4 scan (8.7 MP) costs no more to read than a screen shot.
+    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     max_image_pixels: u64,
     /// Most crops in one Recognize call.
     #[arg(long, env = "PLENUM_MAX_CROPS", default_value_t = 256)]
