@@ -1,7 +1,6 @@
 //! Analyze: check the request, read the image header, detect symbols and read the
 //! page with the symbols painted out, then give each symbol its tag.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use plenum_proto::gateway::v1::{self as pb, TagMissingReason};
 use plenum_proto::ocr::v1::{self as ocr, ocr_client::OcrClient};
 use plenum_runtime::propagation::inject_trace_context;
 use plenum_runtime::status::invalid_field as bad;
-use plenum_vision::decode::{DecodeError, Limits};
+use plenum_vision::decode::{Limits, dimensions};
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -75,45 +74,6 @@ fn options(options: Option<pb::AnalyzeOptions>) -> Result<Options, Status> {
         padding,
         include_unassigned_text: options.include_unassigned_text,
     })
-}
-
-/// Width and height from the header alone, with the same limits and errors as
-/// `plenum_vision::decode`: the pixels are decoded by the backends, not here.
-pub fn dimensions(bytes: &[u8], limits: &Limits) -> Result<(u32, u32), DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    if bytes.len() > limits.max_bytes {
-        return Err(DecodeError::TooLarge {
-            bytes: bytes.len(),
-            max: limits.max_bytes,
-        });
-    }
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    if !matches!(
-        reader.format(),
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg)
-    ) {
-        return Err(DecodeError::UnknownFormat);
-    }
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    if width == 0 || height == 0 {
-        return Err(DecodeError::Corrupt(format!(
-            "declared size {width}x{height}"
-        )));
-    }
-    if u64::from(width) * u64::from(height) > limits.max_pixels {
-        return Err(DecodeError::TooManyPixels {
-            width,
-            height,
-            max: limits.max_pixels,
-        });
-    }
-    Ok((width, height))
 }
 
 /// A text line as OCR returned it.
