@@ -1,57 +1,14 @@
 //! `ReadText`'s `ignore_regions`: what the caller knows is not text is painted out
 //! before reading, and a malformed region is refused by name.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use plenum_engine::{DeviceChoice, EngineSettings};
-use plenum_ocr::{OcrSettings, run};
 use plenum_proto::common::v1 as common;
 use plenum_proto::ocr::v1::{self as pb, ocr_client::OcrClient};
-use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod support;
 
-async fn start() -> (OcrClient<Channel>, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let settings = OcrSettings {
-        models: repo().join("models"),
-        engine: EngineSettings {
-            device: DeviceChoice::Cpu,
-            max_queue_delay: Duration::from_millis(2),
-            ..EngineSettings::default()
-        },
-        lease: None,
-        limits: Limits {
-            max_bytes: 4 << 20,
-            max_pixels: 4_000_000,
-        },
-        max_crops: 64,
-        max_request_bytes: 16 << 20,
-        drain_timeout: Duration::from_millis(200),
-    };
-    let registry = prometheus::Registry::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        run(settings, &registry, listener, stop)
-            .await
-            .expect("ocr runs")
-    });
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (OcrClient::new(channel), shutdown)
-}
+use support::{repo, start};
 
 fn region(x_min: f32, y_min: f32, x_max: f32, y_max: f32) -> common::Box {
     common::Box {

@@ -2,59 +2,14 @@
 //! and scores as RapidOCR 1.4.4 (`RapidOCR()(path)`) on rendered HVAC labels and a
 //! drawing sheet (tests/ocr/make_read_reference.py); bad pages named; still serving.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use image::ImageEncoder;
-
-use plenum_engine::{DeviceChoice, EngineSettings};
-use plenum_ocr::{OcrSettings, run};
-use plenum_proto::ocr::v1::{self as pb, ocr_client::OcrClient};
-use plenum_vision::decode::Limits;
+use plenum_proto::ocr::v1 as pb;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod support;
 
-async fn start() -> (OcrClient<Channel>, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let settings = OcrSettings {
-        models: repo().join("models"),
-        engine: EngineSettings {
-            device: DeviceChoice::Cpu,
-            max_queue_delay: Duration::from_millis(2),
-            ..EngineSettings::default()
-        },
-        lease: None,
-        limits: Limits {
-            max_bytes: 4 << 20,
-            max_pixels: 4_000_000,
-        },
-        max_crops: 64,
-        max_request_bytes: 16 << 20,
-        drain_timeout: Duration::from_millis(200),
-    };
-    let registry = prometheus::Registry::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        run(settings, &registry, listener, stop)
-            .await
-            .expect("ocr runs")
-    });
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (OcrClient::new(channel), shutdown)
-}
+use support::{repo, start};
 
 #[derive(Deserialize)]
 struct Reference {
