@@ -113,16 +113,14 @@ async fn start_and_watch(
     if let Some(gpu) = &args.simulate_gpu {
         broker_args.extend(["--simulate".to_owned(), gpu.clone()]);
     }
-    let model_args = |device: &str| {
-        let mut list = vec!["--broker".to_owned(), broker_url.clone()];
-        if args.simulate_gpu.is_some() {
-            list.extend(["--device".to_owned(), device.to_owned()]);
-        }
-        if let Some(models) = &args.models {
-            list.extend(["--models".to_owned(), models.display().to_string()]);
-        }
-        list
-    };
+    let mut model_args = vec!["--broker".to_owned(), broker_url];
+    if args.simulate_gpu.is_some() {
+        // A simulated GPU has no CUDA behind it: leases are real, compute stays on the CPU.
+        model_args.extend(["--device".to_owned(), "sim-gpu".to_owned()]);
+    }
+    if let Some(models) = &args.models {
+        model_args.extend(["--models".to_owned(), models.display().to_string()]);
+    }
     let gateway_args = vec![
         "--detector".to_owned(),
         format!("http://{}", args.detector),
@@ -147,9 +145,9 @@ async fn start_and_watch(
                 "plenum-detector",
                 &args.detector,
                 metrics(2),
-                model_args("sim-gpu"),
+                model_args.clone(),
             ),
-            Plan::new("plenum-ocr", &args.ocr, metrics(3), model_args("sim-gpu")),
+            Plan::new("plenum-ocr", &args.ocr, metrics(3), model_args),
         ],
         vec![Plan::new(
             "plenum-gateway",
