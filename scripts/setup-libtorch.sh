@@ -4,7 +4,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
-TORCH=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+# The real path: a checkout whose .venv is a link to another's shares its build cache.
+TORCH=$("$VENV/bin/python" -c 'import os, torch; print(os.path.realpath(os.path.dirname(torch.__file__)))')
 SITE=$(dirname "$TORCH")
 # libtorch_cpu.so needs libcudart/libcupti from the nvidia wheels even on CPU; the wheel's
 # own RUNPATH finds them relative to torch/lib, but binaries need torch/lib itself.
