@@ -5,10 +5,13 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+# The chart's checkers (helm-python-sdk, kubernetes-validate, yamllint, checkov) in their own venv.
+CHART_VENV := .venv-chart
+CHART_STAMP := $(CHART_VENV)/.requirements-installed
 # libgomp's default spin-waiting makes libtorch 10-25x slower on small VMs.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup venv libtorch models build test test-rust test-e2e test-grpcurl test-python lint demo bench clean
+.PHONY: setup venv libtorch models build test test-rust test-e2e test-grpcurl test-python test-chart lint demo bench clean
 
 setup: venv libtorch models
 
@@ -29,7 +32,7 @@ models: venv
 build: setup
 	cargo build --release --workspace --bins
 
-test: setup test-rust test-e2e test-grpcurl test-python
+test: setup test-rust test-e2e test-grpcurl test-python test-chart
 
 test-rust:
 	cargo test --workspace --all-targets
@@ -44,6 +47,16 @@ test-grpcurl: venv
 
 test-python: setup
 	$(PYTHON) -m unittest discover -s tests/python -v
+
+$(CHART_STAMP): python/requirements-chart.txt
+	test -x $(CHART_VENV)/bin/python || python3 -m venv $(CHART_VENV)
+	$(CHART_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements-chart.txt
+	touch $@
+
+# The Helm chart rendered in several variants and checked offline (tests/helm/test_chart.py);
+# the release binaries' --help says which flags exist.
+test-chart: build $(CHART_STAMP)
+	PLENUM_BIN=target/release $(CHART_VENV)/bin/python -m unittest discover -s tests/helm -v
 
 lint: setup
 	cargo fmt --all --check
