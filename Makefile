@@ -65,8 +65,9 @@ lint: setup
 demo: build
 	scripts/demo.sh
 
+# Every benchmark behind BENCHMARKS.md (minutes); `make bench BENCH="broker gateway"` runs some.
 bench: build
-	scripts/bench-broker.sh
+	scripts/bench.sh $(BENCH)
 
 clean:
 	cargo clean
