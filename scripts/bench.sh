@@ -21,6 +21,7 @@ BENCHMARKS=(
     "ocr|plenum-ocr against RapidOCR, ReadText and Recognize, 8 callers|scripts/bench-ocr.sh 30 8"
     "gateway|the gateway's overhead over instant fake backends|scripts/bench-gateway.sh"
     "pipeline|Analyze end to end against Ultralytics + RapidOCR|scripts/bench-pipeline.sh 10 2"
+    "rss|each service's peak memory after Analyze calls (the Helm chart's requests)|scripts/bench-rss.sh 10 4"
 )
 
 list() {

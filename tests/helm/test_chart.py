@@ -101,7 +101,9 @@ def documents(rendered: dict[str, str]) -> list[dict]:
 
 def load_cli() -> wiring.Cli:
     cli = wiring.Cli()
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    # No PLENUM_* variables: --help would print their values.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLENUM_", "OTEL_"))}
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     commands = {binary: [binary] for binary in wiring.BINARIES.values()}
     commands["plenum health"] = ["plenum", "health"]
     for key, argv in commands.items():

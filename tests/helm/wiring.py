@@ -51,7 +51,8 @@ class Cli:
 def parse_help(text: str) -> tuple[set[str], set[str]]:
     """The long flags and the env variables a clap `--help` lists."""
     flags = set(re.findall(r"(?m)^\s+(?:-\w, )?--([a-z0-9][a-z0-9-]*)", text))
-    env = set(re.findall(r"\[env: ([A-Z0-9_]+)=", text))
+    # `[env: NAME=VALUE]`, or `[env: NAME]` for a secret (hide_env_values).
+    env = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", text))
     return flags, env
 
 
