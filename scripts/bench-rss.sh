@@ -6,17 +6,18 @@
 #
 #   scripts/bench-rss.sh [PAGES, default 10] [CONCURRENCY, default 4]
 #
-# Needs release binaries (make build) and the provisioned models.
+# Needs release binaries (make build; BIN=DIR for others) and the provisioned models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAGES=${1:-10}
 CONCURRENCY=${2:-4}
+BIN=${BIN:-target/release}
 export OMP_WAIT_POLICY=PASSIVE PLENUM_INTRA_OP_THREADS=2
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 gateway="127.0.0.1:$(free_port)"
 log=$(mktemp)
 out=$(mktemp -d)
-target/release/plenum up --gateway "$gateway" --broker "127.0.0.1:$(free_port)" \
+"$BIN/plenum" up --gateway "$gateway" --broker "127.0.0.1:$(free_port)" \
     --detector "127.0.0.1:$(free_port)" --ocr "127.0.0.1:$(free_port)" \
     --metrics-port-base 0 --log warn >"$log" 2>&1 &
 up=$!
@@ -37,7 +38,7 @@ for entry in "${services[@]}"; do
 done
 mapfile -t pages < <(ls tests/pages/page_*.png | head -n "$PAGES")
 echo "== Analyze on ${#pages[@]} pages, $CONCURRENCY at a time; $(nproc) CPUs"
-target/release/plenum analyze "${pages[@]}" --gateway "$gateway" --concurrency "$CONCURRENCY" --out "$out" >/dev/null
+"$BIN/plenum" analyze "${pages[@]}" --gateway "$gateway" --concurrency "$CONCURRENCY" --out "$out" >/dev/null
 printf '%-16s %12s %12s\n' SERVICE "PEAK (MiB)" "NOW (MiB)"
 for entry in "${services[@]}"; do
     read -r name pid <<<"$entry"
