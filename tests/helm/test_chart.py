@@ -111,7 +111,7 @@ def load_cli() -> wiring.Cli:
         if not os.access(exe, os.X_OK):
             raise AssertionError(f"{exe} is not built: run `make build` (or set PLENUM_BIN)")
         text = subprocess.run([exe, *argv[1:], "--help"], capture_output=True, text=True, env=env, check=True).stdout
-        cli.flags[key], cli.env[key] = wiring.parse_help(text)
+        cli.flags[key], cli.env[key], cli.choices[key] = wiring.parse_help(text)
     cli.grpc_services = wiring.parse_protos([p.read_text() for p in (ROOT / "proto").rglob("*.proto")])
     return cli
 
@@ -355,6 +355,14 @@ class WiringCatchesBreakage(unittest.TestCase):
 
     def test_flag_of_another_binary(self):
         self.broken("defaults", lambda d: self.container(d, "gateway")["args"].append("--broker=http://x:7001"), "plenum-gateway has no flag --broker")
+
+    def test_value_outside_an_enum_flag(self):
+        self.broken("defaults", lambda d: self.set_arg(d, "ocr", "device", "gpu"), "--device=gpu is not one of")
+
+    def test_parsed_choices(self):
+        # The enum flags the chart sets, as --help lists them (guards the parser itself).
+        self.assertEqual(self.cli.choices["plenum-detector"]["device"], {"auto", "cpu", "cuda", "sim-gpu"})
+        self.assertEqual(self.cli.choices["plenum-gateway"]["log-format"], {"text", "json"})
 
     def test_unknown_env(self):
         self.broken("defaults", lambda d: self.container(d, "ocr")["env"].append({"name": "PLENUM_MAX_CROP", "value": "9"}), "reads no variable PLENUM_MAX_CROP")

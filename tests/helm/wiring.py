@@ -45,15 +45,29 @@ class Cli:
 
     flags: dict[str, set[str]] = field(default_factory=dict)
     env: dict[str, set[str]] = field(default_factory=dict)
+    # binary -> flag -> the values it accepts, for flags that take one of a list.
+    choices: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     grpc_services: set[str] = field(default_factory=set)
 
 
-def parse_help(text: str) -> tuple[set[str], set[str]]:
-    """The long flags and the env variables a clap `--help` lists."""
-    flags = set(re.findall(r"(?m)^\s+(?:-\w, )?--([a-z0-9][a-z0-9-]*)", text))
+OPTION = re.compile(r"(?m)^\s+(?:-\w, )?--([a-z0-9][a-z0-9-]*)")
+
+
+def parse_help(text: str) -> tuple[set[str], set[str], dict[str, set[str]]]:
+    """The long flags, the env variables, and each enum flag's values that a clap
+    `--help` lists."""
+    flags = set(OPTION.findall(text))
     # `[env: NAME=VALUE]`, or `[env: NAME]` for a secret (hide_env_values).
     env = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", text))
-    return flags, env
+    choices = {}
+    starts = list(OPTION.finditer(text))
+    for here, after in zip(starts, starts[1:] + [None]):
+        block = text[here.start(): after.start() if after else len(text)]
+        short = re.search(r"\[possible values: ([^\]]+)\]", block)
+        values = {v.strip() for v in short.group(1).split(",")} if short else set(re.findall(r"(?m)^\s+- ([a-z0-9-]+):", block))
+        if values:
+            choices[here.group(1)] = values
+    return flags, env, choices
 
 
 def parse_protos(texts: list[str]) -> set[str]:
@@ -248,8 +262,8 @@ def check_ports_and_probes(docs, cli: Cli) -> list[str]:
 
 def check_flags_and_env(docs, cli: Cli) -> list[str]:
     """Every flag and PLENUM_* variable given to a container exists in its binary's
-    `--help`; every $(VAR) is defined earlier in the same container (Kubernetes expands
-    only those)."""
+    `--help`, an enum flag's value is one it lists, and every $(VAR) is defined earlier
+    in the same container (Kubernetes expands only those)."""
     problems = []
     for w in workloads(docs):
         for c in containers(w):
@@ -267,9 +281,12 @@ def check_flags_and_env(docs, cli: Cli) -> list[str]:
                 if not arg.startswith("--"):
                     problems.append(f"{where}: argument `{arg}` is not --flag=value")
                     continue
-                name = arg[2:].split("=", 1)[0]
+                name, _, value = arg[2:].partition("=")
                 if name not in cli.flags[binary]:
                     problems.append(f"{where}: {binary} has no flag --{name}")
+                allowed = cli.choices.get(binary, {}).get(name)
+                if allowed and value not in allowed:
+                    problems.append(f"{where}: --{name}={value} is not one of {sorted(allowed)}")
             defined = []
             for var in c.get("env", []):
                 name = var["name"]
