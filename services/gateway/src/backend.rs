@@ -147,6 +147,14 @@ impl Backend {
         self.name
     }
 
+    /// Counts a call refused on this backend's behalf before it reached the stack.
+    pub fn count_shed(&self) {
+        self.metrics
+            .backend_shed
+            .with_label_values(&[self.name])
+            .inc();
+    }
+
     /// Runs `attempt` with a clone of the stack and the time left before `deadline`
     /// (to send on as the backend call's own deadline). A call that found no
     /// replica able to take it (UNAVAILABLE) is tried once more when there are

@@ -51,11 +51,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = GatewayMetrics::register(registry)?;
-    let pipeline = Pipeline {
-        detector: Backend::new("detector", &settings.detector, metrics.clone())?,
-        ocr: Backend::new("ocr", &settings.ocr, metrics.clone())?,
-        limits: settings.limits,
-    };
+    let pipeline = Pipeline::new(
+        Backend::new("detector", &settings.detector, metrics.clone())?,
+        Backend::new("ocr", &settings.ocr, metrics.clone())?,
+        settings.limits,
+        settings.ocr.concurrency,
+    );
     let service = GatewayService::new(
         pipeline,
         settings.max_concurrent_analyze,

@@ -354,6 +354,99 @@ async fn a_backend_timeout_is_deadline_exceeded_and_an_ocr_timeout_degrades() {
 }
 
 #[tokio::test]
+async fn a_hung_ocr_leaves_the_caller_its_symbols_within_the_deadline() {
+    let (detections, lines) = page();
+    let ob = Behaviour::new();
+    // Far longer than the caller's deadline, and than the gateway's OCR timeout is not.
+    ob.set_delay(Duration::from_secs(30));
+    let detector = FakeServer::detector(Behaviour::new(), detections);
+    let ocr = FakeServer::ocr(ob.clone(), lines);
+    let mut gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
+    let mut request = tonic::Request::new(analyze(png(64, 64), Default::default()));
+    request.set_timeout(Duration::from_millis(800));
+    let started = Instant::now();
+    let response = gw
+        .client
+        .analyze(request)
+        .await
+        .expect("the symbols come back, not DEADLINE_EXCEEDED")
+        .into_inner();
+    assert!(started.elapsed() < Duration::from_millis(800));
+    assert_eq!(response.symbols.len(), 3);
+    assert!(
+        response
+            .symbols
+            .iter()
+            .all(|s| s.tag.is_empty() && s.tag_missing_reason() == TagMissingReason::OcrTimedOut),
+        "{:?}",
+        response.symbols
+    );
+    // OCR was told less than the caller's deadline: the gateway kept its margin.
+    let sent = ob
+        .last_timeout
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("grpc-timeout sent on");
+    let micros: u64 = sent[..sent.len() - 1].parse().unwrap();
+    let limit = 800_000 - plenum_gateway::pipeline::ANSWER_MARGIN.as_micros() as u64;
+    assert!(sent.ends_with('u') && micros <= limit, "{sent}");
+}
+
+#[tokio::test]
+async fn a_page_ocr_has_no_room_for_is_refused_before_detection() {
+    let (detections, lines) = page();
+    let (db, ob) = (Behaviour::new(), Behaviour::new());
+    ob.set_delay(Duration::from_secs(1));
+    let detector = FakeServer::detector(db.clone(), detections);
+    let ocr = FakeServer::ocr(ob.clone(), lines);
+    let mut config = settings(vec![detector.url()], vec![ocr.url()]);
+    config.ocr.concurrency = 1;
+    let gw = start(config).await;
+    let mut client = gw.client.clone();
+    let first = tokio::spawn(async move {
+        client
+            .analyze(analyze(png(64, 64), Default::default()))
+            .await
+    });
+    ob.wait_in_flight(1).await;
+    let started = Instant::now();
+    let status = gw
+        .client
+        .clone()
+        .analyze(analyze(png(64, 64), Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    assert!(
+        status.get_details_retry_info().is_some(),
+        "with a retry hint"
+    );
+    assert_eq!(db.calls(), 1, "the refused page cost the detector nothing");
+    // The page that was admitted is read.
+    let response = first.await.unwrap().unwrap().into_inner();
+    assert!(response.symbols.iter().any(|s| s.tag == "VAV-203"));
+    assert!(
+        response
+            .symbols
+            .iter()
+            .all(|s| s.tag_missing_reason() != TagMissingReason::OcrOverloaded)
+    );
+    assert_eq!(
+        metric(
+            &gw.registry,
+            "plenum_gateway_backend_shed_total",
+            &[("backend", "ocr")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_goes_away_cancels_the_backend_calls() {
     let (detections, lines) = page();
     let (db, ob) = (Behaviour::new(), Behaviour::new());
