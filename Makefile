@@ -11,7 +11,7 @@ CHART_STAMP := $(CHART_VENV)/.requirements-installed
 # libgomp's default spin-waiting makes libtorch 10-25x slower on small VMs.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup venv libtorch models build test test-rust test-e2e test-grpcurl test-python test-chart lint demo bench clean
+.PHONY: setup venv libtorch models build test test-rust test-e2e test-grpcurl test-python test-chart chaos lint demo bench clean
 
 setup: venv libtorch models
 
@@ -32,7 +32,7 @@ models: venv
 build: setup
 	cargo build --release --workspace --bins
 
-test: setup test-rust test-e2e test-grpcurl test-python test-chart
+test: setup test-rust test-e2e test-grpcurl test-python test-chart chaos
 
 test-rust:
 	cargo test --workspace --all-targets
@@ -57,6 +57,12 @@ $(CHART_STAMP): python/requirements-chart.txt
 # the release binaries' --help says which flags exist.
 test-chart: build $(CHART_STAMP)
 	PLENUM_BIN=target/release $(CHART_VENV)/bin/python -m unittest discover -s tests/helm -v
+
+# Faults under load against the release binaries (tests/chaos/chaos.py, a few minutes):
+# kills, a stopped OCR, a connection flood, 10x overload, bad input. RELIABILITY.md quotes it.
+chaos: build
+	mkdir -p chaos-out
+	$(PYTHON) tests/chaos/chaos.py --table chaos-out/reliability.md
 
 lint: setup
 	cargo fmt --all --check
