@@ -11,7 +11,7 @@ CHART_STAMP := $(CHART_VENV)/.requirements-installed
 # libgomp's default spin-waiting makes libtorch 10-25x slower on small VMs.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup venv libtorch models build test test-rust test-e2e test-grpcurl test-python test-chart chaos lint demo bench clean
+.PHONY: setup venv libtorch models build test test-rust test-e2e test-grpcurl test-smoke-checks test-python test-chart chaos lint demo bench clean
 
 setup: venv libtorch models
 
@@ -32,7 +32,7 @@ models: venv
 build: setup
 	cargo build --release --workspace --bins
 
-test: setup test-rust test-e2e test-grpcurl test-python test-chart chaos
+test: setup test-rust test-e2e test-grpcurl test-smoke-checks test-python test-chart chaos
 
 test-rust:
 	cargo test --workspace --all-targets
@@ -44,6 +44,10 @@ test-e2e: build
 
 test-grpcurl: venv
 	GRPCURL=$(VENV)/bin/grpcurl scripts/grpcurl-check.sh
+
+# deploy/smoke.sh's checks against fake output (the smoke test itself needs Docker).
+test-smoke-checks:
+	deploy/smoke-checks-test.sh
 
 test-python: setup
 	$(PYTHON) -m unittest discover -s tests/python -v

@@ -17,13 +17,23 @@ mkdir -p "$out/usr/local/bin" "$out/opt/plenum/lib"
 install -m 0755 "$bin/$service" "$out/usr/local/bin/$service"
 ln -f "$out/usr/local/bin/$service" "$out/usr/local/bin/plenum-service"
 install -m 0755 "$bin/plenum" "$out/usr/local/bin/plenum"
-libs=$(ldd "$bin/$service" "$bin/plenum" | awk '/=> \// {print $3}' | grep -v -E '^/(usr/)?lib(64)?/' | sort -u || true)
+# ldd's output is captured and checked first: piped straight into the filter (whose
+# `|| true` allows "no library outside the base system"), a failed ldd or a library it
+# reports "not found" would have left an image without it, silently.
+linked=$(ldd "$bin/$service" "$bin/plenum") || { echo "ldd failed on $bin/$service: $linked" >&2; exit 1; }
+if [[ $all != --no-libs ]] && grep -q "not found" <<<"$linked"; then
+    echo "$service links libraries ldd cannot find (LD_LIBRARY_PATH?):" >&2
+    grep "not found" <<<"$linked" >&2
+    exit 1
+fi
+libs=$(awk '/=> \// {print $3}' <<<"$linked" | { grep -v -E '^/(usr/)?lib(64)?/' || true; } | sort -u)
 [[ $all == --no-libs ]] && libs=""
 for lib in $libs; do
     cp -L "$lib" "$out/opt/plenum/lib/"
 done
 if [[ $all == --all-cuda-libs && -n $libs ]]; then
-    torch_lib=$(dirname "$(grep -m1 /libtorch_cpu.so <<<"$libs")")
+    torch=$(grep -m1 /libtorch_cpu.so <<<"$libs") || { echo "--all-cuda-libs: $service does not link libtorch_cpu.so" >&2; exit 1; }
+    torch_lib=$(dirname "$torch")
     cp -L "$torch_lib"/*.so* "$out/opt/plenum/lib/"
     for dir in "$torch_lib"/../../nvidia/*/lib; do
         [[ -d $dir ]] && cp -L "$dir"/*.so* "$out/opt/plenum/lib/"

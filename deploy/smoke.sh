@@ -53,6 +53,8 @@ wait_healthy() { # wait_healthy SECONDS SERVICE...
         done
     done
 }
+# shellcheck source=deploy/smoke-checks.sh
+. deploy/smoke-checks.sh
 leases() { # the broker's leases as "holder pid lease-id" lines
     "$PLENUM" broker --broker "http://$(ip broker):7001" status --json |
         python3 -c 'import json,sys; [print(l["holder"]["name"], l["holder"]["pid"], l["lease_id"]) for l in json.load(sys.stdin).get("leases", [])]'
@@ -68,29 +70,30 @@ wait_healthy 300 broker detector ocr gateway
 step "Analyze tests/pages/page_0000.png through the published gateway port"
 out=$("$PLENUM" analyze tests/pages/page_0000.png --gateway "$gateway" --out "$(mktemp -d)") || fail "analyze: $out"
 echo "$out" | head -8
-grep -qi "vav_box\|damper\|diffuser\|thermostat" <<<"$out" || fail "Analyze found no symbols: $out"
+check_contains "Analyze found no symbols" "vav_box\|damper\|diffuser\|thermostat" "$out"
 
 step "grpcurl against each service (reflection, health, a real call)"
 for service in broker:7001 detector:7002 ocr:7003 gateway:7000; do
     name=${service%%:*}
     addr="$(ip "$name"):${service#*:}"
     [[ $name == gateway ]] && addr=$gateway
-    listed=$("$GRPCURL" -plaintext "$addr" list)
-    grep -q "plenum\.$name\.v1\|plenum\.broker\.v1" <<<"$listed" || fail "grpcurl list on $name: $listed"
-    status=$("$GRPCURL" -plaintext -d '{}' "$addr" grpc.health.v1.Health/Check)
-    grep -q SERVING <<<"$status" || fail "health of $name: $status"
+    listed=$("$GRPCURL" -plaintext "$addr" list) || fail "grpcurl list on $name: $listed"
+    check_listed "$name" "$listed"
+    status=$("$GRPCURL" -plaintext -d '{}' "$addr" grpc.health.v1.Health/Check) || fail "health of $name: $status"
+    check_serving "$name" "$status"
     echo "ok - $name ($addr): $(grep -c . <<<"$listed") services listed, SERVING"
 done
-"$GRPCURL" -plaintext -d '{}' "$(ip broker):7001" plenum.broker.v1.Broker/Status | grep -q '"leases"' ||
-    fail "broker Status shows no leases"
-printf '{"images": ["%s"]}' "$(base64 -w0 tests/pages/page_0000.png)" |
-    "$GRPCURL" -plaintext -max-msg-sz 67108864 -d @ "$(ip detector):7002" plenum.detector.v1.Detector/Detect |
-    grep -q '"className"' || fail "Detect through grpcurl found nothing"
+out=$("$GRPCURL" -plaintext -d '{}' "$(ip broker):7001" plenum.broker.v1.Broker/Status) || fail "broker Status: $out"
+check_contains "broker Status shows no leases" '"leases"' "$out"
+out=$(printf '{"images": ["%s"]}' "$(base64 -w0 tests/pages/page_0000.png)" |
+    "$GRPCURL" -plaintext -max-msg-sz 67108864 -d @ "$(ip detector):7002" plenum.detector.v1.Detector/Detect) ||
+    fail "Detect through grpcurl: $out"
+check_contains "Detect through grpcurl found nothing" '"className"' "$out"
 echo "ok - Detect and broker Status through grpcurl"
 
 step "the broker's books before the crash"
 "$PLENUM" broker --broker "http://$(ip broker):7001" status
-before=$(leases)
+before=$(leases) || fail "could not read the broker's leases: $before"
 # OCR holds one lease per model (text detection, angle, recognition).
 ocr_leases=$(awk '$1 == "ocr" {print $3}' <<<"$before")
 [[ -n $ocr_leases ]] || fail "no OCR lease before the crash: $before"
@@ -103,27 +106,19 @@ step "crash: SIGKILL to the OCR container's process (leases $short)"
 pid=$(docker inspect -f '{{.State.Pid}}' "$(container ocr)")
 restarts=$(docker inspect -f '{{.RestartCount}}' "$(container ocr)")
 kill -9 "$pid"
-deadline=$(( $(date +%s) + 60 ))
-until ! leases | grep -qF "$ocr_leases"; do
-    (( $(date +%s) < deadline )) || fail "the broker still books the dead OCR's leases 60 s after the crash"
-    sleep 0.2
-done
+wait_leases_gone 60 "$ocr_leases"
 echo "ok - the broker dropped the dead OCR's leases $short; holders now:"
 leases | awk '{print "   ", $1, "pid", $2, substr($3, 1, 8)}'
 step "the restart policy brings OCR back; it takes a new lease"
 wait_healthy 300 ocr
 [[ $(docker inspect -f '{{.RestartCount}}' "$(container ocr)") -gt $restarts ]] || fail "OCR was not restarted by Docker"
-deadline=$(( $(date +%s) + 60 ))
-until leases | awk '$1 == "ocr"' | grep -qvF "$ocr_leases"; do
-    (( $(date +%s) < deadline )) || fail "the restarted OCR holds no lease"
-    sleep 0.5
-done
+wait_new_lease 60 ocr "$ocr_leases"
 "$PLENUM" broker --broker "http://$(ip broker):7001" status
 
 step "Analyze again after the restart"
 wait_healthy 60 gateway
 out=$("$PLENUM" analyze tests/pages/page_0000.png --gateway "$gateway" --out "$(mktemp -d)") || fail "analyze after restart: $out"
-grep -qi "vav_box\|damper\|diffuser\|thermostat" <<<"$out" || fail "Analyze after restart found no symbols: $out"
+check_contains "Analyze after restart found no symbols" "vav_box\|damper\|diffuser\|thermostat" "$out"
 echo "ok - Analyze works again"
 
 step "down"

@@ -28,6 +28,8 @@ until grep -q '^ready:' "$log"; do
 done
 # The table `plenum up` prints: SERVICE GRPC METRICS PID.
 mapfile -t services < <(awk '$1 ~ /^plenum-/ && $4 ~ /^[0-9]+$/ {print $1 " " $4}' "$log")
+# A table whose shape changed would otherwise give a report with no rows, silently.
+((${#services[@]} == 4)) || { echo "expected 4 services in plenum up's table, parsed ${#services[@]}:" >&2; cat "$log" >&2; exit 1; }
 memory() { # memory PID FIELD: the field of /proc/PID/status in MiB
     awk -v field="$2:" '$1 == field {printf "%.0f", $2 / 1024}' "/proc/$1/status"
 }

@@ -40,7 +40,7 @@ if [[ ${#wanted[@]} -eq 0 ]]; then
     for entry in "${BENCHMARKS[@]}"; do wanted+=("${entry%%|*}"); done
 fi
 for name in "${wanted[@]}"; do
-    printf '%s\n' "${BENCHMARKS[@]}" | grep -q "^$name|" || { echo "no benchmark \`$name\`; these exist:" >&2; list >&2; exit 2; }
+    grep -q "^$name|" < <(printf '%s\n' "${BENCHMARKS[@]}") || { echo "no benchmark \`$name\`; these exist:" >&2; list >&2; exit 2; }
 done
 
 needs_ultralytics() { [[ $1 == detector || $1 == pipeline ]]; }

@@ -10,12 +10,13 @@ addr="127.0.0.1:$port"
 target/debug/plenum-broker --listen "$addr" --simulate "GTX 1070:8GiB" --reserve 1GiB --log warn &
 broker=$!
 trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null || true' EXIT
+fail() { echo "grpcurl check FAILED: $*" >&2; exit 1; }
+serving=false
 for _ in $(seq 100); do
-    target/debug/plenum health "$addr" >/dev/null 2>&1 && break
+    target/debug/plenum health "$addr" >/dev/null 2>&1 && { serving=true; break; }
     sleep 0.1
 done
-
-fail() { echo "grpcurl check FAILED: $*" >&2; exit 1; }
+$serving || fail "the broker did not become SERVING in 10 s"
 expect() { # expect NAME PATTERN OUTPUT
     grep -q -- "$2" <<<"$3" || fail "$1: expected '$2' in: $3"
     echo "ok - $1"
@@ -24,6 +25,9 @@ expect() { # expect NAME PATTERN OUTPUT
 out=$("$GRPCURL" -plaintext "$addr" list)
 expect "list shows the broker" "plenum.broker.v1.Broker" "$out"
 expect "list shows health" "grpc.health.v1.Health" "$out"
+others=$(grep '^plenum\.' <<<"$out" | grep -v '^plenum\.broker\.v1\.' || true)
+[[ -z $others ]] || fail "list offers APIs the broker does not serve: $others"
+echo "ok - list offers no other Plenum API"
 
 out=$("$GRPCURL" -plaintext "$addr" describe plenum.broker.v1.Broker)
 expect "describe shows Acquire" "rpc Acquire" "$out"

@@ -1,6 +1,7 @@
 //! Every Plenum gRPC server the same way: `grpc.health.v1`, server reflection v1
-//! and v1alpha (grpcurl of any age can `list` and `describe`), a server span per
-//! call continuing the caller's trace, and a drain with a deadline on shutdown.
+//! and v1alpha listing the services that server answers (grpcurl of any age can
+//! `list` and `describe`), a server span per call continuing the caller's trace,
+//! and a drain with a deadline on shutdown.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -30,24 +31,12 @@ impl Default for GrpcServer {
 }
 
 impl GrpcServer {
-    /// A server that already carries health and reflection for every Plenum API.
+    /// A server that already carries health; reflection is added when it serves, for
+    /// exactly the services it was given.
     pub fn new() -> Self {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(plenum_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the compiled-in descriptor sets are valid");
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(plenum_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .expect("the compiled-in descriptor sets are valid");
         let mut routes = RoutesBuilder::default();
-        routes
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        routes.add_service(health_service);
         Self {
             routes,
             health,
@@ -77,6 +66,19 @@ impl GrpcServer {
         self
     }
 
+    /// The routes with server reflection v1 and v1alpha added (grpcurl of any age can
+    /// `list` and `describe`).
+    fn into_routes(mut self) -> tonic::service::Routes {
+        let v1 = reflection(&self.services)
+            .build_v1()
+            .expect("the compiled-in descriptor sets are valid");
+        let v1alpha = reflection(&self.services)
+            .build_v1alpha()
+            .expect("the compiled-in descriptor sets are valid");
+        self.routes.add_service(v1).add_service(v1alpha);
+        self.routes.routes()
+    }
+
     /// Serves on `listener` until `shutdown` is cancelled, then gives in-flight calls
     /// up to `drain` to finish. Health turns NOT_SERVING as soon as draining starts,
     /// so load balancers stop sending new work.
@@ -93,7 +95,7 @@ impl GrpcServer {
             .trace_fn(propagation::server_span)
             // Requests and latency per RPC and code, for every service alike.
             .layer(GrpcMetricsLayer)
-            .add_routes(self.routes.routes())
+            .add_routes(self.into_routes())
             .serve_with_incoming_shutdown(incoming(listener), async move {
                 stop_accepting.cancelled().await;
                 for service in services {
@@ -118,6 +120,30 @@ impl GrpcServer {
             }
         }
     }
+}
+
+/// Reflection that lists only what a server answers (`services`, health and reflection
+/// itself) while it can describe every Plenum type: `grpcurl list` on the gateway must
+/// not offer the Broker API, which would answer UNIMPLEMENTED.
+fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let listed = services
+        .iter()
+        .copied()
+        .filter(|name| !name.is_empty())
+        .chain([
+            tonic_health::pb::health_server::SERVICE_NAME,
+            tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+            tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+        ]);
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plenum_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both versions are listed, so both descriptors are registered (the builder's
+        // own option would register only the version being built).
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false);
+    listed.fold(builder, |builder, name| builder.with_service_name(name))
 }
 
 /// Accepted connections with Nagle off: small gRPC replies must not wait ~40 ms for

@@ -3,6 +3,7 @@
 
 use std::io::Cursor;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
 /// How much one request may make the decoder read and allocate.
@@ -70,8 +71,9 @@ pub enum DecodeError {
 /// Decodes a PNG or JPEG into RGB8.
 ///
 /// The header is read first and the image refused when its declared `width * height` is over
-/// `limits.max_pixels`, so a small file declaring 20000x20000 costs nothing. Alpha is dropped
-/// (not composited), and 16-bit samples are scaled to 8 bits, as OpenCV's `imread` does.
+/// `limits.max_pixels`, so a small file declaring 20000x20000 costs nothing. Transparent
+/// pixels are composited onto white (as RapidOCR does, unlike OpenCV's `imread`, which drops
+/// alpha), and 16-bit samples are scaled to 8 bits.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, DecodeError> {
     let Header {
         mut decoder,
@@ -92,16 +94,14 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, DecodeError
         .set_limits(image_limits)
         .map_err(|e| classify(e, Some(too_many())))?;
     // A broken EXIF block is no reason to refuse the pixels.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image =
         DynamicImage::from_decoder(decoder).map_err(|e| classify(e, Some(too_many())))?;
     if format == Some(ImageFormat::Jpeg) {
         check_jpeg_complete(bytes)?;
     }
     image.apply_orientation(orientation);
-    let image = image.into_rgb8();
+    let image = over_white(image);
     Ok(DecodedImage {
         width: image.width(),
         height: image.height(),
@@ -109,10 +109,66 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, DecodeError
     })
 }
 
+/// RGB8 with any alpha composited onto white, as RapidOCR reads a page: a drawing
+/// exported with a transparent background is ink on nothing, and dropping the alpha
+/// would turn the nothing black (OpenCV's `imread`) and hide black ink on it.
+fn over_white(image: DynamicImage) -> RgbImage {
+    let (width, height) = (image.width(), image.height());
+    let samples = match image {
+        // 16-bit PNGs keep their precision until the one rounding to 8 bits.
+        DynamicImage::ImageRgba16(rgba) => composite(rgba.as_raw(), f32::from(u16::MAX)),
+        image if image.color().has_alpha() => {
+            composite(image.into_rgba8().as_raw(), f32::from(u8::MAX))
+        }
+        image => return image.into_rgb8(),
+    };
+    RgbImage::from_raw(width, height, samples).expect("three samples for each RGBA pixel")
+}
+
+/// `colour × alpha + white × (1 − alpha)` for each RGBA pixel of `samples` (full scale
+/// `max`), as RGB8 samples.
+fn composite<S: Copy + Into<f32>>(samples: &[S], max: f32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(samples.len() / 4 * 3);
+    for pixel in samples.chunks_exact(4) {
+        let alpha = pixel[3].into() / max;
+        for &colour in &pixel[..3] {
+            let over = colour.into() / max * alpha + (1.0 - alpha);
+            // In [0, 255] by construction, so the cast cannot wrap.
+            out.push((over * 255.0).round() as u8);
+        }
+    }
+    out
+}
+
 /// Width and height from the header alone, refused exactly as [`decode`] would refuse
-/// them, for a caller that passes the bytes on and never needs the pixels.
+/// them, for a caller that passes the bytes on and never needs the pixels. They are the
+/// displayed size, as [`decode`] reports it: a JPEG whose EXIF orientation turns it a
+/// quarter turn has its stored width and height swapped.
 pub fn dimensions(bytes: &[u8], limits: &Limits) -> Result<(u32, u32), DecodeError> {
-    header(bytes, limits).map(|header| (header.width, header.height))
+    let Header {
+        mut decoder,
+        width,
+        height,
+        ..
+    } = header(bytes, limits)?;
+    // As in `decode`, a broken EXIF block counts as no rotation.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    Ok(if quarter_turn(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    })
+}
+
+/// Whether applying `orientation` swaps width and height.
+fn quarter_turn(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
 }
 
 /// A parsed header that passed the byte, format and pixel checks.
@@ -274,6 +330,43 @@ mod tests {
         assert_eq!((jpeg.width, jpeg.height), (37, 23));
     }
 
+    /// `jpeg` with an APP1 EXIF segment right after its start-of-image marker, holding
+    /// one IFD entry: Orientation (0x0112) = `orientation`.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian, IFD at offset 8
+        tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_be_bytes()); // one value
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0]); // the value field's padding
+        tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend(tiff);
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&u16::try_from(payload.len() + 2).unwrap().to_be_bytes());
+        out.extend(payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn a_quarter_turned_jpeg_reports_its_displayed_size() {
+        let limits = Limits::default();
+        let jpeg = jpeg_bytes(&test_image());
+        let rotated = with_exif_orientation(&jpeg, 6); // displayed turned 90° clockwise
+        let decoded = decode(&rotated, &limits).unwrap();
+        assert_eq!((decoded.width, decoded.height), (23, 37));
+        assert_eq!(dimensions(&rotated, &limits), Ok((23, 37)));
+        // Half a turn keeps the sides; no EXIF keeps them too.
+        assert_eq!(
+            dimensions(&with_exif_orientation(&jpeg, 3), &limits),
+            Ok((37, 23))
+        );
+        assert_eq!(dimensions(&jpeg, &limits), Ok((37, 23)));
+    }
+
     #[test]
     fn dimensions_come_from_the_header_with_decodes_refusals() {
         let limits = Limits::default();
@@ -291,24 +384,45 @@ mod tests {
         );
     }
 
-    #[test]
-    fn drops_alpha_and_expands_grey() {
+    fn png_of(pixels: &[u8], width: u32, height: u32, kind: image::ExtendedColorType) -> Vec<u8> {
         let mut out = Vec::new();
         image::codecs::png::PngEncoder::new(&mut out)
-            .write_image(
-                &[10, 20, 30, 0, 40, 50, 60, 255],
-                2,
-                1,
-                image::ExtendedColorType::Rgba8,
-            )
+            .write_image(pixels, width, height, kind)
             .unwrap();
-        let decoded = decode(&out, &Limits::default()).unwrap();
-        assert_eq!(decoded.image.as_raw(), &[10, 20, 30, 40, 50, 60]);
+        out
+    }
 
-        let mut out = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut out)
-            .write_image(&[7, 9], 1, 2, image::ExtendedColorType::L8)
-            .unwrap();
+    #[test]
+    fn transparency_is_composited_onto_white_and_grey_expanded() {
+        // Transparent, opaque, and half-transparent black.
+        let rgba = png_of(
+            &[10, 20, 30, 0, 40, 50, 60, 255, 0, 0, 0, 128],
+            3,
+            1,
+            image::ExtendedColorType::Rgba8,
+        );
+        let decoded = decode(&rgba, &Limits::default()).unwrap();
+        assert_eq!(
+            decoded.image.as_raw(),
+            &[255, 255, 255, 40, 50, 60, 127, 127, 127]
+        );
+
+        // Grey with alpha, 8 and 16 bits: transparent, then opaque black.
+        let grey_alpha = png_of(&[7, 0, 0, 255], 2, 1, image::ExtendedColorType::La8);
+        let decoded = decode(&grey_alpha, &Limits::default()).unwrap();
+        assert_eq!(decoded.image.as_raw(), &[255, 255, 255, 0, 0, 0]);
+        let rgba16: Vec<u8> = [0u16, 0, 0, 0, 0, 0, 0, 0xFFFF]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let decoded = decode(
+            &png_of(&rgba16, 2, 1, image::ExtendedColorType::Rgba16),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(decoded.image.as_raw(), &[255, 255, 255, 0, 0, 0]);
+
+        let out = png_of(&[7, 9], 1, 2, image::ExtendedColorType::L8);
         let decoded = decode(&out, &Limits::default()).unwrap();
         assert_eq!(decoded.image.as_raw(), &[7, 7, 7, 9, 9, 9]);
     }

@@ -181,6 +181,7 @@ impl DetectorApi for DetectorService {
                 .collect(),
             model: self.detector.engine().manifest().name.clone(),
             placement: placement as i32,
+            known_classes: classes.to_vec(),
         }))
     }
 }

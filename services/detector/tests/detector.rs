@@ -161,6 +161,11 @@ async fn a_model_with_two_classes_works_the_same_way() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(
+        response.known_classes,
+        ["diffuser", "damper"],
+        "the reply lists the model's classes, which the gateway checks names against"
+    );
     for detection in &response.results[0].detections {
         assert!(
             ["diffuser", "damper"].contains(&detection.class_name.as_str()),

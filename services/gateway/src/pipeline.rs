@@ -88,6 +88,41 @@ fn options(options: Option<pb::AnalyzeOptions>) -> Result<Options, Status> {
     })
 }
 
+/// Refuses class names in `classes_to_read` that the detector's model does not know:
+/// such a name would match no symbol, and the caller would see every tag
+/// `NOT_REQUESTED` with no hint why. The gateway keeps no class list of its own (the
+/// replicas' model decides), so it checks against the one the Detect reply carries; a
+/// detector that sends none (one older than the field) is taken at its word.
+fn check_classes_to_read(wanted: &[String], known: &[String]) -> Result<(), Status> {
+    if known.is_empty() {
+        return Ok(());
+    }
+    let unknown: Vec<String> = wanted
+        .iter()
+        .filter(|name| !known.contains(name))
+        .map(|name| format!("`{name}`"))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(bad(
+        "options.classes_to_read",
+        format!(
+            "unknown class {}; the detector's model knows {}",
+            unknown.join(", "),
+            known.join(", ")
+        ),
+    ))
+}
+
+/// What the detector answered for the one image sent.
+struct Detected {
+    detections: Vec<det::Detection>,
+    /// Every class the detector's model knows (empty from a detector older than the
+    /// field).
+    known_classes: Vec<String>,
+}
+
 /// A text line as OCR returned it.
 struct Line {
     rect: Rect,
@@ -222,7 +257,12 @@ impl Pipeline {
             timed(self.detect(Arc::clone(&image), options.score_threshold, deadline))
                 .instrument(tracing::info_span!("detect"))
                 .await;
-        let detections = detections?;
+        let Detected {
+            detections,
+            known_classes,
+        } = detections?;
+        // Checked before OCR runs, so a refused request costs no page read.
+        check_classes_to_read(&options.classes_to_read, &known_classes)?;
         let symbol_regions = detections
             .iter()
             .map(|d| to_box(grown(rect(d.r#box), SYMBOL_MASK_MARGIN_PX)))
@@ -325,7 +365,7 @@ impl Pipeline {
         image: Arc<Vec<u8>>,
         score_threshold: f32,
         deadline: Option<Instant>,
-    ) -> Result<Vec<det::Detection>, Status> {
+    ) -> Result<Detected, Status> {
         let response = self
             .detector
             .call(deadline, |stack, timeout| {
@@ -353,7 +393,10 @@ impl Pipeline {
             .await
             .map_err(detector_status)?;
         match <[_; 1]>::try_from(response.results) {
-            Ok([result]) => Ok(result.detections),
+            Ok([result]) => Ok(Detected {
+                detections: result.detections,
+                known_classes: response.known_classes,
+            }),
             Err(results) => {
                 tracing::error!(
                     results = results.len(),
@@ -411,6 +454,22 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classes_to_read_are_checked_against_the_detectors_list_when_it_sends_one() {
+        let known = ["damper".to_owned(), "diffuser".to_owned()];
+        let wanted = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert!(check_classes_to_read(&wanted(&["damper"]), &known).is_ok());
+        assert!(check_classes_to_read(&[], &known).is_ok());
+        let refused = check_classes_to_read(&wanted(&["damper", "fan"]), &known).unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(
+            refused.message(),
+            "options.classes_to_read: unknown class `fan`; the detector's model knows damper, diffuser"
+        );
+        // A detector older than the field sends no list: nothing to check against.
+        assert!(check_classes_to_read(&wanted(&["fan"]), &[]).is_ok());
+    }
 
     #[test]
     fn a_tag_is_one_token_without_stray_marks() {

@@ -718,6 +718,69 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_rotated_jpeg_reports_the_displayed_size_its_boxes_are_in() {
+    let detector = FakeServer::detector(Behaviour::new(), page().0);
+    let ocr = FakeServer::ocr(Behaviour::new(), page().1);
+    let mut gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
+    let response = gw
+        .client
+        .analyze(analyze(
+            support::jpeg_quarter_turned(800, 600),
+            Default::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((response.width, response.height), (600, 800));
+}
+
+#[tokio::test]
+async fn an_unknown_class_to_read_is_refused_naming_it_and_the_known_ones() {
+    let ocr_behaviour = Behaviour::new();
+    let detector = FakeServer::detector(Behaviour::new(), page().0);
+    let ocr = FakeServer::ocr(Arc::clone(&ocr_behaviour), page().1);
+    let mut gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
+    let status = gw
+        .client
+        .analyze(analyze(
+            png(800, 600),
+            pb::AnalyzeOptions {
+                classes_to_read: vec!["damper".into(), "sprinkler".into(), "Damper".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let violations = status.get_details_bad_request().expect("BadRequest detail");
+    let violation = &violations.field_violations[0];
+    assert_eq!(violation.field, "options.classes_to_read", "{status:?}");
+    assert!(
+        violation.description.contains("`sprinkler`, `Damper`")
+            && !violation.description.contains("`damper`"),
+        "names exactly the unknown ones: {status:?}"
+    );
+    for known in support::KNOWN_CLASSES {
+        assert!(
+            violation.description.contains(known),
+            "names {known}: {status:?}"
+        );
+    }
+    assert_eq!(ocr_behaviour.calls(), 0, "refused before the page is read");
+    // The gateway keeps serving, and known names are accepted.
+    gw.client
+        .analyze(analyze(
+            png(800, 600),
+            pb::AnalyzeOptions {
+                classes_to_read: vec!["damper".into(), "diffuser".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_stream_answers_in_order_with_bounded_work_in_flight() {
     let (detections, lines) = page();
     let db = Behaviour::new();

@@ -160,6 +160,9 @@ pub fn bx(x_min: f32, y_min: f32, x_max: f32, y_max: f32) -> Option<common::Box>
     })
 }
 
+/// The classes the fake detector's model knows, as its replies say.
+pub const KNOWN_CLASSES: [&str; 4] = ["diffuser", "vav_box", "thermostat", "damper"];
+
 /// A detector that finds the same detections on every image.
 pub struct FakeDetector {
     pub behaviour: Arc<Behaviour>,
@@ -184,6 +187,7 @@ impl detector_server::Detector for FakeDetector {
                 .collect(),
             model: "fake".into(),
             placement: common::Placement::Cpu as i32,
+            known_classes: KNOWN_CLASSES.map(String::from).to_vec(),
         };
         self.behaviour
             .serve(request.metadata(), answer)
@@ -318,4 +322,27 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
         )
         .unwrap();
     bytes
+}
+
+/// A white JPEG stored `width` x `height` whose EXIF orientation (6) shows it a
+/// quarter turn clockwise, so it displays `height` x `width`.
+pub fn jpeg_quarter_turned(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut jpeg = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    // APP1 "Exif": a big-endian TIFF header and one IFD entry, Orientation (0x0112),
+    // one SHORT, value 6.
+    let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08".to_vec();
+    exif.extend_from_slice(&[0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0]);
+    let mut out = jpeg[..2].to_vec(); // start of image
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(exif.len() + 2).unwrap().to_be_bytes());
+    out.extend(exif);
+    out.extend_from_slice(&jpeg[2..]);
+    out
 }
