@@ -2,10 +2,10 @@
 //! OCR services, each behind its own tower stack.
 //!
 //! Rooms: [`backend`] is one backend's stack (shed, limit, timeout, p2c over its
-//! replicas), [`discovery`] finds the replicas (fixed URLs, DNS names),
-//! `replica` keeps one replica out of the balancer while it is ejected or its
-//! `health_watch` says it takes no work, [`assign`] the pure tag rule, [`pipeline`] one image through both
-//! backends, [`service`] the gRPC face (admission, deadline, stream window),
+//! replicas), [`discovery`] finds the replicas (fixed URLs, DNS names), `replica`
+//! keeps one out of the balancer while it is ejected or its `health_watch` says
+//! it takes no work, [`assign`] the pure tag rule, [`pipeline`] one image through
+//! both backends, [`service`] the gRPC face (admission, deadline, stream window),
 //! [`metrics`] and [`config`] the rest.
 #![forbid(unsafe_code)]
 
