@@ -270,3 +270,16 @@ async fn a_replica_without_a_health_service_is_trusted() {
     assert!(a_calls.calls() > 0, "A, without health, got no calls");
     assert!(b_calls.calls() > 0);
 }
+
+#[tokio::test]
+async fn the_system_resolver_finds_a_replica_by_name() {
+    let (a_calls, a) = detector();
+    let ocr = ocr();
+    // `localhost` is in every hosts file; an address it also names (::1) where
+    // nothing listens is unreachable and out of the balancer.
+    let target = format!("dns://localhost:{}", a.addr.port());
+    let gw = Gateway::start(vec![target], Discovery::default(), &ocr).await;
+    until("localhost resolved", || gw.detectors(None) >= 1).await;
+    gw.analyze_n(3).await;
+    assert_eq!(a_calls.calls(), 3);
+}
