@@ -198,6 +198,7 @@ fn main() {
         urls: vec![url],
         concurrency: 4 * args.concurrency,
         timeout: Duration::from_secs(10),
+        discovery: Default::default(),
     };
     let settings = GatewaySettings {
         detector: backend(detector.url()),

@@ -2,36 +2,36 @@
 //! once and cloned per call (clones share the concurrency limit and the balancer).
 //!
 //! ```text
-//! trace context → load shed → concurrency limit → timeout → buffer → p2c balance
-//!                                                         → replica (eject on failure) → Channel
+//! trace context → load shed → concurrency limit → timeout → buffer → fail when empty
+//!   → p2c balance over the replicas discovery finds → replica (out while ejected
+//!     or not serving) → Channel
 //! ```
 
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::future::{Either, Ready};
+use tokio_stream::wrappers::WatchStream;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
-use tower::discover::ServiceList;
-use tower::load::{CompleteOnResponse, PendingRequests};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder};
 
+use crate::discovery::{self, Discovery, Target, TargetError};
 use crate::metrics::{GatewayMetrics, code_label};
+use crate::replica::Pool;
 
 /// The stack every call goes through; cheap to clone.
 /// Its error is a `Status` (not a `BoxError`): tonic's clients find it as is, and
 /// rustc can prove the client futures `Send`.
 pub type Stack = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Status>;
 
-/// How long a replica that failed at the transport level gets no new calls.
-const EJECT_FOR: Duration = Duration::from_secs(1);
 /// A backend failure this close to the deadline is taken for the deadline.
 const DEADLINE_SLACK: Duration = Duration::from_millis(5);
 /// The retry hint sent with every RESOURCE_EXHAUSTED the gateway makes.
@@ -40,79 +40,70 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// How to reach one backend and how much of it to use.
 #[derive(Debug, Clone)]
 pub struct BackendSettings {
-    /// Replica URLs (`http://host:port`); at least one.
+    /// Where the replicas are, at least one entry: `http://host:port` (one
+    /// replica) or `dns://host:port` (a replica per address the name resolves to).
     pub urls: Vec<String>,
     /// Calls in flight across all replicas; the next one is shed.
     pub concurrency: usize,
     /// Longest one call may take, whatever the client's deadline.
     pub timeout: Duration,
+    /// How `dns://` entries are resolved, and how often.
+    pub discovery: Discovery,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{backend}: no replica URL given")]
     NoReplicas { backend: &'static str },
-    #[error("{backend}: bad replica URL `{url}`: {source}")]
+    #[error("{backend}: bad replica URL {source}")]
     BadUrl {
         backend: &'static str,
-        url: String,
-        source: tonic::transport::Error,
+        source: TargetError,
     },
+    #[error("{backend}: the resolve interval must be more than zero")]
+    ZeroInterval { backend: &'static str },
 }
 
-/// A backend's stack, its name for logs and metrics, and its replica count.
+/// A backend's stack, its name for logs and metrics, and its replicas.
 #[derive(Clone)]
 pub struct Backend {
     name: &'static str,
     stack: Stack,
-    replicas: usize,
+    pool: Arc<Pool>,
     metrics: GatewayMetrics,
 }
 
 impl Backend {
-    /// Builds the stack; connections open lazily, on the first call. Needs a Tokio
-    /// runtime (the balancer runs on its own task).
+    /// Builds the stack and starts finding the replicas; connections open lazily,
+    /// on the first call. `service` is the backend's gRPC service, whose health
+    /// is watched on every replica. Needs a Tokio runtime (the balancer, discovery
+    /// and the health watches run on tasks of their own).
     pub fn new(
         name: &'static str,
+        service: &'static str,
         settings: &BackendSettings,
         metrics: GatewayMetrics,
     ) -> Result<Self, BackendError> {
         if settings.urls.is_empty() {
             return Err(BackendError::NoReplicas { backend: name });
         }
-        let pool: Arc<Vec<Arc<ReplicaHealth>>> = Arc::new(
-            settings
-                .urls
-                .iter()
-                .map(|_| Arc::new(ReplicaHealth::default()))
-                .collect(),
-        );
-        let mut replicas = Vec::with_capacity(settings.urls.len());
-        for (index, url) in settings.urls.iter().enumerate() {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|source| BackendError::BadUrl {
-                    backend: name,
-                    url: url.clone(),
-                    source,
-                })?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                // A replica that vanished without closing its socket is noticed in
-                // seconds, not at the next TCP timeout.
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5));
-            let replica = Replica {
-                channel: endpoint.connect_lazy(),
-                url: url.as_str().into(),
-                health: Arc::clone(&pool[index]),
-                pool: Arc::clone(&pool),
-                wake: None,
-            };
-            // Load = calls in flight on this replica: p2c sends the next call to the
-            // less busy of two replicas picked at random.
-            replicas.push(PendingRequests::new(replica, CompleteOnResponse::default()));
+        let targets = settings
+            .urls
+            .iter()
+            .map(|url| Target::parse(url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| BackendError::BadUrl {
+                backend: name,
+                source,
+            })?;
+        let resolves = targets.iter().any(|t| matches!(t, Target::Dns { .. }));
+        if resolves && settings.discovery.interval.is_zero() {
+            return Err(BackendError::ZeroInterval { backend: name });
         }
-        let balance = Balance::new(ServiceList::new(replicas));
+        let pool = Pool::new(name, service, metrics.backend_replicas.clone());
+        let changes =
+            discovery::spawn(name, targets, settings.discovery.clone(), Arc::clone(&pool));
+        let balance = FailWhenEmpty::new(name, Balance::new(changes), Arc::clone(&pool));
         // The balancer is one service shared by every clone of the stack; the buffer
         // never holds more than the concurrency limit lets through.
         let balanced = Buffer::new(balance, settings.concurrency + 1);
@@ -138,7 +129,7 @@ impl Backend {
         Ok(Self {
             name,
             stack: BoxCloneSyncService::new(stack),
-            replicas: settings.urls.len(),
+            pool,
             metrics,
         })
     }
@@ -194,7 +185,7 @@ impl Backend {
                     break Err(deadline_exceeded(self.name));
                 }
                 Err(status)
-                    if status.code() == Code::Unavailable && tries < 2 && self.replicas > 1 =>
+                    if status.code() == Code::Unavailable && tries < 2 && self.pool.len() > 1 =>
                 {
                     tracing::debug!(backend = self.name, %status, "retrying on another replica");
                 }
@@ -247,77 +238,61 @@ fn to_status(backend: &'static str, error: &(dyn std::error::Error + 'static)) -
     Status::unavailable(format!("{backend} unreachable: {error}"))
 }
 
-/// Transport health of one replica, shared with its siblings.
-#[derive(Default)]
-struct ReplicaHealth {
-    ejected_until: Mutex<Option<Instant>>,
+/// The balancer, answering UNAVAILABLE at once while discovery has found no
+/// replica at all: p2c over nothing would wait for one until the deadline.
+struct FailWhenEmpty<S> {
+    backend: &'static str,
+    inner: S,
+    pool: Arc<Pool>,
+    changes: WatchStream<()>,
+    /// The last `poll_ready` found the pool empty: the next call fails.
+    empty: bool,
 }
 
-impl ReplicaHealth {
-    fn ejected_until(&self, now: Instant) -> Option<Instant> {
-        let until = *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
-        until.filter(|&until| until > now)
+impl<S> FailWhenEmpty<S> {
+    fn new(backend: &'static str, inner: S, pool: Arc<Pool>) -> Self {
+        Self {
+            backend,
+            inner,
+            changes: pool.changes(),
+            pool,
+            empty: false,
+        }
     }
-
-    fn eject(&self) {
-        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + EJECT_FOR);
-    }
 }
 
-/// One replica's channel. After a transport failure (refused, reset, gone) it
-/// reports not-ready for [`EJECT_FOR`], so the balancer sends calls to its
-/// siblings; when every sibling is ejected too it stays ready, so callers get a
-/// fast UNAVAILABLE instead of waiting out their deadline.
-struct Replica {
-    channel: Channel,
-    url: Arc<str>,
-    health: Arc<ReplicaHealth>,
-    pool: Arc<Vec<Arc<ReplicaHealth>>>,
-    wake: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-type ReplicaFuture =
-    Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;
-
-impl Service<http::Request<Body>> for Replica {
+impl<S> Service<http::Request<Body>> for FailWhenEmpty<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>,
+{
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future = ReplicaFuture;
+    type Future = Either<S::Future, Ready<Result<http::Response<Body>, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let now = Instant::now();
-        if let Some(until) = self.health.ejected_until(now) {
-            let all_ejected = self
-                .pool
-                .iter()
-                .all(|replica| replica.ejected_until(now).is_some());
-            if !all_ejected {
-                let sleep = self
-                    .wake
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
-                sleep.as_mut().reset(until.into());
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
+        // Discovery settling on nothing sends the balancer no change: listen to
+        // the pool so that wakes this task too.
+        while let Poll::Ready(Some(())) = self.changes.poll_next_unpin(cx) {}
+        // The balancer first, so it takes in the latest changes before the
+        // pool is looked at.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(result) => {
+                self.empty = false;
+                Poll::Ready(result)
             }
+            Poll::Pending if self.pool.is_settled_empty() => {
+                self.empty = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        self.channel.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let call = self.channel.call(request);
-        let health = Arc::clone(&self.health);
-        let url = Arc::clone(&self.url);
-        Box::pin(async move {
-            match call.await {
-                Ok(response) => Ok(response),
-                Err(error) => {
-                    tracing::warn!(%url, %error, "backend replica failed; ejected for {EJECT_FOR:?}");
-                    health.eject();
-                    Err(error.into())
-                }
-            }
-        })
+        if std::mem::take(&mut self.empty) {
+            let status = Status::unavailable(format!("{} has no replica", self.backend));
+            return Either::Right(futures::future::ready(Err(status.into())));
+        }
+        Either::Left(self.inner.call(request))
     }
 }

@@ -13,7 +13,9 @@ pub struct Config {
     pub server: ServerArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
-    /// Detector replicas, comma-separated (balanced with power-of-two-choices).
+    /// Detector replicas, comma-separated (balanced with power-of-two-choices):
+    /// `http://host:port` is one replica, `dns://host:port` one per address the
+    /// name resolves to, re-resolved every --resolve-interval.
     #[arg(
         long,
         env = "PLENUM_DETECTOR",
@@ -21,7 +23,7 @@ pub struct Config {
         default_value = "http://127.0.0.1:7002"
     )]
     pub detector: Vec<String>,
-    /// OCR replicas, comma-separated (balanced with power-of-two-choices).
+    /// OCR replicas, comma-separated, in the same forms as --detector.
     #[arg(
         long,
         env = "PLENUM_OCR",
@@ -29,6 +31,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:7003"
     )]
     pub ocr: Vec<String>,
+    /// How often `dns://` backends are resolved again; replicas join and leave
+    /// the balancer as the answer changes. A failed resolution keeps the last set.
+    #[arg(long, env = "PLENUM_RESOLVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub resolve_interval: Duration,
     /// Calls in flight to the detector (all replicas together); one more is shed.
     #[arg(long, env = "PLENUM_DETECTOR_CONCURRENCY", default_value_t = 5)]
     pub detector_concurrency: usize,

@@ -2,21 +2,28 @@
 //! OCR services, each behind its own tower stack.
 //!
 //! Rooms: [`backend`] is one backend's stack (shed, limit, timeout, p2c over its
-//! replicas), [`assign`] the pure tag rule, [`pipeline`] one image through both
-//! backends, [`service`] the gRPC face (admission, deadline, stream window),
+//! replicas), [`discovery`] finds the replicas (fixed URLs, DNS names), `replica`
+//! keeps one out of the balancer while it is ejected or its `health_watch` says
+//! it takes no work, [`assign`] the pure tag rule, [`pipeline`] one image through
+//! both backends, [`service`] the gRPC face (admission, deadline, stream window),
 //! [`metrics`] and [`config`] the rest.
 #![forbid(unsafe_code)]
 
 pub mod assign;
 pub mod backend;
 pub mod config;
+pub mod discovery;
+mod health_watch;
 pub mod metrics;
 pub mod pipeline;
+mod replica;
 pub mod service;
 
 use std::time::Duration;
 
+use plenum_proto::detector::v1::detector_server;
 use plenum_proto::gateway::v1::gateway_server::GatewayServer;
+use plenum_proto::ocr::v1::ocr_server;
 use plenum_runtime::grpc::GrpcServer;
 use plenum_vision::decode::Limits;
 use tokio::net::TcpListener;
@@ -43,7 +50,8 @@ pub struct GatewaySettings {
 }
 
 /// Serves the gateway on `listener` until `shutdown`. Backends are connected lazily,
-/// so the gateway starts (and reports SERVING) before they do.
+/// so the gateway starts (and reports SERVING) before they do; their `dns://`
+/// names are resolved on tasks of their own.
 pub async fn run(
     settings: GatewaySettings,
     registry: &prometheus::Registry,
@@ -52,8 +60,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = GatewayMetrics::register(registry)?;
     let pipeline = Pipeline::new(
-        Backend::new("detector", &settings.detector, metrics.clone())?,
-        Backend::new("ocr", &settings.ocr, metrics.clone())?,
+        Backend::new(
+            "detector",
+            detector_server::SERVICE_NAME,
+            &settings.detector,
+            metrics.clone(),
+        )?,
+        Backend::new(
+            "ocr",
+            ocr_server::SERVICE_NAME,
+            &settings.ocr,
+            metrics.clone(),
+        )?,
         settings.limits,
         settings.ocr.concurrency,
     );

@@ -1,6 +1,7 @@
 use anyhow::Context;
 use plenum_gateway::backend::BackendSettings;
 use plenum_gateway::config::{Config, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
+use plenum_gateway::discovery::{Discovery, Resolver};
 use plenum_gateway::{GatewaySettings, run};
 use plenum_runtime::config::parse_with_defaults;
 use plenum_runtime::{metrics, shutdown, telemetry};
@@ -24,16 +25,22 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot bind {}", config.server.listen))?;
+    let discovery = Discovery {
+        resolver: Resolver::default(),
+        interval: config.resolve_interval,
+    };
     let settings = GatewaySettings {
         detector: BackendSettings {
             urls: config.detector.clone(),
             concurrency: config.detector_concurrency,
             timeout: config.detector_timeout,
+            discovery: discovery.clone(),
         },
         ocr: BackendSettings {
             urls: config.ocr.clone(),
             concurrency: config.ocr_concurrency,
             timeout: config.ocr_timeout,
+            discovery,
         },
         limits: Limits {
             max_bytes: config.max_image_bytes as usize,

@@ -1,7 +1,7 @@
 //! The gateway's Prometheus metrics: Analyze calls by outcome, and per backend the
-//! calls, their latency and how many the gateway shed.
+//! calls, their latency, how many the gateway shed and its replicas by health.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -13,6 +13,8 @@ pub struct GatewayMetrics {
     pub backend_seconds: HistogramVec,
     /// Backend calls refused by the gateway's own concurrency limit.
     pub backend_shed: IntCounterVec,
+    /// Replicas the balancer has, by backend and what their health watch last said.
+    pub backend_replicas: IntGaugeVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -58,17 +60,26 @@ impl GatewayMetrics {
             ),
             &["backend"],
         )?;
+        let backend_replicas = IntGaugeVec::new(
+            Opts::new(
+                "plenum_gateway_backend_replicas",
+                "Replicas of a backend by health (unknown, unwatched, serving, not_serving, unreachable)",
+            ),
+            &["backend", "health"],
+        )?;
         registry.register(Box::new(analyze_requests.clone()))?;
         registry.register(Box::new(analyze_seconds.clone()))?;
         registry.register(Box::new(backend_requests.clone()))?;
         registry.register(Box::new(backend_seconds.clone()))?;
         registry.register(Box::new(backend_shed.clone()))?;
+        registry.register(Box::new(backend_replicas.clone()))?;
         Ok(Self {
             analyze_requests,
             analyze_seconds,
             backend_requests,
             backend_seconds,
             backend_shed,
+            backend_replicas,
         })
     }
 }

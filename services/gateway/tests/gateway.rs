@@ -33,11 +33,13 @@ fn settings(detectors: Vec<String>, ocrs: Vec<String>) -> GatewaySettings {
             urls: detectors,
             concurrency: 5,
             timeout: Duration::from_secs(10),
+            discovery: Default::default(),
         },
         ocr: BackendSettings {
             urls: ocrs,
             concurrency: 5,
             timeout: Duration::from_secs(10),
+            discovery: Default::default(),
         },
         limits: Limits {
             max_bytes: 1 << 20,

@@ -44,6 +44,7 @@ async fn the_callers_trace_reaches_every_backend() {
         urls: vec![url],
         concurrency: 5,
         timeout: Duration::from_secs(10),
+        discovery: Default::default(),
     };
     let settings = GatewaySettings {
         detector: backend(detector.url()),

@@ -1,20 +1,27 @@
 //! Test doubles of the backends: real gRPC Detector and Ocr servers on loopback
 //! sockets, each on its own Tokio runtime so a test can kill one outright (every
 //! connection closes, as when a process dies). They record what they were asked
-//! and whether the caller went away before they answered.
+//! and whether the caller went away before they answered, and serve
+//! `grpc.health.v1` (SERVING until told otherwise). A DNS double answers the
+//! gateway's `dns://` lookups from a table the test changes.
 #![allow(dead_code)]
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use plenum_gateway::discovery::Resolve;
 use plenum_proto::common::v1 as common;
 use plenum_proto::detector::v1::{self as det, detector_server};
 use plenum_proto::ocr::v1::{self as ocr, ocr_server};
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 /// What a fake saw and how it behaves; shared between the test and the server.
 #[derive(Default)]
@@ -234,11 +241,24 @@ impl ocr_server::Ocr for FakeOcr {
 pub struct FakeServer {
     pub addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The server's health and its service's name; `None` when it serves no health.
+    health: Option<(HealthReporter, &'static str)>,
 }
 
 impl FakeServer {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// What the server's health service says of its one service.
+    pub async fn set_serving(&self, serving: bool) {
+        let (reporter, name) = self.health.as_ref().expect("a server with health");
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status(*name, status).await;
     }
 
     /// Ends the server at once, as a crash would: its connections close mid-call.
@@ -248,7 +268,7 @@ impl FakeServer {
         }
     }
 
-    fn start<S>(service: S) -> Self
+    fn start<S>(service: S, with_health: bool) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -269,11 +289,18 @@ impl FakeServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = with_health.then(|| (reporter.clone(), S::NAME));
         runtime.spawn(async move {
+            // SERVING before the first connection is accepted.
+            reporter
+                .set_service_status(S::NAME, ServingStatus::Serving)
+                .await;
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
+                .add_optional_service(with_health.then_some(health_service))
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await
@@ -282,24 +309,90 @@ impl FakeServer {
         Self {
             addr,
             runtime: Some(runtime),
+            health,
         }
     }
 
     pub fn detector(behaviour: Arc<Behaviour>, detections: Vec<det::Detection>) -> Self {
-        Self::start(detector_server::DetectorServer::new(FakeDetector {
-            behaviour,
-            detections,
-        }))
+        Self::start(
+            detector_server::DetectorServer::new(FakeDetector {
+                behaviour,
+                detections,
+            }),
+            true,
+        )
+    }
+
+    /// A detector that serves no `grpc.health.v1` (answers UNIMPLEMENTED to it).
+    pub fn detector_without_health(
+        behaviour: Arc<Behaviour>,
+        detections: Vec<det::Detection>,
+    ) -> Self {
+        Self::start(
+            detector_server::DetectorServer::new(FakeDetector {
+                behaviour,
+                detections,
+            }),
+            false,
+        )
     }
 
     pub fn ocr(behaviour: Arc<Behaviour>, lines: Vec<ocr::TextLine>) -> Self {
-        Self::start(ocr_server::OcrServer::new(FakeOcr { behaviour, lines }))
+        Self::start(
+            ocr_server::OcrServer::new(FakeOcr { behaviour, lines }),
+            true,
+        )
     }
 }
 
 impl Drop for FakeServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A DNS double: every name resolves to the addresses the test set last, or
+/// fails while the test says so. Counts the questions it was asked.
+pub struct FakeDns {
+    answer: Mutex<Result<Vec<SocketAddr>, String>>,
+    asked: watch::Sender<usize>,
+}
+
+impl FakeDns {
+    pub fn new(addrs: &[SocketAddr]) -> Arc<Self> {
+        Arc::new(Self {
+            answer: Mutex::new(Ok(addrs.to_vec())),
+            asked: watch::channel(0).0,
+        })
+    }
+
+    pub fn answer(&self, addrs: &[SocketAddr]) {
+        *self.answer.lock().unwrap() = Ok(addrs.to_vec());
+    }
+
+    pub fn fail(&self, error: &str) {
+        *self.answer.lock().unwrap() = Err(error.to_owned());
+    }
+
+    pub fn asked(&self) -> usize {
+        *self.asked.borrow()
+    }
+
+    /// Waits until `n` questions were asked in all.
+    pub async fn wait_asked(&self, n: usize) {
+        let mut rx = self.asked.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|&asked| asked >= n))
+            .await
+            .expect("the gateway resolved again in time")
+            .unwrap();
+    }
+}
+
+impl Resolve for FakeDns {
+    fn resolve(&self, _host: &str, _port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let answer = self.answer.lock().unwrap().clone();
+        self.asked.send_modify(|asked| *asked += 1);
+        Box::pin(std::future::ready(answer.map_err(io::Error::other)))
     }
 }
 
