@@ -56,25 +56,14 @@ pub async fn first_stopped(engines: &[Engine]) -> ModelStopped {
 /// Resolves when the engine whose state this is has stopped; never, if it ends
 /// (its handles dropped) without stopping.
 pub(crate) async fn stopped(model: String, mut state: watch::Receiver<EngineState>) -> ModelStopped {
-    match state.wait_for(|state| state.stopped.is_some()).await {
-        Ok(state) => ModelStopped {
-            model,
-            reason: state.stopped.clone().unwrap_or_default(),
-        },
+    let reason = state
+        .wait_for(|state| state.stopped.is_some())
+        .await
+        .map(|state| state.stopped.clone().unwrap_or_default());
+    match reason {
+        Ok(reason) => ModelStopped { model, reason },
         Err(_) => std::future::pending().await,
     }
-}
-
-/// `main`'s last step: a [`ModelStopped`] ends the process with
-/// [`ModelStopped::EXIT_CODE`] (the log has said why); any other outcome is returned.
-pub fn exit_if_stopped(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
-    if let Err(error) = &outcome
-        && let Some(stopped) = error.downcast_ref::<ModelStopped>()
-    {
-        eprintln!("Error: {stopped}; exiting with {}", ModelStopped::EXIT_CODE);
-        std::process::exit(ModelStopped::EXIT_CODE);
-    }
-    outcome
 }
 
 /// Marks the engine stopped when one model call runs past the stall timeout: a stuck
