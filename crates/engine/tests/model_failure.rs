@@ -92,7 +92,8 @@ async fn a_model_error_fails_that_batch_and_the_engine_keeps_serving() {
 #[tokio::test]
 async fn a_panic_in_the_model_stops_its_thread_and_the_engine_reports_it() {
     let (engine, orders) = start_fake(Duration::from_secs(300)).await;
-    engine.infer(input()).await.expect("serves before the panic");
+    let before = engine.infer(input()).await.expect("serves before the panic");
+    assert_eq!(before.size(), [3, 2]);
     assert_eq!(engine.state().borrow().stopped, None);
 
     orders.panic_next.store(true, Ordering::SeqCst);
@@ -116,7 +117,8 @@ async fn a_panic_in_the_model_stops_its_thread_and_the_engine_reports_it() {
 #[tokio::test]
 async fn a_model_call_that_never_returns_stops_the_engine_and_later_calls_are_refused() {
     let (engine, orders) = start_fake(Duration::from_millis(50)).await;
-    engine.infer(input()).await.expect("serves before the stall");
+    let before = engine.infer(input()).await.expect("serves before the stall");
+    assert_eq!(before.size(), [3, 2]);
 
     orders.hang.store(true, Ordering::SeqCst);
     let stuck = tokio::spawn({
