@@ -6,13 +6,19 @@
 //! refused (asking again in the background), back to the CPU when the broker
 //! revokes the lease. Moves happen between batches and never drop a request.
 //!
-//! Rooms: [`manifest`] describes a model file, [`worker`] is the inference thread,
-//! [`placement`] follows the lease, [`metrics`] reports, [`omp`] fixes libgomp.
+//! Rooms: [`manifest`] describes a model file, [`model`] is what runs it (TorchScript),
+//! [`worker`] is the inference thread, [`placement`] follows the lease, [`health`] tells
+//! a service when a model's thread has stopped, [`serving`] is a model service's
+//! health from bind to exit, [`metrics`] reports, [`omp`] fixes
+//! libgomp.
 
+pub mod health;
 pub mod manifest;
 pub mod metrics;
+pub mod model;
 pub mod omp;
 mod placement;
+pub mod serving;
 pub mod worker;
 
 use std::sync::Arc;
@@ -21,11 +27,13 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use plenum_lease::{LeaseClient, Priority};
-use tch::{CModule, Device, Tensor};
+use tch::Tensor;
 use tokio::sync::{oneshot, watch};
 
+pub use health::{ModelStopped, first_stopped};
 pub use manifest::ModelManifest;
 pub use metrics::EngineMetrics;
+pub use model::{Model, ModelLoader, TorchScript};
 pub use tch;
 pub use worker::Target;
 
@@ -53,6 +61,10 @@ pub enum EngineError {
     NotReady(String),
     #[error("cannot load the model: {0}")]
     Load(String),
+    /// The model's thread stopped (while loading: a panic or a stall in a warmup or
+    /// a move); the service should be restarted.
+    #[error(transparent)]
+    Stopped(#[from] ModelStopped),
 }
 
 /// How the engine batches and places its model; the service fills it from flags.
@@ -71,6 +83,11 @@ pub struct EngineSettings {
     pub priority: Priority,
     /// A lease is idle (revocable) after this long without a batch.
     pub idle_after: Duration,
+    /// One model call (a chunk of a batch, a warmup, a move) running longer than this
+    /// means the model's thread is stuck: the engine reports it stopped.
+    pub stall_timeout: Duration,
+    /// Makes the model from its manifest: TorchScript unless a test brings its own.
+    pub loader: ModelLoader,
 }
 
 impl Default for EngineSettings {
@@ -84,6 +101,8 @@ impl Default for EngineSettings {
             lease_wait: Duration::from_secs(2),
             priority: Priority::Normal,
             idle_after: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(300),
+            loader: ModelLoader::default(),
         }
     }
 }
@@ -109,6 +128,10 @@ pub struct EngineArgs {
     /// How long to wait for a GPU lease at start before serving from the CPU.
     #[arg(long, env = "PLENUM_LEASE_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub lease_wait: Duration,
+    /// One model call running longer than this means the model is stuck: the service
+    /// turns NOT_SERVING and exits with 75 for its supervisor to restart it.
+    #[arg(long, env = "PLENUM_STALL_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
     /// libtorch intra-op threads (0 = libtorch's default, one per core).
     #[arg(long, env = "PLENUM_INTRA_OP_THREADS", default_value_t = 0)]
     pub intra_op_threads: i32,
@@ -128,6 +151,7 @@ impl EngineArgs {
             queue_capacity: self.queue_capacity.max(1),
             warmup_timeout: self.warmup_timeout,
             lease_wait: self.lease_wait,
+            stall_timeout: self.stall_timeout,
             ..EngineSettings::default()
         }
     }
@@ -141,6 +165,10 @@ pub struct EngineState {
     pub placement: Target,
     /// Why the model is where it is, for logs and status.
     pub reason: String,
+    /// Why the model's thread stopped, once it has: a panic escaped the model, or a
+    /// call ran past the stall timeout. The engine never answers again; its service
+    /// should be restarted.
+    pub stopped: Option<String>,
 }
 
 /// A handle to one loaded model; cheap to clone.
@@ -152,6 +180,7 @@ pub struct Engine {
     metrics: EngineMetrics,
     manifest: Arc<ModelManifest>,
     _placement: Arc<placement::PlacementTask>,
+    _watchdog: Arc<health::Watchdog>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -163,66 +192,90 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Loads the model (checksum first), places it (asking the broker when `lease`
-    /// is given), warms it up, and returns once it can answer. Without a lease client
-    /// the model runs on the CPU, and says so.
+    /// Loads the model (with `settings.loader`: the TorchScript file, checksum first),
+    /// places it (asking the broker when `lease` is given), warms it up, and returns
+    /// once it can answer. Without a lease client the model runs on the CPU, and says so.
     pub async fn start(
         manifest: ModelManifest,
         settings: EngineSettings,
         lease: Option<LeaseClient>,
         metrics: EngineMetrics,
     ) -> Result<Self, EngineError> {
-        manifest
-            .verify()
-            .map_err(|error| EngineError::Load(error.to_string()))?;
-        let path = manifest.model_path();
-        let module = tokio::task::spawn_blocking(move || {
-            let mut module = CModule::load_on_device(&path, Device::Cpu)?;
-            module.f_set_eval()?;
-            Ok::<_, tch::TchError>(module)
-        })
-        .await
-        .map_err(|error| EngineError::Load(error.to_string()))?
-        .map_err(|error| EngineError::Load(error.to_string()))?;
+        let loader = settings.loader.clone();
+        let manifest = Arc::new(manifest);
+        let to_load = Arc::clone(&manifest);
+        let model = tokio::task::spawn_blocking(move || loader.load(&to_load))
+            .await
+            .map_err(|error| EngineError::Load(error.to_string()))??;
 
+        let (state_tx, state) = watch::channel(EngineState {
+            ready: false,
+            placement: Target::Cpu,
+            reason: "loading".into(),
+            stopped: None,
+        });
+        let state_tx = Arc::new(state_tx);
         let (jobs, job_rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
         let (control, control_rx) = std::sync::mpsc::channel();
         let last_busy = Arc::new(AtomicU64::new(0));
+        let call_started = Arc::new(AtomicU64::new(0));
+        let watchdog = health::Watchdog::start(
+            manifest.name.clone(),
+            Arc::clone(&call_started),
+            settings.stall_timeout,
+            Arc::clone(&state_tx),
+        );
         let worker_settings = worker::WorkerSettings {
             max_batch: settings.max_batch,
             max_queue_delay: settings.max_queue_delay,
         };
         let worker_metrics = metrics.clone();
         let worker_busy = Arc::clone(&last_busy);
+        let worker_state = Arc::clone(&state_tx);
+        let model_name = manifest.name.clone();
         std::thread::Builder::new()
             .name(format!("model-{}", manifest.name))
             .spawn(move || {
-                worker::run(
-                    module,
-                    job_rx,
-                    control_rx,
-                    worker_settings,
-                    worker_metrics,
-                    worker_busy,
-                )
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker::run(
+                        model,
+                        job_rx,
+                        control_rx,
+                        worker_settings,
+                        worker_metrics,
+                        worker_busy,
+                        call_started,
+                    )
+                }));
+                let reason = match outcome {
+                    Ok(Ok(())) => return, // every handle is gone: a normal end
+                    Ok(Err(reason)) => reason,
+                    Err(panic) => format!(
+                        "the model's thread panicked: {}",
+                        worker::panic_message(&panic)
+                    ),
+                };
+                tracing::error!(model = %model_name, %reason, "the model's thread stopped");
+                worker_state.send_modify(|state| state.stopped = Some(reason));
             })
             .map_err(|error| EngineError::Load(error.to_string()))?;
 
-        let (state_tx, state) = watch::channel(EngineState {
-            ready: false,
-            placement: Target::Cpu,
-            reason: "loading".into(),
-        });
-        let manifest = Arc::new(manifest);
-        let placement = placement::start(placement::PlacementContext {
+        let placing = placement::start(placement::PlacementContext {
             manifest: Arc::clone(&manifest),
             settings: settings.clone(),
             lease,
             control,
             state: state_tx,
             last_busy,
-        })
-        .await?;
+        });
+        // Placement waits on the model's thread (moves, warmup): a thread that stops
+        // or sticks meanwhile must end the start, not hang it.
+        let placement = tokio::select! {
+            placement = placing => placement?,
+            stopped = health::stopped(manifest.name.clone(), state.clone()) => {
+                return Err(stopped.into());
+            }
+        };
         Ok(Self {
             jobs,
             capacity: settings.queue_capacity,
@@ -230,12 +283,19 @@ impl Engine {
             metrics,
             manifest,
             _placement: Arc::new(placement),
+            _watchdog: Arc::new(watchdog),
         })
     }
 
     /// Runs `input` (`[n, …]`, on the CPU) through the model with whatever else is
     /// queued; returns the `n` output rows, on the CPU. A full queue answers at once.
     pub async fn infer(&self, input: Tensor) -> Result<Tensor, EngineError> {
+        // A stuck thread may still take jobs: refuse them rather than queue behind it.
+        if let Some(reason) = &self.state.borrow().stopped {
+            return Err(EngineError::NotReady(format!(
+                "the model's thread has stopped: {reason}"
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         let job = worker::Job {
             input,

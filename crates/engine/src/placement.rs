@@ -18,7 +18,8 @@ pub(crate) struct PlacementContext {
     pub(crate) settings: EngineSettings,
     pub(crate) lease: Option<LeaseClient>,
     pub(crate) control: std::sync::mpsc::Sender<Control>,
-    pub(crate) state: watch::Sender<EngineState>,
+    /// Shared with the model's thread, which reports its own end.
+    pub(crate) state: Arc<watch::Sender<EngineState>>,
     pub(crate) last_busy: LastBusy,
 }
 
@@ -282,6 +283,7 @@ fn publish(ctx: &PlacementContext, placement: Target, reason: &str, ready: bool)
             ready: state.ready || ready,
             placement,
             reason: reason.to_owned(),
+            stopped: state.stopped.clone(),
         };
         let changed = *state != next;
         *state = next;

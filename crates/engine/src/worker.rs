@@ -1,6 +1,5 @@
-//! The inference thread: owns the TorchScript module, groups queued requests into
-//! batches, and changes placement only between batches, so a move never drops or
-//! fails a request.
+//! The inference thread: owns the [`Model`], groups queued requests into batches, and
+//! changes placement only between batches, so a move never drops or fails a request.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -8,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use tokio::sync::oneshot;
 
 use crate::EngineError;
 use crate::metrics::EngineMetrics;
+use crate::model::Model;
 
 /// One request: an input of `[n, …]`, answered with the output rows for it.
 pub(crate) struct Job {
@@ -63,6 +63,24 @@ pub(crate) struct WorkerSettings {
 /// Unix millis of the last batch, read by placement to tell busy from idle.
 pub(crate) type LastBusy = Arc<AtomicU64>;
 
+/// [`monotonic_millis`] when the model call now running began, 0 while none runs:
+/// the engine's watchdog reads it to tell a stuck model from a busy one.
+pub(crate) type CallStarted = Arc<AtomicU64>;
+
+/// Milliseconds on a clock that never jumps, from 1 (0 means "no call").
+pub(crate) fn monotonic_millis() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Runs one call into the model with its start time published.
+fn timed<T>(started: &AtomicU64, call: impl FnOnce() -> T) -> T {
+    started.store(monotonic_millis(), Ordering::Relaxed);
+    let result = call();
+    started.store(0, Ordering::Relaxed);
+    result
+}
+
 pub(crate) fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,14 +88,17 @@ pub(crate) fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs until every engine handle is gone (`Ok`) or a panic escapes the model
+/// (`Err` with its message): then the thread stops and the engine is dead.
 pub(crate) fn run(
-    mut module: CModule,
+    mut model: Box<dyn Model>,
     jobs: Receiver<Job>,
     control: Receiver<Control>,
     settings: WorkerSettings,
     metrics: EngineMetrics,
     last_busy: LastBusy,
-) {
+    call_started: CallStarted,
+) -> Result<(), String> {
     let mut target = Target::Cpu;
     // Idle, the thread wakes this often to take placement commands.
     let idle_wake = Duration::from_millis(50);
@@ -86,7 +107,13 @@ pub(crate) fn run(
     loop {
         while !placement_gone {
             match control.try_recv() {
-                Ok(command) => handle_control(&mut module, &mut target, command, &metrics),
+                Ok(command) => handle_control(
+                    model.as_mut(),
+                    &mut target,
+                    command,
+                    &metrics,
+                    &call_started,
+                )?,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => placement_gone = true,
             }
@@ -94,7 +121,7 @@ pub(crate) fn run(
         let first = match jobs.recv_timeout(idle_wake) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
         let mut batch = vec![first];
         let mut rows = rows_of(&batch[0].input);
@@ -111,8 +138,16 @@ pub(crate) fn run(
         }
         metrics.queue_depth.sub(batch.len() as i64);
         last_busy.store(now_millis(), Ordering::Relaxed);
-        run_batch(&module, target, batch, settings.max_batch, &metrics);
+        let outcome = run_batch(
+            model.as_mut(),
+            target,
+            batch,
+            settings.max_batch,
+            &metrics,
+            &call_started,
+        );
         last_busy.store(now_millis(), Ordering::Relaxed);
+        outcome?;
     }
 }
 
@@ -120,60 +155,64 @@ fn rows_of(input: &Tensor) -> usize {
     input.size().first().copied().unwrap_or(1).max(1) as usize
 }
 
+/// Calls into the model, turning a panic that escapes it into the reason the thread
+/// stops.
+fn guarded<T>(call: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(call))
+        .map_err(|panic| format!("the model panicked: {}", panic_message(&panic)))
+}
+
 fn handle_control(
-    module: &mut CModule,
+    model: &mut dyn Model,
     target: &mut Target,
     command: Control,
     metrics: &EngineMetrics,
-) {
+    call_started: &AtomicU64,
+) -> Result<(), String> {
     match command {
         Control::Move { to, done } => {
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                module.to(to.device(), Kind::Float, false);
-            }))
-            .map_err(|panic| panic_message(&panic));
-            if result.is_ok() {
+            let result = guarded(|| timed(call_started, || model.move_to(to.device())));
+            if let Ok(Ok(())) = result {
                 *target = to;
                 metrics.set_placement(to);
-            } else {
-                // A failed move (out of memory) leaves weights where they were: go back.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    module.to(target.device(), Kind::Float, false);
-                }));
             }
-            let _ = done.send(result);
+            let _ = done.send(result.clone().and_then(|moved| moved));
+            result.map(|_| ())
         }
         Control::Warmup { shape, done } => {
             let started = Instant::now();
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let input = Tensor::zeros(shape.as_slice(), (Kind::Float, target.device()));
-                tch::no_grad(|| module.forward_ts(&[input])).map(|_| ())
-            }));
-            let result = match result {
+            let result = guarded(|| {
+                let input = Tensor::f_zeros(shape.as_slice(), (Kind::Float, target.device()))
+                    .map_err(|error| error.to_string())?;
+                timed(call_started, || model.forward(&input)).map(|_| ())
+            });
+            let _ = done.send(match &result {
                 Ok(Ok(())) => Ok(started.elapsed()),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(panic) => Err(panic_message(&panic)),
-            };
-            let _ = done.send(result);
+                Ok(Err(error)) | Err(error) => Err(error.clone()),
+            });
+            result.map(|_| ())
         }
     }
 }
 
 /// Runs the requests of one batch: those of the same trailing shape go through the
 /// model together, in chunks of at most `max_batch` rows; each caller gets its rows.
+/// `Err` when the model panicked: this batch's callers are told, the rest of the queue
+/// is left to the caller.
 fn run_batch(
-    module: &CModule,
+    model: &mut dyn Model,
     target: Target,
     batch: Vec<Job>,
     max_batch: usize,
     metrics: &EngineMetrics,
-) {
+    call_started: &AtomicU64,
+) -> Result<(), String> {
     let mut groups: Vec<(Vec<i64>, Vec<Job>)> = Vec::new();
     for job in batch {
         if job.reply.is_closed() {
             continue; // the caller left; spend nothing on it
         }
-        let trailing = job.input.size()[1..].to_vec();
+        let trailing = job.input.size().get(1..).unwrap_or_default().to_vec();
         match groups.iter_mut().find(|(shape, _)| *shape == trailing) {
             Some((_, jobs)) => jobs.push(job),
             None => groups.push((trailing, vec![job])),
@@ -185,16 +224,20 @@ fn run_batch(
                 .queue_wait
                 .observe(job.enqueued.elapsed().as_secs_f64());
         }
-        let sizes: Vec<i64> = jobs.iter().map(|job| job.input.size()[0]).collect();
+        let sizes: Vec<i64> = jobs
+            .iter()
+            .map(|job| job.input.size().first().copied().unwrap_or(0))
+            .collect();
         let started = Instant::now();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            forward(module, target, &jobs, max_batch)
-        }));
+        let outcome = guarded(|| forward(model, target, &jobs, max_batch, call_started));
         metrics.inference.observe(started.elapsed().as_secs_f64());
         metrics.batch_rows.observe(sizes.iter().sum::<i64>() as f64);
         let outcome = match outcome {
             Ok(result) => result,
-            Err(panic) => Err(EngineError::Inference(panic_message(&panic))),
+            Err(reason) => {
+                reply_all(jobs, &EngineError::NotReady(reason.clone()));
+                return Err(reason);
+            }
         };
         match outcome {
             Ok(output) => match output.f_split_with_sizes(sizes.as_slice(), 0) {
@@ -208,17 +251,19 @@ fn run_batch(
             Err(error) => reply_all(jobs, &error),
         }
     }
+    Ok(())
 }
 
 fn forward(
-    module: &CModule,
+    model: &mut dyn Model,
     target: Target,
     jobs: &[Job],
     max_batch: usize,
+    call_started: &AtomicU64,
 ) -> Result<Tensor, EngineError> {
     let inputs: Vec<&Tensor> = jobs.iter().map(|job| &job.input).collect();
     let input = Tensor::f_cat(&inputs, 0).map_err(|e| EngineError::Inference(e.to_string()))?;
-    let rows = input.size()[0];
+    let rows = input.size().first().copied().unwrap_or(0);
     let mut outputs = Vec::new();
     let mut start = 0;
     while start < rows {
@@ -227,16 +272,17 @@ fn forward(
             .f_narrow(0, start, len)
             .and_then(|chunk| chunk.f_to_device(target.device()))
             .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let output = tch::no_grad(|| module.forward_ts(&[chunk]))
-            .and_then(|output| output.f_to_device(Device::Cpu))
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let output = timed(call_started, || model.forward(&chunk))
+            .and_then(|output| output.f_to_device(Device::Cpu).map_err(|e| e.to_string()))
+            .map_err(EngineError::Inference)?;
         outputs.push(output);
         start += len;
     }
-    if outputs.len() == 1 {
-        return Ok(outputs.pop().expect("one output"));
+    match outputs.len() {
+        0 => Err(EngineError::Inference("an input without rows".into())),
+        1 => Ok(outputs.pop().expect("one output")),
+        _ => Tensor::f_cat(&outputs, 0).map_err(|e| EngineError::Inference(e.to_string())),
     }
-    Tensor::f_cat(&outputs, 0).map_err(|e| EngineError::Inference(e.to_string()))
 }
 
 fn reply_all(jobs: Vec<Job>, error: &EngineError) {
@@ -245,7 +291,7 @@ fn reply_all(jobs: Vec<Job>, error: &EngineError) {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<String>()
         .cloned()

@@ -45,6 +45,7 @@ fn settings(device: DeviceChoice) -> EngineSettings {
         lease_wait: Duration::from_millis(300),
         priority: Priority::Low,
         idle_after: Duration::from_millis(200),
+        ..EngineSettings::default()
     }
 }
 

@@ -11,8 +11,10 @@ pub mod service;
 pub mod yolo;
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use plenum_engine::serving::ModelService;
 use plenum_engine::{Engine, EngineMetrics, EngineSettings, ModelManifest};
 use plenum_lease::LeaseClient;
 use plenum_proto::detector::v1::detector_server::DetectorServer;
@@ -46,8 +48,9 @@ pub fn load_manifest(
     ModelManifest::load(&models.join("detector").join(format!("{model}.toml")))
 }
 
-/// Loads the model (placing it through the broker when given), then serves on
-/// `listener` until `shutdown`.
+/// Serves on `listener` at once (NOT_SERVING, calls UNAVAILABLE) while the model
+/// loads and is placed through the broker, then SERVING until `shutdown`. If the
+/// model's thread stops, returns [`plenum_engine::ModelStopped`] after a drain.
 pub async fn run(
     settings: DetectorSettings,
     metrics: &prometheus::Registry,
@@ -55,29 +58,34 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let engine_metrics = EngineMetrics::register(metrics, "detector", &settings.manifest.name)?;
-    let engine = Engine::start(
+    let detector = Arc::new(OnceLock::new());
+    let service = DetectorServer::new(DetectorService::new(
+        Arc::clone(&detector),
+        settings.max_images,
+    ))
+    .max_decoding_message_size(settings.max_request_bytes);
+    let server = GrpcServer::new().add_service(service);
+    let mut serving = ModelService::start::<DetectorServer<DetectorService>>(
+        server,
+        listener,
+        &shutdown,
+        settings.drain_timeout,
+    )
+    .await;
+    let loading = Engine::start(
         settings.manifest,
         settings.engine,
         settings.lease,
         engine_metrics,
-    )
-    .await?;
-    let detector = Detector::new(
-        engine,
+    );
+    let Some(engine) = serving.load(loading).await? else {
+        return Ok(());
+    };
+    let _ = detector.set(Detector::new(
+        engine.clone(),
         settings.limits,
         settings.tile_overlap,
         settings.max_single_pass,
-    );
-    let service = DetectorServer::new(DetectorService::new(detector, settings.max_images))
-        .max_decoding_message_size(settings.max_request_bytes);
-    let server = GrpcServer::new();
-    server
-        .health()
-        .set_serving::<DetectorServer<DetectorService>>()
-        .await;
-    server
-        .add_service(service)
-        .serve(listener, shutdown, settings.drain_timeout)
-        .await?;
-    Ok(())
+    ));
+    serving.serve(&[engine]).await
 }

@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 fn main() -> anyhow::Result<()> {
     // Before libtorch loads: libgomp reads its wait policy only once.
     plenum_engine::omp::ensure_passive_wait_policy();
-    tokio::runtime::Runtime::new()?.block_on(serve())
+    let outcome = tokio::runtime::Runtime::new()?.block_on(serve());
+    // A model that stopped ends the process with its own code, for a restart.
+    plenum_engine::health::exit_if_stopped(outcome)
 }
 
 async fn serve() -> anyhow::Result<()> {
@@ -56,8 +58,8 @@ async fn serve() -> anyhow::Result<()> {
         max_single_pass: config.max_single_pass,
         drain_timeout: config.server.drain_timeout,
     };
-    tracing::info!(addr = %listener.local_addr()?, "detector listening once the model is loaded");
-    run(settings, &registry, listener, shutdown).await?;
+    tracing::info!(addr = %listener.local_addr()?, "detector listening; NOT_SERVING until the model is loaded");
+    let outcome = run(settings, &registry, listener, shutdown).await;
     telemetry.shutdown();
-    Ok(())
+    outcome
 }

@@ -1,6 +1,8 @@
 //! `plenum.detector.v1.Detector`: validates, runs the pipeline, and converts every
 //! error to a status in one place.
 
+use std::sync::{Arc, OnceLock};
+
 use plenum_engine::EngineError;
 use plenum_proto::common::v1 as common;
 use plenum_proto::detector::v1::{self as pb, detector_server::Detector as DetectorApi};
@@ -14,16 +16,23 @@ const DEFAULT_SCORE: f32 = 0.25;
 const DEFAULT_IOU: f32 = 0.7;
 
 pub struct DetectorService {
-    detector: Detector,
+    /// Empty while the model loads: calls are then UNAVAILABLE at once.
+    detector: Arc<OnceLock<Detector>>,
     max_images: usize,
 }
 
 impl DetectorService {
-    pub fn new(detector: Detector, max_images: usize) -> Self {
+    pub fn new(detector: Arc<OnceLock<Detector>>, max_images: usize) -> Self {
         Self {
             detector,
             max_images,
         }
+    }
+
+    fn detector(&self) -> Result<&Detector, Status> {
+        self.detector
+            .get()
+            .ok_or_else(|| Status::unavailable("models loading; retry shortly"))
     }
 }
 
@@ -38,7 +47,7 @@ impl From<PipelineError> for Status {
                     ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
                 Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
             }
-            PipelineError::Engine(EngineError::NotReady(_)) => {
+            PipelineError::Engine(EngineError::NotReady(_) | EngineError::Stopped(_)) => {
                 Status::unavailable(error.to_string())
             }
             PipelineError::Engine(EngineError::Inference(_) | EngineError::Load(_))
@@ -51,7 +60,11 @@ impl From<PipelineError> for Status {
 }
 
 impl DetectorService {
-    fn options(&self, options: Option<pb::DetectOptions>) -> Result<DetectOptions, Status> {
+    fn options(
+        &self,
+        detector: &Detector,
+        options: Option<pb::DetectOptions>,
+    ) -> Result<DetectOptions, Status> {
         let options = options.unwrap_or_default();
         let score_threshold = match options.score_threshold {
             0.0 => DEFAULT_SCORE,
@@ -73,7 +86,7 @@ impl DetectorService {
                 ));
             }
         };
-        let known = self.detector.classes();
+        let known = detector.classes();
         let classes = if options.classes.is_empty() {
             None
         } else {
@@ -106,7 +119,7 @@ impl DetectorService {
             }
         };
         let input_size = match options.input_size {
-            0 => self.detector.native_size(),
+            0 => detector.native_size(),
             size if size % 32 == 0 && (32..=4096).contains(&size) => size,
             size => {
                 return Err(bad(
@@ -145,10 +158,11 @@ impl DetectorApi for DetectorService {
                 ),
             ));
         }
-        let options = self.options(request.options)?;
-        let results = self.detector.detect(request.images, &options).await?;
-        let classes = self.detector.classes();
-        let placement = if self.detector.engine().state().borrow().placement.is_gpu() {
+        let detector = self.detector()?;
+        let options = self.options(detector, request.options)?;
+        let results = detector.detect(request.images, &options).await?;
+        let classes = detector.classes();
+        let placement = if detector.engine().state().borrow().placement.is_gpu() {
             common::Placement::Gpu
         } else {
             common::Placement::Cpu
@@ -179,7 +193,7 @@ impl DetectorApi for DetectorService {
                         .collect(),
                 })
                 .collect(),
-            model: self.detector.engine().manifest().name.clone(),
+            model: detector.engine().manifest().name.clone(),
             placement: placement as i32,
             known_classes: classes.to_vec(),
         }))

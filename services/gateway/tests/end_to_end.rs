@@ -69,17 +69,29 @@ fn spawn(name: &str) -> (Service, String) {
     (Service(child), format!("http://127.0.0.1:{port}"))
 }
 
-/// Waits for the process to bind its port (it loads its model after binding, and
-/// the first call waits in the backlog until then).
+/// Waits for the process to report SERVING (it binds first, then loads its models;
+/// calls before then are refused with UNAVAILABLE).
 async fn bound(url: &str) {
-    let addr = url.trim_start_matches("http://").to_owned();
     let started = Instant::now();
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap();
+    loop {
+        if let Ok(channel) = endpoint.connect().await {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+            if let Ok(answer) = health.check(request).await
+                && answer.into_inner().status == serving as i32
+            {
+                return;
+            }
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{url} never listened"
+            started.elapsed() < Duration::from_secs(120),
+            "{url} never reported SERVING"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

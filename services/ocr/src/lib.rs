@@ -14,8 +14,10 @@ pub mod service;
 pub mod text;
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use plenum_engine::serving::ModelService;
 use plenum_engine::{Engine, EngineMetrics, EngineSettings, ModelManifest};
 use plenum_lease::LeaseClient;
 use plenum_proto::ocr::v1::ocr_server::OcrServer;
@@ -44,8 +46,10 @@ fn manifest(models: &Path, name: &str) -> anyhow::Result<ModelManifest> {
         .map_err(|error| anyhow::anyhow!("{error} (run `make setup` to provision the OCR models)"))
 }
 
-/// Loads the text detector, the recognizer and the angle classifier, then serves until
-/// `shutdown`.
+/// Serves on `listener` at once (NOT_SERVING, calls UNAVAILABLE) while the text
+/// detector, the recognizer and the angle classifier load, then SERVING until
+/// `shutdown`. If a model's thread stops, returns [`plenum_engine::ModelStopped`]
+/// after a drain.
 pub async fn run(
     settings: OcrSettings,
     metrics: &prometheus::Registry,
@@ -59,30 +63,35 @@ pub async fn run(
     let rec_metrics = EngineMetrics::register(metrics, "ocr", &rec_manifest.name)?;
     let cls_metrics = EngineMetrics::register(metrics, "ocr", &cls_manifest.name)?;
     let det_metrics = EngineMetrics::register(metrics, "ocr", &det_manifest.name)?;
-    let rec = Engine::start(
-        rec_manifest,
-        settings.engine.clone(),
-        settings.lease.clone(),
-        rec_metrics,
+    let reader = Arc::new(OnceLock::new());
+    let service = OcrServer::new(OcrService::new(
+        Arc::clone(&reader),
+        settings.limits,
+        settings.max_crops,
+    ))
+    .max_decoding_message_size(settings.max_request_bytes);
+    let server = GrpcServer::new().add_service(service);
+    let mut serving = ModelService::start::<OcrServer<OcrService>>(
+        server,
+        listener,
+        &shutdown,
+        settings.drain_timeout,
     )
-    .await?;
-    let cls = Engine::start(
-        cls_manifest,
-        settings.engine.clone(),
-        settings.lease.clone(),
-        cls_metrics,
-    )
-    .await?;
-    // The detector holds its own lease, like the other two models.
-    let det = Engine::start(det_manifest, settings.engine, settings.lease, det_metrics).await?;
-    let reader = PageReader::new(det, Reader::new(rec, cls, dictionary));
-    let service = OcrServer::new(OcrService::new(reader, settings.limits, settings.max_crops))
-        .max_decoding_message_size(settings.max_request_bytes);
-    let server = GrpcServer::new();
-    server.health().set_serving::<OcrServer<OcrService>>().await;
-    server
-        .add_service(service)
-        .serve(listener, shutdown, settings.drain_timeout)
-        .await?;
-    Ok(())
+    .await;
+    let engine = settings.engine;
+    let lease = settings.lease;
+    // One after the other: each model's lease is single-flight on the broker anyway.
+    let loading = async move {
+        let rec = Engine::start(rec_manifest, engine.clone(), lease.clone(), rec_metrics).await?;
+        let cls = Engine::start(cls_manifest, engine.clone(), lease.clone(), cls_metrics).await?;
+        // The detector holds its own lease, like the other two models.
+        let det = Engine::start(det_manifest, engine, lease, det_metrics).await?;
+        Ok::<_, plenum_engine::EngineError>([rec, cls, det])
+    };
+    let Some(engines) = serving.load(loading).await? else {
+        return Ok(());
+    };
+    let [rec, cls, det] = engines.clone();
+    let _ = reader.set(PageReader::new(det, Reader::new(rec, cls, dictionary)));
+    serving.serve(&engines).await
 }

@@ -45,7 +45,9 @@ struct Config {
 fn main() -> anyhow::Result<()> {
     // Before libtorch loads: libgomp reads its wait policy only once.
     plenum_engine::omp::ensure_passive_wait_policy();
-    tokio::runtime::Runtime::new()?.block_on(serve())
+    let outcome = tokio::runtime::Runtime::new()?.block_on(serve());
+    // A model that stopped ends the process with its own code, for a restart.
+    plenum_engine::health::exit_if_stopped(outcome)
 }
 
 async fn serve() -> anyhow::Result<()> {
@@ -79,7 +81,7 @@ async fn serve() -> anyhow::Result<()> {
         max_request_bytes: config.max_request_bytes as usize,
         drain_timeout: config.server.drain_timeout,
     };
-    run(settings, &registry, listener, shutdown).await?;
+    let outcome = run(settings, &registry, listener, shutdown).await;
     telemetry.shutdown();
-    Ok(())
+    outcome
 }

@@ -1,6 +1,8 @@
 //! `plenum.ocr.v1.Ocr`: validates crops and pages, reads them, converts errors in one
 //! place.
 
+use std::sync::{Arc, OnceLock};
+
 use plenum_engine::EngineError;
 use plenum_proto::common::v1 as common;
 use plenum_proto::ocr::v1::{self as pb, ocr_server::Ocr};
@@ -12,18 +14,25 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::page::{Line, PageReader, ReadError};
 
 pub struct OcrService {
-    reader: PageReader,
+    /// Empty while the models load: calls are then UNAVAILABLE at once.
+    reader: Arc<OnceLock<PageReader>>,
     limits: Limits,
     max_crops: usize,
 }
 
 impl OcrService {
-    pub fn new(reader: PageReader, limits: Limits, max_crops: usize) -> Self {
+    pub fn new(reader: Arc<OnceLock<PageReader>>, limits: Limits, max_crops: usize) -> Self {
         Self {
             reader,
             limits,
             max_crops,
         }
+    }
+
+    fn reader(&self) -> Result<&PageReader, Status> {
+        self.reader
+            .get()
+            .ok_or_else(|| Status::unavailable("models loading; retry shortly"))
     }
 }
 
@@ -34,7 +43,9 @@ fn engine_status(error: EngineError) -> Status {
                 ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
             Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
         }
-        EngineError::NotReady(_) => Status::unavailable(error.to_string()),
+        EngineError::NotReady(_) | EngineError::Stopped(_) => {
+            Status::unavailable(error.to_string())
+        }
         EngineError::Inference(_) | EngineError::Load(_) => {
             tracing::error!(%error, "recognition failed");
             Status::internal("recognition failed; the details are in the OCR service's log")
@@ -62,6 +73,7 @@ impl Ocr for OcrService {
                 ),
             ));
         }
+        let reader = self.reader()?;
         let limits = self.limits;
         // Decoding is CPU work: off the async threads.
         let crops = tokio::task::spawn_blocking(move || {
@@ -78,14 +90,12 @@ impl Ocr for OcrService {
         })
         .await
         .map_err(|_| Status::internal("decoding failed"))??;
-        let results = self
-            .reader
+        let results = reader
             .reader()
             .recognize(crops, request.classify_angle)
             .await
             .map_err(engine_status)?;
-        let placement = if self
-            .reader
+        let placement = if reader
             .reader()
             .rec()
             .state()
@@ -116,6 +126,7 @@ impl Ocr for OcrService {
     ) -> Result<Response<pb::ReadTextResponse>, Status> {
         let request = request.into_inner();
         let ignore = ignore_regions(&request.ignore_regions)?;
+        let reader = self.reader()?;
         let limits = self.limits;
         // Decoding is CPU work: off the async threads.
         let image = tokio::task::spawn_blocking(move || {
@@ -129,8 +140,7 @@ impl Ocr for OcrService {
         .map_err(|_| Status::internal("decoding failed"))?
         .map_err(|e| bad("image", e.to_string()))?;
         let (width, height) = image.dimensions();
-        let lines = self
-            .reader
+        let lines = reader
             .read(image, request.classify_angle)
             .await
             .map_err(|error| match error {

@@ -1,0 +1,103 @@
+//! What the inference thread drives: a [`Model`] (the TorchScript one here, fakes in
+//! tests) and the [`ModelLoader`] that makes it from a manifest.
+//!
+//! A model returns errors it understands (`Err`) and the batch fails; a panic that
+//! escapes it stops the model's thread for good, because its weights may be half moved
+//! or half written and nothing reasoned about that state.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use tch::{CModule, Device, Kind, Tensor};
+
+use crate::{EngineError, ModelManifest};
+
+/// One loaded model, called only from its engine's thread.
+pub trait Model: Send + 'static {
+    /// Runs one batch `[n, …]`, already on the model's device; returns its `n` rows.
+    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String>;
+    /// Moves the weights to `device`; on `Err` they are still where they were.
+    fn move_to(&mut self, device: Device) -> Result<(), String>;
+}
+
+type Load = dyn Fn(&ModelManifest) -> Result<Box<dyn Model>, EngineError> + Send + Sync;
+
+/// Makes the model a manifest names; called once per engine, on a blocking thread.
+/// The default loads the TorchScript file after checking its checksum.
+#[derive(Clone)]
+pub struct ModelLoader(Arc<Load>);
+
+impl ModelLoader {
+    pub fn new(
+        load: impl Fn(&ModelManifest) -> Result<Box<dyn Model>, EngineError> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(load))
+    }
+
+    pub(crate) fn load(&self, manifest: &ModelManifest) -> Result<Box<dyn Model>, EngineError> {
+        (self.0)(manifest)
+    }
+}
+
+impl Default for ModelLoader {
+    fn default() -> Self {
+        Self::new(|manifest| Ok(Box::new(TorchScript::load(manifest)?)))
+    }
+}
+
+impl std::fmt::Debug for ModelLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelLoader")
+    }
+}
+
+/// A TorchScript module run with tch.
+pub struct TorchScript {
+    module: CModule,
+    device: Device,
+}
+
+impl TorchScript {
+    /// Checks the file against the manifest's checksum, then loads it on the CPU.
+    pub fn load(manifest: &ModelManifest) -> Result<Self, EngineError> {
+        manifest
+            .verify()
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        let mut module = CModule::load_on_device(manifest.model_path(), Device::Cpu)
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        module
+            .f_set_eval()
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        Ok(Self {
+            module,
+            device: Device::Cpu,
+        })
+    }
+}
+
+impl Model for TorchScript {
+    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        tch::no_grad(|| self.module.forward_ts(&[input])).map_err(|error| error.to_string())
+    }
+
+    fn move_to(&mut self, device: Device) -> Result<(), String> {
+        // `CModule::to` panics when the device runs out of memory: an expected
+        // failure, so it is caught here and the weights go back where they were.
+        let moved = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.module.to(device, Kind::Float, false);
+        }));
+match moved {
+            Ok(()) => {
+                self.device = device;
+                Ok(())
+            }
+            Err(panic) => {
+                let back = self.device;
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.module.to(back, Kind::Float, false);
+                }));
+                Err(crate::worker::panic_message(&panic))
+            }
+        }
+    }
+}

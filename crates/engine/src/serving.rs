@@ -1,0 +1,125 @@
+//! A model service's life around its engines: it answers from the moment it binds,
+//! NOT_SERVING (overall and by name) while its models load, SERVING once every one is
+//! ready, and NOT_SERVING again for good when a model's thread stops; then it drains
+//! and ends with [`ModelStopped`], which `main` turns into
+//! [`ModelStopped::EXIT_CODE`] for the supervisor to restart it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use plenum_runtime::grpc::GrpcServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::health::stopped_now;
+use crate::{Engine, EngineError, ModelStopped, first_stopped};
+
+/// A model service serving while it loads; see the module's words.
+pub struct ModelService {
+    health: HealthReporter,
+    name: &'static str,
+    /// Stops the server: the caller's shutdown, or this service's own after a stop.
+    stop: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl ModelService {
+    /// Starts serving `server` (which carries service `S`) on `listener` now, as
+    /// NOT_SERVING, until `shutdown`.
+    pub async fn start<S: NamedService>(
+        server: GrpcServer,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> Self {
+        let health = server.health();
+        // tonic-health starts the overall "" as SERVING: not true until the models load.
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health.set_not_serving::<S>().await;
+        let stop = shutdown.child_token();
+        let server = tokio::spawn(server.serve(listener, stop.clone(), drain));
+        Self {
+            health,
+            name: S::NAME,
+            stop,
+            server,
+        }
+    }
+
+    /// Waits for `load` (the models), unless shutdown comes first: then `Ok(None)`
+    /// once the server has drained. A failed load stops the server, and is returned;
+    /// a model that stopped while loading as [`ModelStopped`], for its exit code.
+    pub async fn load<T>(
+        &mut self,
+        load: impl Future<Output = Result<T, EngineError>>,
+    ) -> anyhow::Result<Option<T>> {
+        let loaded = tokio::select! {
+            loaded = load => loaded,
+            () = self.stop.cancelled() => {
+                self.stopped_server().await?;
+                return Ok(None);
+            }
+            ended = &mut self.server => {
+                ended??;
+                return Ok(None);
+            }
+        };
+        match loaded {
+            Ok(models) => Ok(Some(models)),
+            Err(error) => {
+                self.set_status(ServingStatus::NotServing).await;
+                tracing::error!(%error, "the models did not load");
+                self.stop.cancel();
+                self.stopped_server().await?;
+                Err(match error {
+                    EngineError::Stopped(stopped) => stopped.into(),
+                    other => other.into(),
+                })
+            }
+        }
+    }
+
+    /// SERVING now; serves until shutdown (`Ok`), or until one of `engines` stops:
+    /// then NOT_SERVING, an error naming the model, a drain, and `Err(ModelStopped)`.
+    pub async fn serve(mut self, engines: &[Engine]) -> anyhow::Result<()> {
+        // A model may have stopped while the others loaded: then never say SERVING.
+        let stopped = match stopped_now(engines) {
+            Some(stopped) => stopped,
+            None => {
+                self.set_status(ServingStatus::Serving).await;
+                tokio::select! {
+                    stopped = first_stopped(engines) => stopped,
+                    () = self.stop.cancelled() => return self.stopped_server().await,
+                    ended = &mut self.server => return Ok(ended??),
+                }
+            }
+        };
+        self.set_status(ServingStatus::NotServing).await;
+        tracing::error!(
+            model = %stopped.model,
+            reason = %stopped.reason,
+            exit_code = ModelStopped::EXIT_CODE,
+            "a model stopped: NOT_SERVING, draining, then exiting for a restart"
+        );
+        self.stop.cancel();
+        self.stopped_server().await?;
+        Err(stopped.into())
+    }
+
+    async fn set_status(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+        self.health.set_service_status(self.name, status).await;
+    }
+
+    /// Waits for the server's end after `stop`.
+    async fn stopped_server(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await??;
+        Ok(())
+    }
+}
