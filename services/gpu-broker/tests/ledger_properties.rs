@@ -5,14 +5,14 @@
 //! orphan waiting out its grace, or it is being released).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plenum_broker::inventory::{Inventory, Simulated};
-use plenum_broker::ledger::{AcquireOutcome, AcquireSpec, Ledger, LedgerConfig, Priority, Purpose};
-use plenum_proto::broker::v1 as pb;
+use plenum_broker::ledger::{
+    AcquireOutcome, AcquireSpec, Holder as HolderId, LeaseClaim, LeaseState, LeaseView, Ledger,
+    LedgerConfig, Outgoing, Priority, Purpose, SessionEvent,
+};
 use proptest::prelude::*;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 const GIB: u64 = 1 << 30;
 const HOLDERS: usize = 4;
@@ -61,19 +61,19 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Holder {
     session: Option<String>,
-    held: HashMap<String, pb::LeaseClaim>,
-    pending: Vec<oneshot::Receiver<pb::Lease>>,
-    events: Option<mpsc::UnboundedReceiver<pb::SessionEvent>>,
+    held: HashMap<String, LeaseClaim>,
+    /// Queued Acquire calls still waiting for their grant.
+    pending: Vec<u64>,
 }
 
-fn claim(lease: &pb::Lease) -> pb::LeaseClaim {
-    pb::LeaseClaim {
+fn claim(lease: &LeaseView) -> LeaseClaim {
+    LeaseClaim {
         lease_id: lease.lease_id.clone(),
         device_uuid: lease.device_uuid.clone(),
         bytes: lease.granted_bytes as i64,
         committed: lease.measured_bytes > 0,
-        priority: lease.priority,
-        purpose: lease.purpose,
+        priority: Some(lease.priority),
+        purpose: Some(lease.purpose),
         model_key: lease.model_key.clone(),
     }
 }
@@ -109,8 +109,8 @@ impl World {
         }
     }
 
-    fn holder_proto(index: usize) -> pb::Holder {
-        pb::Holder {
+    fn holder_id(index: usize) -> HolderId {
+        HolderId {
             name: format!("holder-{index}"),
             instance_id: format!("instance-{index}"),
             pid: 100 + index as u32,
@@ -126,17 +126,15 @@ impl World {
                     return;
                 }
                 let claims: Vec<_> = self.holders[index].held.values().cloned().collect();
-                let (tx, rx) = mpsc::unbounded_channel();
                 let (session, reclaims) = self
                     .ledger
-                    .open_session(Some(Self::holder_proto(index)), claims, tx, now)
+                    .open_session(Self::holder_id(index), claims, now)
                     .expect("valid hello");
                 let holder = &mut self.holders[index];
                 for reclaim in reclaims.iter().filter(|r| !r.accepted) {
                     holder.held.remove(&reclaim.lease_id);
                 }
                 holder.session = Some(session);
-                holder.events = Some(rx);
             }
             Op::Acquire {
                 holder: index,
@@ -167,8 +165,8 @@ impl World {
                             .held
                             .insert(lease.lease_id.clone(), claim(&lease));
                     }
-                    Ok(AcquireOutcome::Queued { grant, .. }) => {
-                        self.holders[index].pending.push(grant)
+                    Ok(AcquireOutcome::Queued { waiter }) => {
+                        self.holders[index].pending.push(waiter)
                     }
                     Err(_) => {}
                 }
@@ -204,7 +202,6 @@ impl World {
                 if let Some(session) = self.holders[index].session.take() {
                     self.ledger.end_session(&session, now);
                     self.holders[index].pending.clear();
-                    self.holders[index].events = None;
                 }
             }
             Op::Heartbeat(index) => {
@@ -225,63 +222,68 @@ impl World {
                 for holder in &mut self.holders {
                     holder.session = None;
                     holder.pending.clear();
-                    holder.events = None;
                 }
             }
         }
         self.collect_grants_and_events();
     }
 
-    /// What the lease client does with queued grants and session events: takes the
-    /// grant, honours revocations by releasing, drops what a TTL expiry took away.
+    /// What the service and the lease client do with what the ledger says: a
+    /// grant goes to the holder still waiting for it (else it is given back),
+    /// revocations are honoured by releasing, an ended session is dropped.
     fn collect_grants_and_events(&mut self) {
         let now = self.now;
-        for index in 0..HOLDERS {
-            let holder = &mut self.holders[index];
-            let mut granted = Vec::new();
-            holder.pending.retain_mut(|grant| match grant.try_recv() {
-                Ok(lease) => {
-                    granted.push(lease);
-                    false
-                }
-                Err(oneshot::error::TryRecvError::Empty) => true,
-                Err(oneshot::error::TryRecvError::Closed) => false,
-            });
-            for lease in granted {
-                holder.held.insert(lease.lease_id.clone(), claim(&lease));
+        loop {
+            let outgoing = self.ledger.take_outgoing();
+            if outgoing.is_empty() {
+                return;
             }
-            let mut revoked = Vec::new();
-            let mut session_over = false;
-            if let Some(events) = &mut holder.events {
-                loop {
-                    match events.try_recv() {
-                        Ok(pb::SessionEvent {
-                            kind: Some(pb::session_event::Kind::Revoke(revoke)),
-                        }) => {
-                            revoked.push(revoke.lease_id);
-                        }
-                        Ok(_) => {}
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            session_over = true;
-                            break;
+            for out in outgoing {
+                match out {
+                    Outgoing::Answer { waiter, lease } => {
+                        let waiting = self
+                            .holders
+                            .iter_mut()
+                            .find(|holder| holder.pending.contains(&waiter));
+                        match waiting {
+                            Some(holder) => {
+                                holder.pending.retain(|&w| w != waiter);
+                                holder.held.insert(lease.lease_id.clone(), claim(&lease));
+                            }
+                            None => self.ledger.discard_undelivered(&lease.lease_id, now),
                         }
                     }
-                }
-            }
-            if session_over {
-                holder.session = None;
-                holder.events = None;
-                holder.pending.clear();
-                continue;
-            }
-            for lease_id in revoked {
-                if let Some(session) = holder.session.clone()
-                    && holder.held.remove(&lease_id).is_some()
-                {
-                    self.ledger
-                        .release(&session, &lease_id, now)
-                        .expect("revoked lease is ours");
+                    Outgoing::Event {
+                        session_id,
+                        event: SessionEvent::Revoke { lease_id, .. },
+                    } => {
+                        let Some(holder) = self
+                            .holders
+                            .iter_mut()
+                            .find(|holder| holder.session.as_deref() == Some(&session_id))
+                        else {
+                            continue;
+                        };
+                        if holder.held.remove(&lease_id).is_some() {
+                            self.ledger
+                                .release(&session_id, &lease_id, now)
+                                .expect("revoked lease is ours");
+                        }
+                    }
+                    Outgoing::Event { .. } => {}
+                    Outgoing::WaiterGone { waiter } => {
+                        for holder in &mut self.holders {
+                            holder.pending.retain(|&w| w != waiter);
+                        }
+                    }
+                    Outgoing::SessionEnded { session_id } => {
+                        for holder in &mut self.holders {
+                            if holder.session.as_deref() == Some(&session_id) {
+                                holder.session = None;
+                                holder.pending.clear();
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -314,14 +316,13 @@ impl World {
         }
         let status = self.ledger.status(self.now);
         for lease in status.leases {
-            let state = pb::LeaseState::try_from(lease.state).unwrap();
-            if matches!(state, pb::LeaseState::Releasing | pb::LeaseState::Orphaned) {
+            if matches!(lease.state, LeaseState::Releasing | LeaseState::Orphaned) {
                 continue;
             }
             let owner = self
                 .holders
                 .iter()
-                .find(|holder| holder.session.as_deref() == Some(lease.session_id.as_str()));
+                .find(|holder| holder.session.is_some() && holder.session == lease.session_id);
             match owner {
                 Some(owner) if owner.held.contains_key(&lease.lease_id) => {}
                 _ => {
@@ -383,7 +384,7 @@ fn loads_reclaimed_after_restarts_are_booked_and_block_new_loads() {
     let loading: Vec<u32> = status
         .leases
         .iter()
-        .filter(|lease| lease.state == pb::LeaseState::Loading as i32)
+        .filter(|lease| lease.state == LeaseState::Loading)
         .map(|lease| lease.device_index)
         .collect();
     assert_eq!(loading.len(), 2, "both reclaimed loads are on the books");
