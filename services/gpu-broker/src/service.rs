@@ -299,7 +299,8 @@ impl Broker for BrokerService {
         let deadline = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let wait = queue_wait(Duration::from_millis(request.max_wait_ms), deadline);
-        let spec = AcquireSpec {
+        let device_uuid = request.device_uuid;
+        let mut spec = AcquireSpec {
             session_id: request.session_id,
             bytes: request.bytes,
             device: request.device_index,
@@ -310,6 +311,7 @@ impl Broker for BrokerService {
             use_measured_estimate: request.use_measured_estimate,
         };
         let outcome = self.shared.with_books(|books, now| {
+            spec.device = named_device(&books.ledger, spec.device, device_uuid.as_deref())?;
             books
                 .ledger
                 .acquire(spec, now)
@@ -475,6 +477,27 @@ impl Drop for QueuedAcquire {
                 ledger.discard_undelivered(&lease.lease_id, now);
             }
         });
+    }
+}
+
+/// The device an Acquire names, by index or by uuid (both set must agree).
+fn named_device(
+    ledger: &Ledger,
+    index: Option<u32>,
+    uuid: Option<&str>,
+) -> Result<Option<u32>, BrokerError> {
+    let Some(uuid) = uuid.filter(|uuid| !uuid.is_empty()) else {
+        return Ok(index);
+    };
+    let by_uuid = ledger.device_index_of(uuid).ok_or_else(|| {
+        BrokerError::invalid("device_uuid", format!("no device with uuid {uuid}"))
+    })?;
+    match index {
+        Some(index) if index != by_uuid => Err(BrokerError::invalid(
+            "device_uuid",
+            format!("names device {by_uuid}, but device_index names device {index}"),
+        )),
+        _ => Ok(Some(by_uuid)),
     }
 }
 

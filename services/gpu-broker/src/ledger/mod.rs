@@ -6,6 +6,7 @@
 //! Capacity per device: `free = total − reserve − Σ granted − external`, where
 //! `external` is measured usage not covered by any lease.
 
+mod placement;
 mod types;
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +16,7 @@ use plenum_runtime::bytes::format_bytes;
 
 use crate::error::{BrokerError, Refusal};
 use crate::inventory::{DeviceInfo, DeviceUsage, HeldBytes};
+use placement::{Candidate, best_fit};
 
 pub use types::{
     AcquireOutcome, AcquireSpec, DeviceView, Holder, LeaseClaim, LeaseState, LeaseView, Notice,
@@ -427,6 +429,7 @@ impl Ledger {
                 reason: "no GPU devices on this host: use the CPU".into(),
                 requested_bytes: bytes,
                 free_bytes: 0,
+                free_per_device: Vec::new(),
                 queue_position: 0,
                 retry_after: Duration::from_secs(60),
             }));
@@ -516,11 +519,15 @@ impl Ledger {
         let reason = if self.in_recovery(now) {
             "the broker is in its recovery window after a restart; no new grants yet".to_owned()
         } else {
-            let free = self.candidate_free(waiter.device);
+            let free: Vec<String> = self
+                .candidate_frees(waiter.device)
+                .into_iter()
+                .map(|(device, free)| format!("device {device}: {}", format_bytes(free)))
+                .collect();
             format!(
-                "not enough VRAM: {} requested, {} free for leases; waited {} ms",
+                "not enough VRAM: {} requested, free for leases on {}; waited {} ms",
                 format_bytes(waiter.bytes),
-                format_bytes(free),
+                free.join(", "),
                 millis(now.saturating_duration_since(waiter.enqueued_at))
             )
         };
@@ -571,6 +578,7 @@ impl Ledger {
             reason: reason.to_owned(),
             requested_bytes: bytes,
             free_bytes: self.candidate_free(device),
+            free_per_device: self.candidate_frees(device),
             queue_position: position,
             retry_after: retry_after.max(Duration::from_millis(10)),
         }
@@ -613,6 +621,7 @@ impl Ledger {
                     ),
                     requested_bytes: growth,
                     free_bytes: free,
+                    free_per_device: vec![(device as u32, free)],
                     queue_position: 0,
                     retry_after: Duration::from_secs(1),
                 }));
@@ -704,15 +713,42 @@ impl Ledger {
             .sum()
     }
 
+    /// The most any device a request may use can lease now.
     fn candidate_free(&self, device: Option<u32>) -> u64 {
+        self.candidate_frees(device)
+            .into_iter()
+            .map(|(_, free)| free)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// What each device a request may use can lease now, by index.
+    fn candidate_frees(&self, device: Option<u32>) -> Vec<(u32, u64)> {
         match device {
-            Some(index) if (index as usize) < self.devices.len() => self.free_bytes(index as usize),
-            Some(_) => 0,
+            Some(index) if (index as usize) < self.devices.len() => {
+                vec![(index, self.free_bytes(index as usize))]
+            }
+            Some(_) => Vec::new(),
             None => (0..self.devices.len())
-                .map(|index| self.free_bytes(index))
-                .max()
-                .unwrap_or(0),
+                .map(|index| (index as u32, self.free_bytes(index)))
+                .collect(),
         }
+    }
+
+    /// Leases booked on `device` and not on their way out: its load, for placement.
+    fn lease_count(&self, device: u32) -> usize {
+        self.leases
+            .values()
+            .filter(|lease| lease.device == device && lease.releasing.is_none())
+            .count()
+    }
+
+    /// The index of the device with this uuid.
+    pub fn device_index_of(&self, uuid: &str) -> Option<u32> {
+        self.devices
+            .iter()
+            .position(|device| device.info.uuid == uuid)
+            .map(|index| index as u32)
     }
 
     fn loading_on(&self, device: u32) -> Option<&LeaseEntry> {
@@ -740,18 +776,20 @@ impl Ledger {
                 continue;
             }
             let waiter = &self.queue[index];
-            let placement = candidates
+            let open = candidates
                 .iter()
                 .copied()
                 .filter(|&device| !blocked[device as usize])
                 .filter(|&device| {
                     waiter.purpose == Purpose::Peak || self.loading_on(device).is_none()
                 })
-                .map(|device| (device, self.free_bytes(device as usize)))
-                .filter(|&(_, free)| free >= waiter.bytes)
-                .max_by_key(|&(device, free)| (free, std::cmp::Reverse(device)));
-            match placement {
-                Some((device, _)) => {
+                .map(|device| Candidate {
+                    index: device,
+                    free: self.free_bytes(device as usize),
+                    leases: self.lease_count(device),
+                });
+            match best_fit(open, waiter.bytes) {
+                Some(device) => {
                     let waiter = self.queue.remove(index);
                     self.grant(waiter, device, now);
                 }
