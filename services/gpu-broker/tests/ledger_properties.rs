@@ -1,8 +1,10 @@
 //! Random sequences of operations, disconnects and broker restarts against the
-//! ledger, with holders modelled as the lease client behaves. After every step:
-//! granted bytes never exceed what a device can lease, at most one lease loads per
-//! device, and every lease is accounted for (a live holder knows it, or it is an
-//! orphan waiting out its grace, or it is being released).
+//! ledger on three devices, with holders modelled as the lease client behaves.
+//! After every step: granted bytes never exceed what a device can lease, at most
+//! one lease loads per device, every lease is booked on exactly one device (the
+//! one its holder was told, the one it asked for), and every lease is accounted
+//! for (a live holder knows it, or it is an orphan waiting out its grace, or it
+//! is being released).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use proptest::prelude::*;
 
 const GIB: u64 = 1 << 30;
 const HOLDERS: usize = 4;
+const DEVICES: &str = "A:8GiB,B:4GiB,C:6GiB";
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -25,6 +28,8 @@ enum Op {
         gib_quarters: u64,
         priority: u8,
         wait: bool,
+        /// A device the request must go to; None for the broker's choice.
+        device: Option<u32>,
     },
     Commit {
         holder: usize,
@@ -45,8 +50,8 @@ fn op() -> impl Strategy<Value = Op> {
     let holder = 0..HOLDERS;
     prop_oneof![
         3 => holder.clone().prop_map(Op::Open),
-        6 => (holder.clone(), 1..40u64, 0..4u8, any::<bool>())
-            .prop_map(|(holder, gib_quarters, priority, wait)| Op::Acquire { holder, gib_quarters, priority, wait }),
+        6 => (holder.clone(), 1..40u64, 0..4u8, any::<bool>(), proptest::option::of(0..3u32))
+            .prop_map(|(holder, gib_quarters, priority, wait, device)| Op::Acquire { holder, gib_quarters, priority, wait, device }),
         3 => (holder.clone(), any::<usize>(), 1..40u64)
             .prop_map(|(holder, pick, gib_quarters)| Op::Commit { holder, pick, gib_quarters }),
         3 => (holder.clone(), any::<usize>()).prop_map(|(holder, pick)| Op::Release { holder, pick }),
@@ -62,8 +67,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Holder {
     session: Option<String>,
     held: HashMap<String, LeaseClaim>,
-    /// Queued Acquire calls still waiting for their grant.
-    pending: Vec<u64>,
+    /// Queued Acquire calls still waiting for their grant, with the device each
+    /// must go to.
+    pending: Vec<(u64, Option<u32>)>,
 }
 
 fn claim(lease: &LeaseView) -> LeaseClaim {
@@ -88,7 +94,7 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let sim = Simulated::parse("A:8GiB,B:4GiB").unwrap();
+        let sim = Simulated::parse(DEVICES).unwrap();
         let config = LedgerConfig {
             reserve_bytes: GIB / 2,
             session_ttl: Duration::from_secs(3),
@@ -141,6 +147,7 @@ impl World {
                 gib_quarters,
                 priority,
                 wait,
+                device,
             } => {
                 let Some(session) = self.holders[index].session.clone() else {
                     return;
@@ -148,7 +155,7 @@ impl World {
                 let spec = AcquireSpec {
                     session_id: session,
                     bytes: (gib_quarters * GIB / 4) as i64,
-                    device: None,
+                    device,
                     priority: Priority::from_proto(i32::from(priority)).unwrap(),
                     purpose: Purpose::Weights,
                     wait: if wait {
@@ -161,12 +168,15 @@ impl World {
                 };
                 match self.ledger.acquire(spec, now) {
                     Ok(AcquireOutcome::Granted(lease)) => {
+                        if let Some(device) = device {
+                            assert_eq!(lease.device_index, device, "granted off its device");
+                        }
                         self.holders[index]
                             .held
                             .insert(lease.lease_id.clone(), claim(&lease));
                     }
                     Ok(AcquireOutcome::Queued { waiter }) => {
-                        self.holders[index].pending.push(waiter)
+                        self.holders[index].pending.push((waiter, device))
                     }
                     Err(_) => {}
                 }
@@ -244,10 +254,22 @@ impl World {
                         let waiting = self
                             .holders
                             .iter_mut()
-                            .find(|holder| holder.pending.contains(&waiter));
+                            .find(|holder| holder.pending.iter().any(|&(w, _)| w == waiter));
                         match waiting {
                             Some(holder) => {
-                                holder.pending.retain(|&w| w != waiter);
+                                let (_, device) = holder
+                                    .pending
+                                    .iter()
+                                    .find(|&&(w, _)| w == waiter)
+                                    .copied()
+                                    .unwrap();
+                                if let Some(device) = device {
+                                    assert_eq!(
+                                        lease.device_index, device,
+                                        "granted off its device"
+                                    );
+                                }
+                                holder.pending.retain(|&(w, _)| w != waiter);
                                 holder.held.insert(lease.lease_id.clone(), claim(&lease));
                             }
                             None => self.ledger.discard_undelivered(&lease.lease_id, now),
@@ -273,7 +295,7 @@ impl World {
                     Outgoing::Event { .. } => {}
                     Outgoing::WaiterGone { waiter } => {
                         for holder in &mut self.holders {
-                            holder.pending.retain(|&w| w != waiter);
+                            holder.pending.retain(|&(w, _)| w != waiter);
                         }
                     }
                     Outgoing::SessionEnded { session_id } => {
@@ -315,6 +337,40 @@ impl World {
             }
         }
         let status = self.ledger.status(self.now);
+        // Each lease on one device only: the books per device add up to the leases,
+        // and a lease's uuid is its device's.
+        let mut booked = vec![0u64; status.devices.len()];
+        for lease in &status.leases {
+            let device = &status.devices[lease.device_index as usize];
+            if device.uuid != lease.device_uuid {
+                return Err(format!(
+                    "lease {} is on device {} but names uuid {}",
+                    lease.lease_id, lease.device_index, lease.device_uuid
+                ));
+            }
+            booked[lease.device_index as usize] += lease.granted_bytes;
+        }
+        for (device, booked) in status.devices.iter().zip(&booked) {
+            if device.leased_bytes != *booked {
+                return Err(format!(
+                    "device {}: {} leased on the books, {booked} in its leases",
+                    device.index, device.leased_bytes
+                ));
+            }
+        }
+        for (index, holder) in self.holders.iter().enumerate() {
+            for (lease_id, claim) in &holder.held {
+                let on_books = status.leases.iter().find(|l| &l.lease_id == lease_id);
+                if let Some(lease) = on_books
+                    && lease.device_uuid != claim.device_uuid
+                {
+                    return Err(format!(
+                        "holder {index} holds {lease_id} on {}, the books on {}",
+                        claim.device_uuid, lease.device_uuid
+                    ));
+                }
+            }
+        }
         for lease in status.leases {
             if matches!(lease.state, LeaseState::Releasing | LeaseState::Orphaned) {
                 continue;
@@ -363,6 +419,7 @@ fn loads_reclaimed_after_restarts_are_booked_and_block_new_loads() {
         gib_quarters: 1,
         priority: 0,
         wait: false,
+        device: None,
     };
     let mut world = World::new();
     for op in [
