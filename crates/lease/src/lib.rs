@@ -61,7 +61,7 @@ pub struct LeaseRequest {
     pub purpose: Purpose,
     /// How long to wait in the broker's queue before giving up.
     pub max_wait: Duration,
-    /// A device index, or None for the device with the most room.
+    /// A device index the lease must go to, or None for the broker's best fit.
     pub device: Option<u32>,
     /// Ask for the broker's remembered measured size of `model_key` instead of `bytes`.
     pub use_measured_estimate: bool,
@@ -301,6 +301,7 @@ impl LeaseClient {
             max_wait_ms: u64::try_from(request.max_wait.as_millis()).unwrap_or(u64::MAX),
             model_key: request.model_key.clone(),
             use_measured_estimate: request.use_measured_estimate,
+            device_uuid: None,
         });
         // The broker caps its queue wait below this deadline, so a refusal still arrives.
         call.set_timeout(request.max_wait + Duration::from_secs(5));

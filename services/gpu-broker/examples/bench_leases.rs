@@ -100,25 +100,17 @@ async fn main() {
     println!();
     println!("The ledger alone, in process (acquire, release, observe = 3 operations per cycle):");
     let sim = Simulated::parse("Bench:1TiB").unwrap();
-    let now = tokio::time::Instant::now();
+    let now = Instant::now();
     let mut ledger = Ledger::new(LedgerConfig::default(), sim.devices(), now);
     let mut sessions = Vec::new();
-    let mut keep_alive = Vec::new();
     for i in 0..16 {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        keep_alive.push(rx);
-        let holder = plenum_proto::broker::v1::Holder {
+        let holder = plenum_broker::ledger::Holder {
             name: format!("h{i}"),
             instance_id: format!("i{i}"),
             pid: i,
             host: "bench".into(),
         };
-        sessions.push(
-            ledger
-                .open_session(Some(holder), vec![], tx, now)
-                .unwrap()
-                .0,
-        );
+        sessions.push(ledger.open_session(holder, vec![], now).unwrap().0);
     }
     let started = Instant::now();
     let mut cycles = 0u64;
@@ -141,6 +133,7 @@ async fn main() {
             let usage = sim.measure(&ledger.held_bytes()).unwrap();
             ledger.observe(usage, now);
             ledger.take_notices();
+            ledger.take_outgoing();
             cycles += 1;
         }
     }

@@ -13,6 +13,8 @@ pub struct Refusal {
     pub requested_bytes: u64,
     /// The most any candidate device could lease right now.
     pub free_bytes: u64,
+    /// What each candidate device could lease right now, by device index.
+    pub free_per_device: Vec<(u32, u64)>,
     /// 1-based position the request had in the queue (0 when it never queued).
     pub queue_position: u32,
     pub retry_after: Duration,
@@ -55,25 +57,28 @@ impl From<BrokerError> for tonic::Status {
             BrokerError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             BrokerError::Exhausted(refusal) => {
                 let mut details = ErrorDetails::with_retry_info(Some(refusal.retry_after));
-                details.set_error_info(
-                    "NOT_ENOUGH_VRAM",
-                    "plenum.broker",
-                    [
-                        (
-                            "requested_bytes".to_owned(),
-                            refusal.requested_bytes.to_string(),
-                        ),
-                        ("free_bytes".to_owned(), refusal.free_bytes.to_string()),
-                        (
-                            "queue_position".to_owned(),
-                            refusal.queue_position.to_string(),
-                        ),
-                        (
-                            "retry_after_ms".to_owned(),
-                            refusal.retry_after.as_millis().to_string(),
-                        ),
-                    ],
-                );
+                let per_device = refusal.free_per_device.iter().map(|(device, free)| {
+                    (format!("free_bytes_device_{device}"), free.to_string())
+                });
+                let metadata: std::collections::HashMap<String, String> = [
+                    (
+                        "requested_bytes".to_owned(),
+                        refusal.requested_bytes.to_string(),
+                    ),
+                    ("free_bytes".to_owned(), refusal.free_bytes.to_string()),
+                    (
+                        "queue_position".to_owned(),
+                        refusal.queue_position.to_string(),
+                    ),
+                    (
+                        "retry_after_ms".to_owned(),
+                        refusal.retry_after.as_millis().to_string(),
+                    ),
+                ]
+                .into_iter()
+                .chain(per_device)
+                .collect();
+                details.set_error_info("NOT_ENOUGH_VRAM", "plenum.broker", metadata);
                 tonic::Status::with_error_details(Code::ResourceExhausted, message, details)
             }
         }

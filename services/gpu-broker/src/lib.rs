@@ -2,10 +2,14 @@
 //! bytes it needs, and the books are checked against what NVML measures.
 //!
 //! Rooms: [`inventory`] measures the devices, [`ledger`] keeps the books (pure,
-//! clock passed in), [`service`] is the gRPC face, [`metrics`] the Prometheus one.
+//! clock passed in), [`service`] is the gRPC face (`convert` turns the wire into
+//! the ledger's types, `delivery` owns the channels to holders), [`metrics`] the
+//! Prometheus one.
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod convert;
+mod delivery;
 pub mod error;
 pub mod inventory;
 pub mod ledger;
@@ -79,7 +83,7 @@ impl Broker {
         let ledger = Ledger::new(
             settings.ledger,
             settings.inventory.devices(),
-            Instant::now(),
+            Instant::now().into_std(),
         );
         let shared = Arc::new(Shared::new(
             ledger,

@@ -1,23 +1,40 @@
 //! `plenum.broker.v1.Broker` over the ledger: turns calls into ledger operations,
-//! waits for queued grants, and keeps the books in step with the inventory.
+//! delivers what the ledger has to say, waits for queued grants, and keeps the
+//! books in step with the inventory.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use plenum_proto::broker::v1::broker_server::Broker;
 use plenum_proto::broker::v1::{self as pb, session_event, session_request};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::convert::{
+    claim_from_proto, holder_from_hello, lease_to_proto, reclaim_to_proto, status_to_proto,
+};
+use crate::delivery::Outlets;
 use crate::error::BrokerError;
 use crate::inventory::Inventory;
-use crate::ledger::{AcquireOutcome, AcquireSpec, Ledger, Notice, Priority, Purpose};
+use crate::ledger::{
+    AcquireOutcome, AcquireSpec, Ledger, Notice, Priority, Purpose, StatusSnapshot,
+};
 use crate::metrics::BrokerMetrics;
+
+/// The broker's clock: tokio's, so tests with paused time drive the books too.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The books and the channels their news goes out on, behind one lock.
+pub(crate) struct Books {
+    ledger: Ledger,
+    outlets: Outlets,
+}
 
 /// Whether a measurement also refreshes the Prometheus gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +45,7 @@ pub(crate) enum Gauges {
 
 /// Everything the handlers and the background loop share.
 pub(crate) struct Shared {
-    ledger: Mutex<Ledger>,
+    books: Mutex<Books>,
     inventory: Arc<dyn Inventory>,
     instance_id: String,
     metrics: BrokerMetrics,
@@ -47,7 +64,10 @@ impl Shared {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            ledger: Mutex::new(ledger),
+            books: Mutex::new(Books {
+                ledger,
+                outlets: Outlets::default(),
+            }),
             inventory,
             instance_id: uuid::Uuid::new_v4().to_string(),
             metrics,
@@ -57,22 +77,30 @@ impl Shared {
         }
     }
 
-    /// Runs `operation` on the ledger, then publishes what changed.
+    /// Runs `operation` on the ledger, then delivers and publishes what changed.
     fn with_ledger<T>(&self, operation: impl FnOnce(&mut Ledger, Instant) -> T) -> T {
-        let mut ledger = self.lock();
-        let result = operation(&mut ledger, Instant::now());
-        self.after_change(&mut ledger);
+        self.with_books(|books, now| operation(&mut books.ledger, now))
+    }
+
+    /// Like [`Shared::with_ledger`], with the outlets too (to listen for a grant).
+    fn with_books<T>(&self, operation: impl FnOnce(&mut Books, Instant) -> T) -> T {
+        let mut books = self.lock();
+        let now = now();
+        let result = operation(&mut books, now);
+        self.after_change(&mut books, now);
         result
     }
 
-    fn lock(&self) -> MutexGuard<'_, Ledger> {
+    fn lock(&self) -> MutexGuard<'_, Books> {
         // A panic while holding the lock is a bug; the books are still the best we have.
-        self.ledger
+        self.books
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn after_change(&self, ledger: &mut Ledger) {
+    fn after_change(&self, books: &mut Books, now: Instant) {
+        let Books { ledger, outlets } = books;
+        outlets.deliver(ledger, now);
         for notice in ledger.take_notices() {
             self.metrics.record(&notice);
             log_notice(&notice);
@@ -87,33 +115,29 @@ impl Shared {
     /// Measures the devices (outside the lock: NVML calls take milliseconds) and
     /// advances the ledger's clock.
     pub(crate) fn measure_and_tick(&self, gauges: Gauges) {
-        let held = self.lock().held_bytes();
+        let held = self.lock().ledger.held_bytes();
         let measured = self.inventory.measure(&held);
-        let mut ledger = self.lock();
-        let now = Instant::now();
-        match measured {
-            Ok(usage) => ledger.observe(usage, now),
-            Err(error) => {
-                tracing::warn!(%error, "cannot measure devices; keeping the last measurement")
+        let status = self.with_ledger(|ledger, now| {
+            match measured {
+                Ok(usage) => ledger.observe(usage, now),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot measure devices; keeping the last measurement")
+                }
             }
-        }
-        ledger.tick(now);
-        self.after_change(&mut ledger);
-        if gauges == Gauges::Refresh {
-            let status = self.decorate(ledger.status(now));
-            drop(ledger);
-            self.metrics.update(&status);
+            ledger.tick(now);
+            (gauges == Gauges::Refresh).then(|| ledger.status(now))
+        });
+        if let Some(status) = status {
+            self.metrics.update(&self.decorate(status));
         }
     }
 
-    fn decorate(&self, mut status: pb::StatusResponse) -> pb::StatusResponse {
-        status.broker_instance_id = self.instance_id.clone();
-        status.inventory = self.inventory.kind().to_owned();
-        status
+    fn decorate(&self, status: StatusSnapshot) -> pb::StatusResponse {
+        status_to_proto(status, &self.instance_id, self.inventory.kind())
     }
 
     pub(crate) fn status(&self) -> pb::StatusResponse {
-        let status = self.lock().status(Instant::now());
+        let status = self.lock().ledger.status(now());
         self.decorate(status)
     }
 
@@ -123,6 +147,7 @@ impl Shared {
 
     pub(crate) fn announce_shutdown(&self) {
         self.lock()
+            .outlets
             .announce_shutdown("the broker is shutting down; keep your leases and reconnect");
     }
 }
@@ -201,18 +226,22 @@ impl Broker for BrokerService {
                 );
             }
         };
+        let holder = holder_from_hello(hello.holder)?;
+        let claims = hello.reclaims.into_iter().map(claim_from_proto).collect();
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let (session_id, reclaims) = self.shared.with_ledger(|ledger, now| {
-            ledger.open_session(hello.holder, hello.reclaims, events_tx, now)
+        let (session_id, reclaims) = self.shared.with_books(|books, now| {
+            let (session_id, reclaims) = books.ledger.open_session(holder, claims, now)?;
+            books.outlets.open_session(&session_id, events_tx);
+            Ok::<_, BrokerError>((session_id, reclaims))
         })?;
-        let config = self.shared.lock().config().clone();
+        let config = self.shared.lock().ledger.config().clone();
         let opened = pb::SessionEvent {
             kind: Some(session_event::Kind::Opened(pb::SessionOpened {
                 session_id: session_id.clone(),
                 ttl_ms: config.session_ttl.as_millis() as u64,
                 heartbeat_interval_ms: (config.session_ttl / 3).as_millis() as u64,
                 broker_instance_id: self.shared.instance_id.clone(),
-                reclaims,
+                reclaims: reclaims.into_iter().map(reclaim_to_proto).collect(),
             })),
         };
 
@@ -270,7 +299,8 @@ impl Broker for BrokerService {
         let deadline = grpc_timeout(request.metadata());
         let request = request.into_inner();
         let wait = queue_wait(Duration::from_millis(request.max_wait_ms), deadline);
-        let spec = AcquireSpec {
+        let device_uuid = request.device_uuid;
+        let mut spec = AcquireSpec {
             session_id: request.session_id,
             bytes: request.bytes,
             device: request.device_index,
@@ -280,15 +310,24 @@ impl Broker for BrokerService {
             model_key: request.model_key,
             use_measured_estimate: request.use_measured_estimate,
         };
-        let outcome = self
-            .shared
-            .with_ledger(|ledger, now| ledger.acquire(spec, now));
+        let outcome = self.shared.with_books(|books, now| {
+            spec.device = named_device(&books.ledger, spec.device, device_uuid.as_deref())?;
+            books
+                .ledger
+                .acquire(spec, now)
+                .map(|outcome| match outcome {
+                    AcquireOutcome::Granted(lease) => Placed::Now(lease_to_proto(lease)),
+                    AcquireOutcome::Queued { waiter } => {
+                        Placed::Queued(waiter, books.outlets.await_grant(waiter))
+                    }
+                })
+        });
         let lease = match outcome {
-            Ok(AcquireOutcome::Granted(lease)) => {
+            Ok(Placed::Now(lease)) => {
                 self.shared.measure_soon.notify_one();
                 lease
             }
-            Ok(AcquireOutcome::Queued { waiter, grant }) => {
+            Ok(Placed::Queued(waiter, grant)) => {
                 QueuedAcquire::new(Arc::clone(&self.shared), waiter, grant)
                     .wait(wait)
                     .await?
@@ -318,7 +357,9 @@ impl Broker for BrokerService {
         })?;
         // A commit changes what the holder uses: measure soon, so status shows it.
         self.shared.measure_soon.notify_one();
-        Ok(Response::new(pb::CommitResponse { lease: Some(lease) }))
+        Ok(Response::new(pb::CommitResponse {
+            lease: Some(lease_to_proto(lease)),
+        }))
     }
 
     async fn release(
@@ -331,7 +372,9 @@ impl Broker for BrokerService {
         })?;
         // The bytes come back once the inventory shows them freed: look soon.
         self.shared.measure_soon.notify_one();
-        Ok(Response::new(pb::ReleaseResponse { lease: Some(lease) }))
+        Ok(Response::new(pb::ReleaseResponse {
+            lease: Some(lease_to_proto(lease)),
+        }))
     }
 
     async fn status(
@@ -367,6 +410,12 @@ impl Broker for BrokerService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Where an Acquire stands once the ledger has seen it.
+enum Placed {
+    Now(pb::Lease),
+    Queued(u64, oneshot::Receiver<pb::Lease>),
 }
 
 /// An Acquire waiting in the queue. If the caller goes away (cancelled, deadline),
@@ -428,6 +477,27 @@ impl Drop for QueuedAcquire {
                 ledger.discard_undelivered(&lease.lease_id, now);
             }
         });
+    }
+}
+
+/// The device an Acquire names, by index or by uuid (both set must agree).
+fn named_device(
+    ledger: &Ledger,
+    index: Option<u32>,
+    uuid: Option<&str>,
+) -> Result<Option<u32>, BrokerError> {
+    let Some(uuid) = uuid.filter(|uuid| !uuid.is_empty()) else {
+        return Ok(index);
+    };
+    let by_uuid = ledger.device_index_of(uuid).ok_or_else(|| {
+        BrokerError::invalid("device_uuid", format!("no device with uuid {uuid}"))
+    })?;
+    match index {
+        Some(index) if index != by_uuid => Err(BrokerError::invalid(
+            "device_uuid",
+            format!("names device {by_uuid}, but device_index names device {index}"),
+        )),
+        _ => Ok(Some(by_uuid)),
     }
 }
 

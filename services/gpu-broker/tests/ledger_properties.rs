@@ -1,21 +1,24 @@
 //! Random sequences of operations, disconnects and broker restarts against the
-//! ledger, with holders modelled as the lease client behaves. After every step:
-//! granted bytes never exceed what a device can lease, at most one lease loads per
-//! device, and every lease is accounted for (a live holder knows it, or it is an
-//! orphan waiting out its grace, or it is being released).
+//! ledger on three devices, with holders modelled as the lease client behaves.
+//! After every step: granted bytes never exceed what a device can lease, at most
+//! one lease loads per device, every lease is booked on exactly one device (the
+//! one its holder was told, the one it asked for), and every lease is accounted
+//! for (a live holder knows it, or it is an orphan waiting out its grace, or it
+//! is being released).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plenum_broker::inventory::{Inventory, Simulated};
-use plenum_broker::ledger::{AcquireOutcome, AcquireSpec, Ledger, LedgerConfig, Priority, Purpose};
-use plenum_proto::broker::v1 as pb;
+use plenum_broker::ledger::{
+    AcquireOutcome, AcquireSpec, Holder as HolderId, LeaseClaim, LeaseState, LeaseView, Ledger,
+    LedgerConfig, Outgoing, Priority, Purpose, SessionEvent,
+};
 use proptest::prelude::*;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 const GIB: u64 = 1 << 30;
 const HOLDERS: usize = 4;
+const DEVICES: &str = "A:8GiB,B:4GiB,C:6GiB";
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -25,6 +28,8 @@ enum Op {
         gib_quarters: u64,
         priority: u8,
         wait: bool,
+        /// A device the request must go to; None for the broker's choice.
+        device: Option<u32>,
     },
     Commit {
         holder: usize,
@@ -45,8 +50,8 @@ fn op() -> impl Strategy<Value = Op> {
     let holder = 0..HOLDERS;
     prop_oneof![
         3 => holder.clone().prop_map(Op::Open),
-        6 => (holder.clone(), 1..40u64, 0..4u8, any::<bool>())
-            .prop_map(|(holder, gib_quarters, priority, wait)| Op::Acquire { holder, gib_quarters, priority, wait }),
+        6 => (holder.clone(), 1..40u64, 0..4u8, any::<bool>(), proptest::option::of(0..3u32))
+            .prop_map(|(holder, gib_quarters, priority, wait, device)| Op::Acquire { holder, gib_quarters, priority, wait, device }),
         3 => (holder.clone(), any::<usize>(), 1..40u64)
             .prop_map(|(holder, pick, gib_quarters)| Op::Commit { holder, pick, gib_quarters }),
         3 => (holder.clone(), any::<usize>()).prop_map(|(holder, pick)| Op::Release { holder, pick }),
@@ -61,19 +66,20 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Holder {
     session: Option<String>,
-    held: HashMap<String, pb::LeaseClaim>,
-    pending: Vec<oneshot::Receiver<pb::Lease>>,
-    events: Option<mpsc::UnboundedReceiver<pb::SessionEvent>>,
+    held: HashMap<String, LeaseClaim>,
+    /// Queued Acquire calls still waiting for their grant, with the device each
+    /// must go to.
+    pending: Vec<(u64, Option<u32>)>,
 }
 
-fn claim(lease: &pb::Lease) -> pb::LeaseClaim {
-    pb::LeaseClaim {
+fn claim(lease: &LeaseView) -> LeaseClaim {
+    LeaseClaim {
         lease_id: lease.lease_id.clone(),
         device_uuid: lease.device_uuid.clone(),
         bytes: lease.granted_bytes as i64,
         committed: lease.measured_bytes > 0,
-        priority: lease.priority,
-        purpose: lease.purpose,
+        priority: Some(lease.priority),
+        purpose: Some(lease.purpose),
         model_key: lease.model_key.clone(),
     }
 }
@@ -88,7 +94,7 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let sim = Simulated::parse("A:8GiB,B:4GiB").unwrap();
+        let sim = Simulated::parse(DEVICES).unwrap();
         let config = LedgerConfig {
             reserve_bytes: GIB / 2,
             session_ttl: Duration::from_secs(3),
@@ -109,8 +115,8 @@ impl World {
         }
     }
 
-    fn holder_proto(index: usize) -> pb::Holder {
-        pb::Holder {
+    fn holder_id(index: usize) -> HolderId {
+        HolderId {
             name: format!("holder-{index}"),
             instance_id: format!("instance-{index}"),
             pid: 100 + index as u32,
@@ -126,23 +132,22 @@ impl World {
                     return;
                 }
                 let claims: Vec<_> = self.holders[index].held.values().cloned().collect();
-                let (tx, rx) = mpsc::unbounded_channel();
                 let (session, reclaims) = self
                     .ledger
-                    .open_session(Some(Self::holder_proto(index)), claims, tx, now)
+                    .open_session(Self::holder_id(index), claims, now)
                     .expect("valid hello");
                 let holder = &mut self.holders[index];
                 for reclaim in reclaims.iter().filter(|r| !r.accepted) {
                     holder.held.remove(&reclaim.lease_id);
                 }
                 holder.session = Some(session);
-                holder.events = Some(rx);
             }
             Op::Acquire {
                 holder: index,
                 gib_quarters,
                 priority,
                 wait,
+                device,
             } => {
                 let Some(session) = self.holders[index].session.clone() else {
                     return;
@@ -150,7 +155,7 @@ impl World {
                 let spec = AcquireSpec {
                     session_id: session,
                     bytes: (gib_quarters * GIB / 4) as i64,
-                    device: None,
+                    device,
                     priority: Priority::from_proto(i32::from(priority)).unwrap(),
                     purpose: Purpose::Weights,
                     wait: if wait {
@@ -163,12 +168,15 @@ impl World {
                 };
                 match self.ledger.acquire(spec, now) {
                     Ok(AcquireOutcome::Granted(lease)) => {
+                        if let Some(device) = device {
+                            assert_eq!(lease.device_index, device, "granted off its device");
+                        }
                         self.holders[index]
                             .held
                             .insert(lease.lease_id.clone(), claim(&lease));
                     }
-                    Ok(AcquireOutcome::Queued { grant, .. }) => {
-                        self.holders[index].pending.push(grant)
+                    Ok(AcquireOutcome::Queued { waiter }) => {
+                        self.holders[index].pending.push((waiter, device))
                     }
                     Err(_) => {}
                 }
@@ -204,7 +212,6 @@ impl World {
                 if let Some(session) = self.holders[index].session.take() {
                     self.ledger.end_session(&session, now);
                     self.holders[index].pending.clear();
-                    self.holders[index].events = None;
                 }
             }
             Op::Heartbeat(index) => {
@@ -225,63 +232,80 @@ impl World {
                 for holder in &mut self.holders {
                     holder.session = None;
                     holder.pending.clear();
-                    holder.events = None;
                 }
             }
         }
         self.collect_grants_and_events();
     }
 
-    /// What the lease client does with queued grants and session events: takes the
-    /// grant, honours revocations by releasing, drops what a TTL expiry took away.
+    /// What the service and the lease client do with what the ledger says: a
+    /// grant goes to the holder still waiting for it (else it is given back),
+    /// revocations are honoured by releasing, an ended session is dropped.
     fn collect_grants_and_events(&mut self) {
         let now = self.now;
-        for index in 0..HOLDERS {
-            let holder = &mut self.holders[index];
-            let mut granted = Vec::new();
-            holder.pending.retain_mut(|grant| match grant.try_recv() {
-                Ok(lease) => {
-                    granted.push(lease);
-                    false
-                }
-                Err(oneshot::error::TryRecvError::Empty) => true,
-                Err(oneshot::error::TryRecvError::Closed) => false,
-            });
-            for lease in granted {
-                holder.held.insert(lease.lease_id.clone(), claim(&lease));
+        loop {
+            let outgoing = self.ledger.take_outgoing();
+            if outgoing.is_empty() {
+                return;
             }
-            let mut revoked = Vec::new();
-            let mut session_over = false;
-            if let Some(events) = &mut holder.events {
-                loop {
-                    match events.try_recv() {
-                        Ok(pb::SessionEvent {
-                            kind: Some(pb::session_event::Kind::Revoke(revoke)),
-                        }) => {
-                            revoked.push(revoke.lease_id);
-                        }
-                        Ok(_) => {}
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            session_over = true;
-                            break;
+            for out in outgoing {
+                match out {
+                    Outgoing::Answer { waiter, lease } => {
+                        let waiting = self
+                            .holders
+                            .iter_mut()
+                            .find(|holder| holder.pending.iter().any(|&(w, _)| w == waiter));
+                        match waiting {
+                            Some(holder) => {
+                                let (_, device) = holder
+                                    .pending
+                                    .iter()
+                                    .find(|&&(w, _)| w == waiter)
+                                    .copied()
+                                    .unwrap();
+                                if let Some(device) = device {
+                                    assert_eq!(
+                                        lease.device_index, device,
+                                        "granted off its device"
+                                    );
+                                }
+                                holder.pending.retain(|&(w, _)| w != waiter);
+                                holder.held.insert(lease.lease_id.clone(), claim(&lease));
+                            }
+                            None => self.ledger.discard_undelivered(&lease.lease_id, now),
                         }
                     }
-                }
-            }
-            if session_over {
-                holder.session = None;
-                holder.events = None;
-                holder.pending.clear();
-                continue;
-            }
-            for lease_id in revoked {
-                if let Some(session) = holder.session.clone()
-                    && holder.held.remove(&lease_id).is_some()
-                {
-                    self.ledger
-                        .release(&session, &lease_id, now)
-                        .expect("revoked lease is ours");
+                    Outgoing::Event {
+                        session_id,
+                        event: SessionEvent::Revoke { lease_id, .. },
+                    } => {
+                        let Some(holder) = self
+                            .holders
+                            .iter_mut()
+                            .find(|holder| holder.session.as_deref() == Some(&session_id))
+                        else {
+                            continue;
+                        };
+                        if holder.held.remove(&lease_id).is_some() {
+                            self.ledger
+                                .release(&session_id, &lease_id, now)
+                                .expect("revoked lease is ours");
+                        }
+                    }
+                    Outgoing::Event { .. } => {}
+                    Outgoing::WaiterGone { waiter } => {
+                        for holder in &mut self.holders {
+                            holder.pending.retain(|&(w, _)| w != waiter);
+                        }
+                    }
+                    Outgoing::SessionEnded { session_id } => {
+                        for holder in &mut self.holders {
+                            if holder.session.as_deref() == Some(&session_id) {
+                                holder.session = None;
+                                holder.pending.clear();
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -313,15 +337,48 @@ impl World {
             }
         }
         let status = self.ledger.status(self.now);
+        // Each lease on one device only: the books per device add up to the leases,
+        // and a lease's uuid is its device's.
+        let mut booked = vec![0u64; status.devices.len()];
+        for lease in &status.leases {
+            let device = &status.devices[lease.device_index as usize];
+            if device.uuid != lease.device_uuid {
+                return Err(format!(
+                    "lease {} is on device {} but names uuid {}",
+                    lease.lease_id, lease.device_index, lease.device_uuid
+                ));
+            }
+            booked[lease.device_index as usize] += lease.granted_bytes;
+        }
+        for (device, booked) in status.devices.iter().zip(&booked) {
+            if device.leased_bytes != *booked {
+                return Err(format!(
+                    "device {}: {} leased on the books, {booked} in its leases",
+                    device.index, device.leased_bytes
+                ));
+            }
+        }
+        for (index, holder) in self.holders.iter().enumerate() {
+            for (lease_id, claim) in &holder.held {
+                let on_books = status.leases.iter().find(|l| &l.lease_id == lease_id);
+                if let Some(lease) = on_books
+                    && lease.device_uuid != claim.device_uuid
+                {
+                    return Err(format!(
+                        "holder {index} holds {lease_id} on {}, the books on {}",
+                        claim.device_uuid, lease.device_uuid
+                    ));
+                }
+            }
+        }
         for lease in status.leases {
-            let state = pb::LeaseState::try_from(lease.state).unwrap();
-            if matches!(state, pb::LeaseState::Releasing | pb::LeaseState::Orphaned) {
+            if matches!(lease.state, LeaseState::Releasing | LeaseState::Orphaned) {
                 continue;
             }
             let owner = self
                 .holders
                 .iter()
-                .find(|holder| holder.session.as_deref() == Some(lease.session_id.as_str()));
+                .find(|holder| holder.session.is_some() && holder.session == lease.session_id);
             match owner {
                 Some(owner) if owner.held.contains_key(&lease.lease_id) => {}
                 _ => {
@@ -362,6 +419,7 @@ fn loads_reclaimed_after_restarts_are_booked_and_block_new_loads() {
         gib_quarters: 1,
         priority: 0,
         wait: false,
+        device: None,
     };
     let mut world = World::new();
     for op in [
@@ -383,7 +441,7 @@ fn loads_reclaimed_after_restarts_are_booked_and_block_new_loads() {
     let loading: Vec<u32> = status
         .leases
         .iter()
-        .filter(|lease| lease.state == pb::LeaseState::Loading as i32)
+        .filter(|lease| lease.state == LeaseState::Loading)
         .map(|lease| lease.device_index)
         .collect();
     assert_eq!(loading.len(), 2, "both reclaimed loads are on the books");

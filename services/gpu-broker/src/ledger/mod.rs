@@ -6,17 +6,23 @@
 //! Capacity per device: `free = total − reserve − Σ granted − external`, where
 //! `external` is measured usage not covered by any lease.
 
+mod placement;
+mod types;
+
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use plenum_proto::broker::v1 as pb;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
-
-use crate::error::{BrokerError, Refusal};
 use plenum_runtime::bytes::format_bytes;
 
+use crate::error::{BrokerError, Refusal};
 use crate::inventory::{DeviceInfo, DeviceUsage, HeldBytes};
+use placement::{Candidate, best_fit};
+
+pub use types::{
+    AcquireOutcome, AcquireSpec, DeviceView, Holder, LeaseClaim, LeaseState, LeaseView, Notice,
+    Outgoing, Priority, Purpose, QueuedView, ReclaimOutcome, SessionEvent, SessionView,
+    StatusSnapshot,
+};
 
 /// Timings and headroom that shape the books.
 #[derive(Debug, Clone)]
@@ -51,63 +57,6 @@ impl Default for LedgerConfig {
     }
 }
 
-/// The priority of a request, highest wins. `PRIORITY_UNSPECIFIED` is normal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
-    Low = 1,
-    Normal = 2,
-    High = 3,
-}
-
-impl Priority {
-    pub fn from_proto(value: i32) -> Result<Self, BrokerError> {
-        match pb::Priority::try_from(value) {
-            Ok(pb::Priority::Low) => Ok(Self::Low),
-            Ok(pb::Priority::Unspecified | pb::Priority::Normal) => Ok(Self::Normal),
-            Ok(pb::Priority::High) => Ok(Self::High),
-            Err(_) => Err(BrokerError::invalid(
-                "priority",
-                format!("unknown priority {value}"),
-            )),
-        }
-    }
-
-    fn to_proto(self) -> pb::Priority {
-        match self {
-            Self::Low => pb::Priority::Low,
-            Self::Normal => pb::Priority::Normal,
-            Self::High => pb::Priority::High,
-        }
-    }
-}
-
-/// What a lease is for; only weights load, so only they are single-flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    Weights,
-    Peak,
-}
-
-impl Purpose {
-    pub fn from_proto(value: i32) -> Result<Self, BrokerError> {
-        match pb::LeasePurpose::try_from(value) {
-            Ok(pb::LeasePurpose::Unspecified | pb::LeasePurpose::Weights) => Ok(Self::Weights),
-            Ok(pb::LeasePurpose::Peak) => Ok(Self::Peak),
-            Err(_) => Err(BrokerError::invalid(
-                "purpose",
-                format!("unknown purpose {value}"),
-            )),
-        }
-    }
-
-    fn to_proto(self) -> pb::LeasePurpose {
-        match self {
-            Self::Weights => pb::LeasePurpose::Weights,
-            Self::Peak => pb::LeasePurpose::Peak,
-        }
-    }
-}
-
 /// Where a live lease is in its life (release and orphaning are tracked beside it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -128,7 +77,7 @@ struct LeaseEntry {
     id: String,
     /// None while orphaned (its session ended and nobody reclaimed it yet).
     session_id: Option<String>,
-    holder: pb::Holder,
+    holder: Holder,
     device: u32,
     granted: u64,
     measured: u64,
@@ -151,36 +100,36 @@ impl LeaseEntry {
         self.phase == Phase::Loading && self.releasing.is_none()
     }
 
-    fn proto_state(&self) -> pb::LeaseState {
+    fn state(&self) -> LeaseState {
         if self.releasing.is_some() {
-            pb::LeaseState::Releasing
+            LeaseState::Releasing
         } else if self.orphaned_until.is_some() {
-            pb::LeaseState::Orphaned
+            LeaseState::Orphaned
         } else {
             match self.phase {
-                Phase::Loading => pb::LeaseState::Loading,
-                Phase::Active => pb::LeaseState::Active,
-                Phase::Revoking { .. } => pb::LeaseState::Revoking,
+                Phase::Loading => LeaseState::Loading,
+                Phase::Active => LeaseState::Active,
+                Phase::Revoking { .. } => LeaseState::Revoking,
             }
         }
     }
 
-    fn to_proto(&self, now: Instant) -> pb::Lease {
+    fn view(&self, device_uuid: &str, now: Instant) -> LeaseView {
         let (revoke_deadline_in_ms, revoke_overdue) = match self.phase {
             Phase::Revoking { deadline, overdue } => (signed_ms_until(deadline, now), overdue),
             _ => (0, false),
         };
-        pb::Lease {
+        LeaseView {
             lease_id: self.id.clone(),
-            session_id: self.session_id.clone().unwrap_or_default(),
-            holder: Some(self.holder.clone()),
+            session_id: self.session_id.clone(),
+            holder: self.holder.clone(),
             device_index: self.device,
-            device_uuid: String::new(),
+            device_uuid: device_uuid.to_owned(),
             granted_bytes: self.granted,
             measured_bytes: self.measured,
-            state: self.proto_state() as i32,
-            priority: self.priority.to_proto() as i32,
-            purpose: self.purpose.to_proto() as i32,
+            state: self.state(),
+            priority: self.priority,
+            purpose: self.purpose,
             model_key: self.model_key.clone(),
             age_ms: millis(now.saturating_duration_since(self.granted_at)),
             revoke_deadline_in_ms,
@@ -192,10 +141,9 @@ impl LeaseEntry {
 
 #[derive(Debug)]
 struct SessionEntry {
-    holder: pb::Holder,
+    holder: Holder,
     last_heartbeat: Instant,
     busy: HashSet<String>,
-    events: mpsc::UnboundedSender<pb::SessionEvent>,
 }
 
 #[derive(Debug)]
@@ -210,7 +158,6 @@ struct Waiter {
     from_estimate: bool,
     enqueued_at: Instant,
     wait_until: Instant,
-    reply: Option<oneshot::Sender<pb::Lease>>,
 }
 
 #[derive(Debug)]
@@ -218,67 +165,6 @@ struct DeviceBook {
     info: DeviceInfo,
     usage: DeviceUsage,
     external: u64,
-}
-
-/// What an Acquire asks for, validated by the service layer's conversion.
-#[derive(Debug, Clone)]
-pub struct AcquireSpec {
-    pub session_id: String,
-    pub bytes: i64,
-    pub device: Option<u32>,
-    pub priority: Priority,
-    pub purpose: Purpose,
-    pub wait: Duration,
-    pub model_key: String,
-    pub use_measured_estimate: bool,
-}
-
-/// The answer to an Acquire: granted now, or queued with a channel for the grant.
-#[derive(Debug)]
-pub enum AcquireOutcome {
-    Granted(pb::Lease),
-    Queued {
-        waiter: u64,
-        grant: oneshot::Receiver<pb::Lease>,
-    },
-}
-
-/// What happened to one reclaimed lease after a reconnect or a broker restart.
-pub type ReclaimOutcome = pb::ReclaimResult;
-
-/// Things worth a log line and a metric, drained by the service after each call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    Granted {
-        lease: String,
-        bytes: u64,
-        device: u32,
-    },
-    Revoked {
-        lease: String,
-        holder: String,
-    },
-    RevokeOverdue {
-        lease: String,
-        holder: String,
-    },
-    ReleaseConfirmed {
-        lease: String,
-    },
-    ReleaseUnconfirmed {
-        lease: String,
-        holder: String,
-    },
-    SessionExpired {
-        session: String,
-        holder: String,
-    },
-    OrphansReleased {
-        lease: String,
-    },
-    LoadingTimedOut {
-        lease: String,
-    },
 }
 
 #[derive(Debug)]
@@ -294,6 +180,7 @@ pub struct Ledger {
     next_waiter: u64,
     unconfirmed_releases: u64,
     notices: Vec<Notice>,
+    outgoing: Vec<Outgoing>,
     /// Bumped on every change, so watchers know to look again.
     version: u64,
 }
@@ -319,6 +206,7 @@ impl Ledger {
             next_waiter: 0,
             unconfirmed_releases: 0,
             notices: Vec::new(),
+            outgoing: Vec::new(),
             version: 0,
         }
     }
@@ -336,6 +224,11 @@ impl Ledger {
         std::mem::take(&mut self.notices)
     }
 
+    /// What must be delivered since the last call, in order.
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outgoing)
+    }
+
     fn in_recovery(&self, now: Instant) -> bool {
         now < self.recovery_ends_at
     }
@@ -349,12 +242,10 @@ impl Ledger {
     /// Opens a session for `holder`, re-attaching or re-creating the leases it claims.
     pub fn open_session(
         &mut self,
-        holder: Option<pb::Holder>,
-        claims: Vec<pb::LeaseClaim>,
-        events: mpsc::UnboundedSender<pb::SessionEvent>,
+        holder: Holder,
+        claims: Vec<LeaseClaim>,
         now: Instant,
     ) -> Result<(String, Vec<ReclaimOutcome>), BrokerError> {
-        let holder = holder.ok_or_else(|| BrokerError::invalid("hello.holder", "required"))?;
         if holder.name.trim().is_empty() {
             return Err(BrokerError::invalid(
                 "hello.holder.name",
@@ -378,7 +269,6 @@ impl Ledger {
                 holder,
                 last_heartbeat: now,
                 busy: HashSet::new(),
-                events,
             },
         );
         self.changed();
@@ -388,8 +278,8 @@ impl Ledger {
     fn reclaim(
         &mut self,
         session_id: &str,
-        holder: &pb::Holder,
-        claim: pb::LeaseClaim,
+        holder: &Holder,
+        claim: LeaseClaim,
         now: Instant,
     ) -> ReclaimOutcome {
         let refuse = |reason: String| ReclaimOutcome {
@@ -423,11 +313,9 @@ impl Ledger {
         else {
             return refuse(format!("no device with uuid {}", claim.device_uuid));
         };
-        let (Ok(bytes), Ok(priority), Ok(purpose)) = (
-            u64::try_from(claim.bytes),
-            Priority::from_proto(claim.priority),
-            Purpose::from_proto(claim.purpose),
-        ) else {
+        let (Ok(bytes), Some(priority), Some(purpose)) =
+            (u64::try_from(claim.bytes), claim.priority, claim.purpose)
+        else {
             return refuse("malformed claim".into());
         };
         if bytes == 0 || bytes > self.free_bytes(device) {
@@ -498,21 +386,20 @@ impl Ledger {
                 }
             }
         }
-        // Dropping a waiter's reply channel tells its Acquire call the session ended.
-        self.queue.retain(|waiter| waiter.session_id != session_id);
+        let (gone, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|waiter| waiter.session_id == session_id);
+        self.queue = kept;
+        // Their Acquire calls learn that the session ended; then the stream closes.
+        self.outgoing.extend(
+            gone.into_iter()
+                .map(|waiter| Outgoing::WaiterGone { waiter: waiter.id }),
+        );
+        self.outgoing.push(Outgoing::SessionEnded {
+            session_id: session_id.to_owned(),
+        });
         self.changed();
         self.drain_queue(now);
-    }
-
-    /// Tells every session the broker is stopping, so holders keep their leases.
-    pub fn announce_shutdown(&mut self, reason: &str) {
-        for session in self.sessions.values() {
-            let _ = session.events.send(pb::SessionEvent {
-                kind: Some(pb::session_event::Kind::Shutdown(pb::Shutdown {
-                    reason: reason.to_owned(),
-                })),
-            });
-        }
     }
 
     // ---- leases ----
@@ -542,6 +429,7 @@ impl Ledger {
                 reason: "no GPU devices on this host: use the CPU".into(),
                 requested_bytes: bytes,
                 free_bytes: 0,
+                free_per_device: Vec::new(),
                 queue_position: 0,
                 retry_after: Duration::from_secs(60),
             }));
@@ -578,7 +466,6 @@ impl Ledger {
 
         let id = self.next_waiter;
         self.next_waiter += 1;
-        let (reply, mut grant) = oneshot::channel();
         let waiter = Waiter {
             id,
             session_id: spec.session_id,
@@ -590,7 +477,6 @@ impl Ledger {
             from_estimate,
             enqueued_at: now,
             wait_until: now + spec.wait,
-            reply: Some(reply),
         };
         let position = self
             .queue
@@ -601,7 +487,13 @@ impl Ledger {
         self.changed();
         self.drain_queue(now);
 
-        if let Ok(lease) = grant.try_recv() {
+        // Granted at once: the answer goes back on this call, not through delivery.
+        if let Some(at) = self
+            .outgoing
+            .iter()
+            .position(|out| matches!(out, Outgoing::Answer { waiter, .. } if *waiter == id))
+            && let Outgoing::Answer { lease, .. } = self.outgoing.remove(at)
+        {
             return Ok(AcquireOutcome::Granted(lease));
         }
         if spec.wait.is_zero() {
@@ -611,7 +503,7 @@ impl Ledger {
                 }),
             ));
         }
-        Ok(AcquireOutcome::Queued { waiter: id, grant })
+        Ok(AcquireOutcome::Queued { waiter: id })
     }
 
     /// Takes a waiter out of the queue (its wait ran out, or its caller left) and
@@ -619,17 +511,23 @@ impl Ledger {
     pub fn cancel_waiter(&mut self, waiter: u64, now: Instant) -> Option<Refusal> {
         let position = self.queue.iter().position(|queued| queued.id == waiter)?;
         let waiter = self.queue.remove(position);
+        self.outgoing
+            .push(Outgoing::WaiterGone { waiter: waiter.id });
         self.changed();
         // Its departure may unblock the requests behind it.
         self.drain_queue(now);
         let reason = if self.in_recovery(now) {
             "the broker is in its recovery window after a restart; no new grants yet".to_owned()
         } else {
-            let free = self.candidate_free(waiter.device);
+            let free: Vec<String> = self
+                .candidate_frees(waiter.device)
+                .into_iter()
+                .map(|(device, free)| format!("device {device}: {}", format_bytes(free)))
+                .collect();
             format!(
-                "not enough VRAM: {} requested, {} free for leases; waited {} ms",
+                "not enough VRAM: {} requested, free for leases on {}; waited {} ms",
                 format_bytes(waiter.bytes),
-                format_bytes(free),
+                free.join(", "),
                 millis(now.saturating_duration_since(waiter.enqueued_at))
             )
         };
@@ -680,6 +578,7 @@ impl Ledger {
             reason: reason.to_owned(),
             requested_bytes: bytes,
             free_bytes: self.candidate_free(device),
+            free_per_device: self.candidate_frees(device),
             queue_position: position,
             retry_after: retry_after.max(Duration::from_millis(10)),
         }
@@ -691,7 +590,7 @@ impl Ledger {
         lease_id: &str,
         measured_bytes: i64,
         now: Instant,
-    ) -> Result<pb::Lease, BrokerError> {
+    ) -> Result<LeaseView, BrokerError> {
         let measured = u64::try_from(measured_bytes)
             .ok()
             .filter(|&bytes| bytes > 0)
@@ -722,6 +621,7 @@ impl Ledger {
                     ),
                     requested_bytes: growth,
                     free_bytes: free,
+                    free_per_device: vec![(device as u32, free)],
                     queue_position: 0,
                     retry_after: Duration::from_secs(1),
                 }));
@@ -736,10 +636,9 @@ impl Ledger {
         if !lease.model_key.is_empty() {
             self.estimates.insert(lease.model_key.clone(), measured);
         }
-        let reply = lease.to_proto(now);
         self.changed();
         self.drain_queue(now);
-        Ok(self.with_uuid(reply))
+        Ok(self.view(&self.leases[lease_id], now))
     }
 
     pub fn release(
@@ -747,11 +646,10 @@ impl Ledger {
         session_id: &str,
         lease_id: &str,
         now: Instant,
-    ) -> Result<pb::Lease, BrokerError> {
+    ) -> Result<LeaseView, BrokerError> {
         self.owned_lease(session_id, lease_id)?;
         self.begin_release(lease_id, now);
-        let reply = self.leases[lease_id].to_proto(now);
-        Ok(self.with_uuid(reply))
+        Ok(self.view(&self.leases[lease_id], now))
     }
 
     fn begin_release(&mut self, lease_id: &str, now: Instant) {
@@ -815,15 +713,42 @@ impl Ledger {
             .sum()
     }
 
+    /// The most any device a request may use can lease now.
     fn candidate_free(&self, device: Option<u32>) -> u64 {
+        self.candidate_frees(device)
+            .into_iter()
+            .map(|(_, free)| free)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// What each device a request may use can lease now, by index.
+    fn candidate_frees(&self, device: Option<u32>) -> Vec<(u32, u64)> {
         match device {
-            Some(index) if (index as usize) < self.devices.len() => self.free_bytes(index as usize),
-            Some(_) => 0,
+            Some(index) if (index as usize) < self.devices.len() => {
+                vec![(index, self.free_bytes(index as usize))]
+            }
+            Some(_) => Vec::new(),
             None => (0..self.devices.len())
-                .map(|index| self.free_bytes(index))
-                .max()
-                .unwrap_or(0),
+                .map(|index| (index as u32, self.free_bytes(index)))
+                .collect(),
         }
+    }
+
+    /// Leases booked on `device` and not on their way out: its load, for placement.
+    fn lease_count(&self, device: u32) -> usize {
+        self.leases
+            .values()
+            .filter(|lease| lease.device == device && lease.releasing.is_none())
+            .count()
+    }
+
+    /// The index of the device with this uuid.
+    pub fn device_index_of(&self, uuid: &str) -> Option<u32> {
+        self.devices
+            .iter()
+            .position(|device| device.info.uuid == uuid)
+            .map(|index| index as u32)
     }
 
     fn loading_on(&self, device: u32) -> Option<&LeaseEntry> {
@@ -851,18 +776,20 @@ impl Ledger {
                 continue;
             }
             let waiter = &self.queue[index];
-            let placement = candidates
+            let open = candidates
                 .iter()
                 .copied()
                 .filter(|&device| !blocked[device as usize])
                 .filter(|&device| {
                     waiter.purpose == Purpose::Peak || self.loading_on(device).is_none()
                 })
-                .map(|device| (device, self.free_bytes(device as usize)))
-                .filter(|&(_, free)| free >= waiter.bytes)
-                .max_by_key(|&(device, free)| (free, std::cmp::Reverse(device)));
-            match placement {
-                Some((device, _)) => {
+                .map(|device| Candidate {
+                    index: device,
+                    free: self.free_bytes(device as usize),
+                    leases: self.lease_count(device),
+                });
+            match best_fit(open, waiter.bytes) {
+                Some(device) => {
                     let waiter = self.queue.remove(index);
                     self.grant(waiter, device, now);
                 }
@@ -878,7 +805,7 @@ impl Ledger {
         }
     }
 
-    fn grant(&mut self, mut waiter: Waiter, device: u32, now: Instant) {
+    fn grant(&mut self, waiter: Waiter, device: u32, now: Instant) {
         let lease = LeaseEntry {
             id: uuid::Uuid::new_v4().to_string(),
             session_id: Some(waiter.session_id.clone()),
@@ -899,26 +826,20 @@ impl Ledger {
             orphaned_until: None,
             releasing: None,
         };
-        let proto = self.with_uuid(lease.to_proto(now));
+        let view = self.view(&lease, now);
         let lease_id = lease.id.clone();
         self.leases.insert(lease_id.clone(), lease);
         self.changed();
-        let delivered = waiter
-            .reply
-            .take()
-            .is_some_and(|reply| reply.send(proto.clone()).is_ok());
-        if !delivered {
-            // The caller left before the grant: never booked for anyone.
-            self.leases.remove(&lease_id);
-            return;
-        }
-        if let Some(session) = self.sessions.get(&waiter.session_id) {
-            let _ = session.events.send(pb::SessionEvent {
-                kind: Some(pb::session_event::Kind::Granted(pb::Granted {
-                    lease: Some(proto),
-                })),
-            });
-        }
+        // A caller that left before the grant gets nothing booked: the service
+        // hands an answer nobody takes back to `discard_undelivered`.
+        self.outgoing.push(Outgoing::Answer {
+            waiter: waiter.id,
+            lease: view.clone(),
+        });
+        self.outgoing.push(Outgoing::Event {
+            session_id: waiter.session_id.clone(),
+            event: SessionEvent::Granted(view),
+        });
         self.notices.push(Notice::Granted {
             lease: lease_id,
             bytes: waiter.bytes,
@@ -992,17 +913,18 @@ impl Ledger {
                     overdue: false,
                 };
                 let holder = lease.holder.name.clone();
-                if let Some(session) = lease
+                if let Some(session_id) = lease
                     .session_id
                     .as_ref()
-                    .and_then(|id| self.sessions.get(id))
+                    .filter(|id| self.sessions.contains_key(*id))
                 {
-                    let _ = session.events.send(pb::SessionEvent {
-                        kind: Some(pb::session_event::Kind::Revoke(pb::Revoke {
+                    self.outgoing.push(Outgoing::Event {
+                        session_id: session_id.clone(),
+                        event: SessionEvent::Revoke {
                             lease_id: lease_id.clone(),
-                            deadline_ms: millis(self.config.revoke_deadline),
+                            deadline: self.config.revoke_deadline,
                             reason: format!("a {priority:?}-priority request needs {bytes} bytes"),
-                        })),
+                        },
                     });
                 }
                 self.notices.push(Notice::Revoked {
@@ -1159,14 +1081,14 @@ impl Ledger {
 
     // ---- status ----
 
-    pub fn status(&self, now: Instant) -> pb::StatusResponse {
+    pub fn status(&self, now: Instant) -> StatusSnapshot {
         let devices = self
             .devices
             .iter()
             .enumerate()
             .map(|(index, book)| {
                 let device = index as u32;
-                pb::Device {
+                DeviceView {
                     index: book.info.index,
                     uuid: book.info.uuid.clone(),
                     name: book.info.name.clone(),
@@ -1182,17 +1104,14 @@ impl Ledger {
                         .sum(),
                     external_bytes: book.external,
                     free_for_lease_bytes: self.free_bytes(index),
-                    loading_lease_id: self
-                        .loading_on(device)
-                        .map(|lease| lease.id.clone())
-                        .unwrap_or_default(),
+                    loading_lease_id: self.loading_on(device).map(|lease| lease.id.clone()),
                 }
             })
             .collect();
-        let mut leases: Vec<pb::Lease> = self
+        let mut leases: Vec<LeaseView> = self
             .leases
             .values()
-            .map(|lease| self.with_uuid(lease.to_proto(now)))
+            .map(|lease| self.view(lease, now))
             .collect();
         leases.sort_by(|a, b| {
             b.age_ms
@@ -1203,7 +1122,7 @@ impl Ledger {
             .queue
             .iter()
             .enumerate()
-            .map(|(position, waiter)| pb::QueuedRequest {
+            .map(|(position, waiter)| QueuedView {
                 position: position as u32 + 1,
                 session_id: waiter.session_id.clone(),
                 holder: self
@@ -1211,18 +1130,18 @@ impl Ledger {
                     .get(&waiter.session_id)
                     .map(|s| s.holder.clone()),
                 bytes: waiter.bytes,
-                priority: waiter.priority.to_proto() as i32,
+                priority: waiter.priority,
                 model_key: waiter.model_key.clone(),
                 waited_ms: millis(now.saturating_duration_since(waiter.enqueued_at)),
                 wait_left_ms: millis(waiter.wait_until.saturating_duration_since(now)),
             })
             .collect();
-        let mut sessions: Vec<pb::Session> = self
+        let mut sessions: Vec<SessionView> = self
             .sessions
             .iter()
-            .map(|(id, session)| pb::Session {
+            .map(|(id, session)| SessionView {
                 session_id: id.clone(),
-                holder: Some(session.holder.clone()),
+                holder: session.holder.clone(),
                 last_heartbeat_ms_ago: millis(
                     now.saturating_duration_since(session.last_heartbeat),
                 ),
@@ -1234,24 +1153,24 @@ impl Ledger {
             })
             .collect();
         sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        pb::StatusResponse {
+        StatusSnapshot {
             devices,
             leases,
             queue,
             sessions,
             recovery_window_left_ms: millis(self.recovery_ends_at.saturating_duration_since(now)),
-            measured_estimates: self.estimates.clone().into_iter().collect(),
-            broker_instance_id: String::new(),
-            inventory: String::new(),
+            measured_estimates: self.estimates.clone(),
             unconfirmed_releases: self.unconfirmed_releases,
         }
     }
 
-    fn with_uuid(&self, mut lease: pb::Lease) -> pb::Lease {
-        if let Some(device) = self.devices.get(lease.device_index as usize) {
-            lease.device_uuid = device.info.uuid.clone();
-        }
-        lease
+    /// A lease as status and replies show it, with its device's uuid.
+    fn view(&self, lease: &LeaseEntry, now: Instant) -> LeaseView {
+        let uuid = self
+            .devices
+            .get(lease.device as usize)
+            .map_or("", |device| device.info.uuid.as_str());
+        lease.view(uuid, now)
     }
 
     /// Checks the books: granted bytes never exceed what a device can lease, and

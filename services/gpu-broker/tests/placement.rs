@@ -1,0 +1,171 @@
+//! Where a lease lands on a machine with two GPUs, over real gRPC: best fit, ties
+//! to the less loaded device, a holder's device preference, and a refusal that
+//! says what each device has free.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{GIB, gtx_1070, start_with};
+use plenum_broker::inventory::Simulated;
+use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseRequest, Purpose};
+use plenum_proto::broker::v1 as pb;
+use tonic_types::StatusExt;
+
+/// Two simulated GPUs; with the 1 GiB reserve they lease `a − 1` and `b − 1` GiB.
+async fn two_devices(spec: &str) -> (common::RunningBroker, LeaseClient) {
+    let broker = start_with(
+        gtx_1070(),
+        Arc::new(Simulated::parse(spec).unwrap()),
+        None,
+        "127.0.0.1:0",
+    )
+    .await;
+    let client =
+        LeaseClient::connect(LeaseClientConfig::new(broker.url(), "placement")).expect("valid url");
+    (broker, client)
+}
+
+/// Activation headroom: not single-flight, so several can be granted in a row.
+fn peak(bytes: u64, device: Option<u32>) -> LeaseRequest {
+    let mut request = LeaseRequest::weights("peak", bytes);
+    request.purpose = Purpose::Peak;
+    request.device = device;
+    request
+}
+
+#[tokio::test]
+async fn a_lease_goes_where_it_leaves_the_least_room() {
+    // 7 GiB and 5 GiB leasable: 4 GiB leaves 3 on A but 1 on B, so B. The device
+    // with the most room (A) would strand a 5 GiB model later.
+    let (broker, client) = two_devices("A:8GiB,B:6GiB").await;
+    let lease = client.acquire(peak(4 * GIB, None)).await.expect("fits");
+    assert_eq!(lease.device_index(), 1, "best fit is the smaller device");
+
+    // And the 5 GiB model still has a home.
+    let big = client.acquire(peak(5 * GIB, None)).await.expect("fits A");
+    assert_eq!(big.device_index(), 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn equal_fits_go_to_the_device_with_fewer_leases() {
+    let (broker, client) = two_devices("A:8GiB,B:8GiB").await;
+    // A: two 1 GiB leases, B: one 2 GiB lease; both have 5 GiB free.
+    let mut held = Vec::new();
+    for (bytes, device) in [(GIB, 0), (GIB, 0), (2 * GIB, 1)] {
+        let lease = client.acquire(peak(bytes, Some(device))).await.unwrap();
+        assert_eq!(lease.device_index(), device, "a device index is honoured");
+        held.push(lease);
+    }
+    let status = broker.status().await;
+    assert_eq!(
+        status.devices[0].free_for_lease_bytes,
+        status.devices[1].free_for_lease_bytes
+    );
+    let lease = client.acquire(peak(GIB, None)).await.unwrap();
+    assert_eq!(
+        lease.device_index(),
+        1,
+        "the tie goes to the less loaded device"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_uuid_preference_is_honoured_over_best_fit() {
+    let (broker, client) = two_devices("A:8GiB,B:6GiB").await;
+    let session_id = client
+        .wait_for_session(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let uuid_a = broker.status().await.devices[0].uuid.clone();
+    let mut raw = broker.client().await;
+    // Best fit would choose B; the holder asks for A by uuid.
+    let lease = raw
+        .acquire(pb::AcquireRequest {
+            session_id: session_id.clone(),
+            bytes: (4 * GIB) as i64,
+            purpose: pb::LeasePurpose::Peak as i32,
+            device_uuid: Some(uuid_a.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("A has room")
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(lease.device_index, 0);
+    assert_eq!(lease.device_uuid, uuid_a);
+
+    let unknown = raw
+        .acquire(pb::AcquireRequest {
+            session_id: session_id.clone(),
+            bytes: GIB as i64,
+            device_uuid: Some("GPU-nowhere".into()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no such device");
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(
+        unknown.message().starts_with("device_uuid:"),
+        "{}",
+        unknown.message()
+    );
+
+    let disagree = raw
+        .acquire(pb::AcquireRequest {
+            session_id,
+            bytes: GIB as i64,
+            device_index: Some(1),
+            device_uuid: Some(uuid_a),
+            ..Default::default()
+        })
+        .await
+        .expect_err("index and uuid name different devices");
+    assert_eq!(disagree.code(), tonic::Code::InvalidArgument);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_no_single_device_can_hold_is_refused_naming_each_devices_free_bytes() {
+    let (broker, client) = two_devices("A:8GiB,B:8GiB").await;
+    let _a = client.acquire(peak(4 * GIB, Some(0))).await.unwrap();
+    let _b = client
+        .acquire(peak(3 * GIB + GIB / 2, Some(1)))
+        .await
+        .unwrap();
+    let session_id = client
+        .wait_for_session(Duration::from_secs(5))
+        .await
+        .unwrap();
+    // 3 GiB + 3.5 GiB free in all, but 5 GiB fits on neither.
+    let refused = broker
+        .client()
+        .await
+        .acquire(pb::AcquireRequest {
+            session_id,
+            bytes: (5 * GIB) as i64,
+            max_wait_ms: 0,
+            ..Default::default()
+        })
+        .await
+        .expect_err("fits on no single device");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    let message = refused.message();
+    assert!(
+        message.contains("device 0: 3.00 GiB") && message.contains("device 1: 3.50 GiB"),
+        "names each device's free bytes: {message}"
+    );
+    let details = refused.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.metadata["free_bytes_device_0"], (3 * GIB).to_string());
+    assert_eq!(
+        info.metadata["free_bytes_device_1"],
+        (3 * GIB + GIB / 2).to_string()
+    );
+    assert_eq!(info.metadata["free_bytes"], (3 * GIB + GIB / 2).to_string());
+    broker.stop().await;
+}
