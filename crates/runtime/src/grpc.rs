@@ -5,14 +5,18 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::grpc_metrics::GrpcMetricsLayer;
+use crate::listen::{Listener, Socket};
 use crate::propagation;
 
 /// A gRPC server under construction: add services, then [`GrpcServer::serve`].
@@ -82,10 +86,37 @@ impl GrpcServer {
     /// so load balancers stop sending new work.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), tonic::transport::Error> {
+        match listener.into().socket {
+            Socket::Tcp(listener) => {
+                // Nagle off: small gRPC replies must not wait ~40 ms for a delayed ACK.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                self.serve_incoming(incoming, shutdown, drain).await
+            }
+            Socket::Unix(listener, socket_file) => {
+                let result = self
+                    .serve_incoming(UnixListenerStream::new(listener), shutdown, drain)
+                    .await;
+                drop(socket_file);
+                result
+            }
+        }
+    }
+
+    async fn serve_incoming<I, IO, IE>(
+        self,
+        incoming: I,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        I: Stream<Item = Result<IO, IE>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let health = self.health.clone();
         let services = self.services.clone();
         let stop_accepting = shutdown.clone();
@@ -94,7 +125,7 @@ impl GrpcServer {
             // Requests and latency per RPC and code, for every service alike.
             .layer(GrpcMetricsLayer)
             .add_routes(self.routes.routes())
-            .serve_with_incoming_shutdown(incoming(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 stop_accepting.cancelled().await;
                 for service in services {
                     health
@@ -118,10 +149,4 @@ impl GrpcServer {
             }
         }
     }
-}
-
-/// Accepted connections with Nagle off: small gRPC replies must not wait ~40 ms for
-/// a delayed ACK.
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

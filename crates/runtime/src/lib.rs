@@ -7,6 +7,7 @@ pub mod bytes;
 pub mod config;
 pub mod grpc;
 pub mod grpc_metrics;
+pub mod listen;
 pub mod metrics;
 pub mod propagation;
 pub mod shutdown;

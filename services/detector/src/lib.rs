@@ -18,7 +18,7 @@ use plenum_lease::LeaseClient;
 use plenum_proto::detector::v1::detector_server::DetectorServer;
 use plenum_runtime::grpc::GrpcServer;
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
+use plenum_runtime::listen::Listener;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Detector;
@@ -51,7 +51,7 @@ pub fn load_manifest(
 pub async fn run(
     settings: DetectorSettings,
     metrics: &prometheus::Registry,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let engine_metrics = EngineMetrics::register(metrics, "detector", &settings.manifest.name)?;

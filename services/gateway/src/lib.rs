@@ -19,7 +19,7 @@ use std::time::Duration;
 use plenum_proto::gateway::v1::gateway_server::GatewayServer;
 use plenum_runtime::grpc::GrpcServer;
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
+use plenum_runtime::listen::Listener;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendSettings};
@@ -47,7 +47,7 @@ pub struct GatewaySettings {
 pub async fn run(
     settings: GatewaySettings,
     registry: &prometheus::Registry,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = GatewayMetrics::register(registry)?;

@@ -21,7 +21,7 @@ use plenum_lease::LeaseClient;
 use plenum_proto::ocr::v1::ocr_server::OcrServer;
 use plenum_runtime::grpc::GrpcServer;
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
+use plenum_runtime::listen::Listener;
 use tokio_util::sync::CancellationToken;
 
 use crate::page::PageReader;
@@ -49,7 +49,7 @@ fn manifest(models: &Path, name: &str) -> anyhow::Result<ModelManifest> {
 pub async fn run(
     settings: OcrSettings,
     metrics: &prometheus::Registry,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let rec_manifest = manifest(&settings.models, "ppocr-v4-rec")?;
