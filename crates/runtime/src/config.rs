@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::connections::ConnectionLimits;
 use crate::listen::{ListenAddr, ListenError, Listener};
 
 /// Where a gRPC server listens and how it stops.
@@ -19,12 +20,16 @@ pub struct ServerArgs {
     /// How long in-flight calls may finish after SIGTERM before the server stops anyway.
     #[arg(long, env = "PLENUM_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
 }
 
 impl ServerArgs {
-    /// Binds the gRPC address.
+    /// Binds the gRPC address, with the connection limits of the flags.
     pub async fn bind(&self) -> Result<Listener, ListenError> {
-        Listener::bind(&self.listen).await
+        Ok(Listener::bind(&self.listen)
+            .await?
+            .with_limits(self.connections))
     }
 }
 

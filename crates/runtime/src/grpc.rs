@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::Connected;
 use tonic_health::server::HealthReporter;
 
+use crate::connections::{ConnectionLimits, Incoming};
 use crate::grpc_metrics::GrpcMetricsLayer;
 use crate::listen::{Listener, Socket};
 use crate::propagation;
@@ -90,16 +90,15 @@ impl GrpcServer {
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), tonic::transport::Error> {
-        match listener.into().socket {
+        let Listener { socket, limits } = listener.into();
+        match socket {
             Socket::Tcp(listener) => {
-                // Nagle off: small gRPC replies must not wait ~40 ms for a delayed ACK.
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                self.serve_incoming(incoming, shutdown, drain).await
+                let incoming = Incoming::new(listener, limits);
+                self.serve_incoming(incoming, limits, shutdown, drain).await
             }
             Socket::Unix(listener, socket_file) => {
-                let result = self
-                    .serve_incoming(UnixListenerStream::new(listener), shutdown, drain)
-                    .await;
+                let incoming = Incoming::new(listener, limits);
+                let result = self.serve_incoming(incoming, limits, shutdown, drain).await;
                 drop(socket_file);
                 result
             }
@@ -109,6 +108,7 @@ impl GrpcServer {
     async fn serve_incoming<I, IO, IE>(
         self,
         incoming: I,
+        limits: ConnectionLimits,
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), tonic::transport::Error>
@@ -121,6 +121,10 @@ impl GrpcServer {
         let services = self.services.clone();
         let stop_accepting = shutdown.clone();
         let server = tonic::transport::Server::builder()
+            // Pings find peers that vanished without a FIN (a killed pod, a cut cable).
+            .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+            .max_concurrent_streams(limits.max_concurrent_streams)
             .trace_fn(propagation::server_span)
             // Requests and latency per RPC and code, for every service alike.
             .layer(GrpcMetricsLayer)

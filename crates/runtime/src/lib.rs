@@ -5,6 +5,7 @@
 
 pub mod bytes;
 pub mod config;
+pub mod connections;
 pub mod grpc;
 pub mod grpc_metrics;
 pub mod listen;

@@ -15,6 +15,8 @@ use std::str::FromStr;
 
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::connections::ConnectionLimits;
+
 /// Mode of a Unix socket file: owner and group may connect, others may not
 /// (connecting needs write permission on the file).
 pub const SOCKET_MODE: u32 = 0o660;
@@ -81,9 +83,11 @@ pub enum ListenError {
     },
 }
 
-/// A bound socket, ready for [`crate::grpc::GrpcServer::serve`].
+/// A bound socket, ready for [`crate::grpc::GrpcServer::serve`], with the limits
+/// its connections are held to.
 pub struct Listener {
     pub(crate) socket: Socket,
+    pub(crate) limits: ConnectionLimits,
 }
 
 pub(crate) enum Socket {
@@ -92,7 +96,7 @@ pub(crate) enum Socket {
 }
 
 impl Listener {
-    /// Binds `addr`. For a Unix socket: creates the parent folder when missing,
+    /// Binds `addr`, with default connection limits. For a Unix socket: creates the parent folder when missing,
     /// replaces a stale socket file, and sets the file's mode to [`SOCKET_MODE`].
     pub async fn bind(addr: &ListenAddr) -> Result<Self, ListenError> {
         let socket = match addr {
@@ -111,7 +115,16 @@ impl Listener {
                 Socket::Unix(listener, file)
             }
         };
-        Ok(Self { socket })
+        Ok(Self {
+            socket,
+            limits: ConnectionLimits::default(),
+        })
+    }
+
+    /// The same listener with other connection limits.
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The address actually bound (the real port when `:0` was asked for).
@@ -123,11 +136,12 @@ impl Listener {
     }
 }
 
-/// A listener bound by the caller (tests bind `127.0.0.1:0`).
+/// A listener bound by the caller (tests bind `127.0.0.1:0`), with default limits.
 impl From<TcpListener> for Listener {
     fn from(listener: TcpListener) -> Self {
         Self {
             socket: Socket::Tcp(listener),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -226,7 +240,9 @@ mod tests {
             ListenAddr::Tcp("127.0.0.1:7001".parse().unwrap())
         );
         assert_eq!(
-            "unix:///run/plenum/broker.sock".parse::<ListenAddr>().unwrap(),
+            "unix:///run/plenum/broker.sock"
+                .parse::<ListenAddr>()
+                .unwrap(),
             ListenAddr::Unix("/run/plenum/broker.sock".into())
         );
         assert_eq!(

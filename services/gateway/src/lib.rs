@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use plenum_proto::gateway::v1::gateway_server::GatewayServer;
 use plenum_runtime::grpc::GrpcServer;
-use plenum_vision::decode::Limits;
 use plenum_runtime::listen::Listener;
+use plenum_vision::decode::Limits;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendSettings};

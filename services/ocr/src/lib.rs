@@ -20,8 +20,8 @@ use plenum_engine::{Engine, EngineMetrics, EngineSettings, ModelManifest};
 use plenum_lease::LeaseClient;
 use plenum_proto::ocr::v1::ocr_server::OcrServer;
 use plenum_runtime::grpc::GrpcServer;
-use plenum_vision::decode::Limits;
 use plenum_runtime::listen::Listener;
+use plenum_vision::decode::Limits;
 use tokio_util::sync::CancellationToken;
 
 use crate::page::PageReader;
