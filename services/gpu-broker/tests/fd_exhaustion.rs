@@ -100,8 +100,9 @@ async fn an_fd_starved_broker_backs_off_and_recovers() {
     let start = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_ticks(pid) - start;
+    eprintln!("broker CPU while out of file descriptors: {used} ticks in 2 s");
     assert!(
-        used < clock_ticks_per_second() / 2,
+        used < clock_ticks_per_second() / 5,
         "the broker burned {used} ticks of CPU in 2 s while out of file descriptors"
     );
 
