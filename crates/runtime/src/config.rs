@@ -4,18 +4,33 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::connections::ConnectionLimits;
+use crate::listen::{ListenAddr, ListenError, Listener};
+
 /// Where a gRPC server listens and how it stops.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Address of the gRPC server.
+    /// Address of the gRPC server: HOST:PORT, or unix:///PATH for a Unix socket
+    /// (its folder is created, a stale socket file replaced, the file made mode 0660).
     #[arg(long, env = "PLENUM_LISTEN")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
     /// Address of the Prometheus `/metrics` HTTP endpoint.
     #[arg(long, env = "PLENUM_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// How long in-flight calls may finish after SIGTERM before the server stops anyway.
     #[arg(long, env = "PLENUM_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
+}
+
+impl ServerArgs {
+    /// Binds the gRPC address, with the connection limits of the flags.
+    pub async fn bind(&self) -> Result<Listener, ListenError> {
+        Ok(Listener::bind(&self.listen)
+            .await?
+            .with_limits(self.connections))
+    }
 }
 
 /// Log output format.
@@ -42,7 +57,8 @@ pub struct TelemetryArgs {
 /// How a service finds the GPU broker.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerClientArgs {
-    /// Broker URL, e.g. http://127.0.0.1:7001. Without it a model service runs on CPU.
+    /// Broker URL, e.g. http://127.0.0.1:7001 or unix:///run/plenum/broker.sock.
+    /// Without it a model service runs on CPU.
     #[arg(long, env = "PLENUM_BROKER")]
     pub broker: Option<String>,
     /// Shared secret sent as `authorization: Bearer <token>` to the broker.

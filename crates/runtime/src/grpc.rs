@@ -6,14 +6,18 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
+use tonic::transport::server::Connected;
 use tonic_health::server::HealthReporter;
 
+use crate::connections::{ConnectionLimits, Incoming};
 use crate::grpc_metrics::GrpcMetricsLayer;
+use crate::listen::{Listener, Socket};
 use crate::propagation;
 
 /// A gRPC server under construction: add services, then [`GrpcServer::serve`].
@@ -84,19 +88,50 @@ impl GrpcServer {
     /// so load balancers stop sending new work.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), tonic::transport::Error> {
+        let Listener { socket, limits } = listener.into();
+        match socket {
+            Socket::Tcp(listener) => {
+                let incoming = Incoming::new(listener, limits);
+                self.serve_incoming(incoming, limits, shutdown, drain).await
+            }
+            Socket::Unix(listener, socket_file) => {
+                let incoming = Incoming::new(listener, limits);
+                let result = self.serve_incoming(incoming, limits, shutdown, drain).await;
+                drop(socket_file);
+                result
+            }
+        }
+    }
+
+    async fn serve_incoming<I, IO, IE>(
+        self,
+        incoming: I,
+        limits: ConnectionLimits,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        I: Stream<Item = Result<IO, IE>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let health = self.health.clone();
         let services = self.services.clone();
         let stop_accepting = shutdown.clone();
         let server = tonic::transport::Server::builder()
+            // Pings find peers that vanished without a FIN (a killed pod, a cut cable).
+            .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+            .max_concurrent_streams(limits.max_concurrent_streams)
             .trace_fn(propagation::server_span)
             // Requests and latency per RPC and code, for every service alike.
             .layer(GrpcMetricsLayer)
             .add_routes(self.into_routes())
-            .serve_with_incoming_shutdown(incoming(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 stop_accepting.cancelled().await;
                 for service in services {
                     health
@@ -144,10 +179,4 @@ fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'s
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .include_reflection_service(false);
     listed.fold(builder, |builder, name| builder.with_service_name(name))
-}
-
-/// Accepted connections with Nagle off: small gRPC replies must not wait ~40 ms for
-/// a delayed ACK.
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

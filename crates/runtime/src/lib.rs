@@ -5,8 +5,10 @@
 
 pub mod bytes;
 pub mod config;
+pub mod connections;
 pub mod grpc;
 pub mod grpc_metrics;
+pub mod listen;
 pub mod metrics;
 pub mod propagation;
 pub mod shutdown;

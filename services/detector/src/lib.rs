@@ -19,8 +19,8 @@ use plenum_engine::{Engine, EngineMetrics, EngineSettings, ModelManifest};
 use plenum_lease::LeaseClient;
 use plenum_proto::detector::v1::detector_server::DetectorServer;
 use plenum_runtime::grpc::GrpcServer;
+use plenum_runtime::listen::Listener;
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Detector;
@@ -54,7 +54,7 @@ pub fn load_manifest(
 pub async fn run(
     settings: DetectorSettings,
     metrics: &prometheus::Registry,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let engine_metrics = EngineMetrics::register(metrics, "detector", &settings.manifest.name)?;

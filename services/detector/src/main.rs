@@ -6,7 +6,6 @@ use plenum_lease::LeaseClient;
 use plenum_runtime::config::parse_with_defaults;
 use plenum_runtime::{metrics, shutdown, telemetry};
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
 
 fn main() -> anyhow::Result<()> {
     // Before libtorch loads: libgomp reads its wait policy only once.
@@ -41,9 +40,7 @@ async fn serve() -> anyhow::Result<()> {
     if let Some(addr) = config.server.metrics_listen {
         metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;
     }
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot bind {}", config.server.listen))?;
+    let listener = config.server.bind().await?;
     let settings = DetectorSettings {
         manifest,
         engine: config.engine.settings(),

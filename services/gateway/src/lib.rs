@@ -25,8 +25,8 @@ use plenum_proto::detector::v1::detector_server;
 use plenum_proto::gateway::v1::gateway_server::GatewayServer;
 use plenum_proto::ocr::v1::ocr_server;
 use plenum_runtime::grpc::GrpcServer;
+use plenum_runtime::listen::Listener;
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendSettings};
@@ -55,7 +55,7 @@ pub struct GatewaySettings {
 pub async fn run(
     settings: GatewaySettings,
     registry: &prometheus::Registry,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = GatewayMetrics::register(registry)?;

@@ -1,4 +1,3 @@
-use anyhow::Context;
 use plenum_gateway::backend::BackendSettings;
 use plenum_gateway::config::{Config, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
 use plenum_gateway::discovery::{Discovery, Resolver};
@@ -6,7 +5,6 @@ use plenum_gateway::{GatewaySettings, run};
 use plenum_runtime::config::parse_with_defaults;
 use plenum_runtime::{metrics, shutdown, telemetry};
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,9 +20,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = config.server.metrics_listen {
         metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;
     }
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot bind {}", config.server.listen))?;
+    let listener = config.server.bind().await?;
     let discovery = Discovery {
         resolver: Resolver::default(),
         interval: config.resolve_interval,

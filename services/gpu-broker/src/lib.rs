@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use plenum_proto::broker::v1::broker_server::BrokerServer;
 use plenum_runtime::grpc::GrpcServer;
-use tokio::net::TcpListener;
+use plenum_runtime::listen::Listener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +107,7 @@ impl Broker {
     }
 
     /// Serves on `listener` until the shutdown token is cancelled.
-    pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(self, listener: impl Into<Listener>) -> Result<(), tonic::transport::Error> {
         self.shared.measure_and_tick(Gauges::Refresh);
         let bookkeeper = tokio::spawn(keep_books(
             Arc::clone(&self.shared),

@@ -3,7 +3,6 @@ use plenum_broker::config::{Config, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
 use plenum_broker::{Broker, BrokerSettings, open_inventory};
 use plenum_runtime::config::parse_with_defaults;
 use plenum_runtime::{metrics, shutdown, telemetry};
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -31,9 +30,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot bind metrics on {addr}"))?;
     }
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot bind {}", config.server.listen))?;
+    let listener = config.server.bind().await?;
     tracing::info!(addr = %listener.local_addr()?, "broker listening");
     broker.serve(listener).await?;
     telemetry.shutdown();

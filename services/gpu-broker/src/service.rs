@@ -12,6 +12,7 @@ use plenum_proto::broker::v1::{self as pb, session_event, session_request};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{
@@ -184,6 +185,28 @@ fn log_notice(notice: &Notice) {
     }
 }
 
+/// The caller's PID when it came over a Unix socket: the kernel's peer credentials,
+/// in the broker's PID namespace. Over TCP there is none, and the holder's own word
+/// stands.
+fn peer_pid<T>(request: &Request<T>) -> Option<u32> {
+    let credentials = request.extensions().get::<UdsConnectInfo>()?.peer_cred?;
+    credentials.pid().and_then(|pid| u32::try_from(pid).ok())
+}
+
+/// Books the holder under the PID the kernel vouches for: NVML reports usage by the
+/// PIDs the broker sees, and a containerised holder knows only its own namespace's.
+fn use_peer_pid(holder: &mut pb::Holder, peer_pid: u32) {
+    if holder.pid != peer_pid {
+        tracing::warn!(
+            holder = %holder.name,
+            reported = holder.pid,
+            peer = peer_pid,
+            "the holder's own PID differs from the socket's peer credentials (another PID namespace?); booking it under the peer's"
+        );
+    }
+    holder.pid = peer_pid;
+}
+
 /// The gRPC face of the broker.
 #[derive(Clone)]
 pub struct BrokerService {
@@ -208,8 +231,9 @@ impl Broker for BrokerService {
         &self,
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<EventStream>, Status> {
+        let peer_pid = peer_pid(&request);
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let mut hello = match inbound.message().await? {
             Some(pb::SessionRequest {
                 kind: Some(session_request::Kind::Hello(hello)),
             }) => hello,
@@ -226,6 +250,9 @@ impl Broker for BrokerService {
                 );
             }
         };
+        if let (Some(holder), Some(pid)) = (hello.holder.as_mut(), peer_pid) {
+            use_peer_pid(holder, pid);
+        }
         let holder = holder_from_hello(hello.holder)?;
         let claims = hello.reclaims.into_iter().map(claim_from_proto).collect();
         let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -22,8 +22,8 @@ use plenum_engine::{Engine, EngineMetrics, EngineSettings, ModelManifest};
 use plenum_lease::LeaseClient;
 use plenum_proto::ocr::v1::ocr_server::OcrServer;
 use plenum_runtime::grpc::GrpcServer;
+use plenum_runtime::listen::Listener;
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::page::PageReader;
@@ -53,7 +53,7 @@ fn manifest(models: &Path, name: &str) -> anyhow::Result<ModelManifest> {
 pub async fn run(
     settings: OcrSettings,
     metrics: &prometheus::Registry,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let rec_manifest = manifest(&settings.models, "ppocr-v4-rec")?;

@@ -1,6 +1,5 @@
 use std::path::PathBuf;
 
-use anyhow::Context;
 use plenum_engine::EngineArgs;
 use plenum_engine::manifest::default_models_dir;
 use plenum_lease::LeaseClient;
@@ -8,7 +7,6 @@ use plenum_ocr::{OcrSettings, run};
 use plenum_runtime::config::{BrokerClientArgs, ServerArgs, TelemetryArgs, parse_with_defaults};
 use plenum_runtime::{metrics, shutdown, telemetry};
 use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
 
 /// plenum-ocr: PP-OCRv4 text detection and recognition on tch, placed under a broker lease.
 #[derive(Debug, clap::Parser)]
@@ -63,9 +61,7 @@ async fn serve() -> anyhow::Result<()> {
     if let Some(addr) = config.server.metrics_listen {
         metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;
     }
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot bind {}", config.server.listen))?;
+    let listener = config.server.bind().await?;
     let settings = OcrSettings {
         models: config
             .models
