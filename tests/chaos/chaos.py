@@ -189,6 +189,8 @@ class Stack:
         self.ocr = Service("ocr", "plenum-ocr", model_args, logs)
         self.gateway = Service("gateway", "plenum-gateway", [
             "--detector", f"http://{self.detector.addr}", "--ocr", f"http://{self.ocr.addr}",
+            # Shorter than the default 10 s, so the flood case needs less time.
+            "--handshake-timeout", "5s",
         ], logs, nofile=GATEWAY_NOFILE)
         self.services = [self.broker, self.detector, self.ocr, self.gateway]
         self._sampling = True
@@ -468,11 +470,10 @@ def case_stop_ocr(stack: Stack, pages: list[bytes]) -> Result:
 
     run_load(stack, load, faults)
     stopped = [c for c in load.calls if 2 <= c.started - load.calls[0].started <= 9]
-    gap = "a hung OCR still holds callers past their deadline: the gateway gives OCR the caller's whole deadline"
     checks = [
-        lost_check(load.calls, known_gap=gap),
+        lost_check(load.calls),
         Check("while OCR is stopped, answers carry symbols with OCR_TIMED_OUT",
-              any(c.outcome == "degraded" for c in stopped), f"{counts(stopped)} while stopped", known_gap=gap),
+              any(c.outcome == "degraded" for c in stopped), f"{counts(stopped)} while stopped"),
         serving_check(stack),
         tags_back_check(stack, pages[0]),
     ]
@@ -531,12 +532,11 @@ def case_flood(stack: Stack, pages: list[bytes]) -> Result:
         except grpc.RpcError as error:
             outcome = ("lost", f"{error.code().name}: {error.details()}")
     load.calls.append(Call(started, time.monotonic() - started, load.deadline, *outcome))
-    gap = "idle connections are never closed and fd exhaustion is not backed off"
     checks = [
-        Check("the gateway does not spin while flooded (< 0.5 core)", cpu_during < 0.5, f"{cpu_during:.2f} core", known_gap=gap),
+        Check("the gateway does not spin while flooded (< 0.5 core)", cpu_during < 0.5, f"{cpu_during:.2f} core"),
         Check("idle or preface-only connections closed by the server within 25 s", closed >= 0.9 * len(sockets),
-              f"{closed} of {len(sockets)} closed", known_gap=gap),
-        Check("a normal client is served after the flood", outcome[0] == "answered", outcome[1] or "served", known_gap=gap),
+              f"{closed} of {len(sockets)} closed"),
+        Check("a normal client is served after the flood", outcome[0] == "answered", outcome[1] or "served"),
         serving_check(stack),
     ]
     load_label = f"{len(sockets)} idle connections (gateway fd limit {GATEWAY_NOFILE}), then 1 caller"
@@ -558,8 +558,7 @@ def case_overload(stack: Stack, pages: list[bytes]) -> Result:
         lost_check(load.calls),
         Check("refusals are fast (p99 < 20 ms)", p99 < 0.020, f"{len(refused)} refused, p99 {p99 * 1000:.1f} ms"),
         Check(">= 95% of OK answers carry their tags", ok > 0 and overloaded <= 0.05 * ok,
-              f"{ok - overloaded} of {ok} OK answers with tags ({overloaded} OCR_OVERLOADED)",
-              known_gap="the gateway admits a page whose OCR it then sheds: the detector's work is wasted"),
+              f"{ok - overloaded} of {ok} OK answers with tags ({overloaded} OCR_OVERLOADED)"),
     ]
     # Recovery: one caller at normal load gets full answers again.
     checks.append(tags_back_check(stack, pages[0]))

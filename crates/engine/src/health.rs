@@ -28,6 +28,26 @@ impl ModelStopped {
     pub const EXIT_CODE: i32 = 75;
 }
 
+/// What a model service's `main` returns: a model that stopped ends the process with
+/// [`ModelStopped::EXIT_CODE`] (after the service drained and said NOT_SERVING), so its
+/// supervisor restarts it; any other outcome is returned as is.
+pub fn exit_if_stopped(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+    match outcome {
+        Err(error) => match error.downcast_ref::<ModelStopped>() {
+            Some(stopped) => {
+                tracing::error!(%stopped, code = ModelStopped::EXIT_CODE, "exiting for a restart");
+                eprintln!(
+                    "{stopped}; exiting with {} for a restart",
+                    ModelStopped::EXIT_CODE
+                );
+                std::process::exit(ModelStopped::EXIT_CODE)
+            }
+            None => Err(error),
+        },
+        ok => ok,
+    }
+}
+
 /// The first of `engines` whose thread has stopped already, if any.
 pub fn stopped_now(engines: &[Engine]) -> Option<ModelStopped> {
     engines.iter().find_map(|engine| {
@@ -55,7 +75,10 @@ pub async fn first_stopped(engines: &[Engine]) -> ModelStopped {
 
 /// Resolves when the engine whose state this is has stopped; never, if it ends
 /// (its handles dropped) without stopping.
-pub(crate) async fn stopped(model: String, mut state: watch::Receiver<EngineState>) -> ModelStopped {
+pub(crate) async fn stopped(
+    model: String,
+    mut state: watch::Receiver<EngineState>,
+) -> ModelStopped {
     let reason = state
         .wait_for(|state| state.stopped.is_some())
         .await

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use plenum_runtime::grpc::GrpcServer;
-use tokio::net::TcpListener;
+use plenum_runtime::listen::Listener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -32,7 +32,7 @@ impl ModelService {
     /// NOT_SERVING, until `shutdown`.
     pub async fn start<S: NamedService>(
         server: GrpcServer,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: &CancellationToken,
         drain: Duration,
     ) -> Self {
@@ -43,7 +43,7 @@ impl ModelService {
             .await;
         health.set_not_serving::<S>().await;
         let stop = shutdown.child_token();
-        let server = tokio::spawn(server.serve(listener, stop.clone(), drain));
+        let server = tokio::spawn(server.serve(listener.into(), stop.clone(), drain));
         Self {
             health,
             name: S::NAME,

@@ -17,7 +17,7 @@ use crate::pipeline::Pipeline;
 /// The gateway answers this much before the client's deadline, so the client
 /// hears DEADLINE_EXCEEDED from the gateway rather than tonic's own cut-off
 /// (which says CANCELLED).
-const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 pub struct GatewayService {
     pipeline: Arc<Pipeline>,
