@@ -30,6 +30,20 @@ mod tests {
     }
 
     #[test]
+    fn a_zombie_is_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped: once it exits it stays in /proc as a zombie. Bounded wait.
+        let mut waited = 0;
+        while is_running(pid) && waited < 500 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        assert!(!is_running(pid), "an exited, unreaped child is not running");
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn a_reaped_child_is_gone() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();

@@ -570,8 +570,11 @@ impl Ledger {
         ))
     }
 
-    /// Gives back a lease whose grant reached nobody (the caller had left).
+    /// Gives back a lease whose grant reached nobody (the caller had left): it was
+    /// never booked for anyone, nor counted as granted.
     pub fn discard_undelivered(&mut self, lease_id: &str, now: Instant) {
+        self.notices
+            .retain(|notice| !matches!(notice, Notice::Granted { lease, .. } if lease == lease_id));
         if self.leases.remove(lease_id).is_some() {
             self.changed();
             self.drain_queue(now);
