@@ -332,6 +332,7 @@ fn state_name(state: i32) -> &'static str {
         pb::LeaseState::Revoking => "revoking",
         pb::LeaseState::Releasing => "releasing",
         pb::LeaseState::Orphaned => "orphaned",
+        pb::LeaseState::Unresponsive => "unresponsive",
     }
 }
 

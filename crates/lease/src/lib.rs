@@ -63,6 +63,9 @@ pub struct LeaseRequest {
     pub max_wait: Duration,
     /// A device index the lease must go to, or None for the broker's best fit.
     pub device: Option<u32>,
+    /// The same by uuid (as the broker's status lists it); with `device` set too,
+    /// both must name the same device.
+    pub device_uuid: Option<String>,
     /// Ask for the broker's remembered measured size of `model_key` instead of `bytes`.
     pub use_measured_estimate: bool,
 }
@@ -77,6 +80,7 @@ impl LeaseRequest {
             purpose: Purpose::Weights,
             max_wait: Duration::ZERO,
             device: None,
+            device_uuid: None,
             use_measured_estimate: false,
         }
     }
@@ -301,7 +305,7 @@ impl LeaseClient {
             max_wait_ms: u64::try_from(request.max_wait.as_millis()).unwrap_or(u64::MAX),
             model_key: request.model_key.clone(),
             use_measured_estimate: request.use_measured_estimate,
-            device_uuid: None,
+            device_uuid: request.device_uuid.clone(),
         });
         // The broker caps its queue wait below this deadline, so a refusal still arrives.
         call.set_timeout(request.max_wait + Duration::from_secs(5));

@@ -106,6 +106,7 @@ pub fn state_to_proto(state: LeaseState) -> pb::LeaseState {
         LeaseState::Revoking => pb::LeaseState::Revoking,
         LeaseState::Releasing => pb::LeaseState::Releasing,
         LeaseState::Orphaned => pb::LeaseState::Orphaned,
+        LeaseState::Unresponsive => pb::LeaseState::Unresponsive,
     }
 }
 

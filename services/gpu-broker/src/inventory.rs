@@ -68,10 +68,15 @@ impl Inventory for NoDevices {
 
 /// Simulated devices whose usage is exactly what the leases hold, plus a fixed
 /// external load. Lets tests and laptops exercise every broker path.
+///
+/// The rule for a holder process: it uses the bytes it is booked for while it
+/// runs (`/proc/PID` exists and is no zombie, see [`crate::process`]), and
+/// nothing once it is gone, as a GPU driver frees a dead process's memory.
 #[derive(Debug)]
 pub struct Simulated {
     devices: Vec<DeviceInfo>,
     external: Vec<u64>,
+    is_running: fn(u32) -> bool,
 }
 
 /// A simulated process id standing for "someone who holds no lease".
@@ -119,7 +124,17 @@ impl Simulated {
             });
             external.push(external_bytes);
         }
-        Ok(Self { devices, external })
+        Ok(Self {
+            devices,
+            external,
+            is_running: crate::process::is_running,
+        })
+    }
+
+    /// Replaces the `/proc` check, for tests whose holders are not real processes.
+    pub fn with_process_check(mut self, is_running: fn(u32) -> bool) -> Self {
+        self.is_running = is_running;
+        self
     }
 }
 
@@ -139,7 +154,7 @@ impl Inventory for Simulated {
                 processes: HashMap::from([(SIMULATED_EXTERNAL_PID, external)]),
             })
             .collect();
-        for hold in held {
+        for hold in held.iter().filter(|hold| (self.is_running)(hold.pid)) {
             if let Some(device) = usage.get_mut(hold.device_index as usize) {
                 device.used_bytes += hold.bytes;
                 *device.processes.entry(hold.pid).or_default() += hold.bytes;
@@ -235,12 +250,28 @@ mod tests {
         let sim = Simulated::parse("GTX 1070:8GiB").unwrap();
         let held = [HeldBytes {
             device_index: 0,
-            pid: 42,
+            pid: std::process::id(),
             bytes: 2 << 30,
         }];
         let usage = sim.measure(&held).unwrap();
         assert_eq!(usage[0].used_bytes, 2 << 30);
-        assert_eq!(usage[0].processes[&42], 2 << 30);
+        assert_eq!(usage[0].processes[&std::process::id()], 2 << 30);
+    }
+
+    #[test]
+    fn a_simulated_holder_that_is_gone_uses_nothing() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let sim = Simulated::parse("GTX 1070:8GiB").unwrap();
+        let held = [HeldBytes {
+            device_index: 0,
+            pid: gone,
+            bytes: 2 << 30,
+        }];
+        let usage = sim.measure(&held).unwrap();
+        assert_eq!(usage[0].used_bytes, 0);
+        assert!(!usage[0].processes.contains_key(&gone));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod inventory;
 pub mod ledger;
 pub mod metrics;
+pub mod process;
 pub mod service;
 
 use std::sync::Arc;

@@ -22,6 +22,7 @@ pub struct BrokerMetrics {
     leases: IntGaugeVec,
     queue_length: IntGauge,
     sessions: IntGauge,
+    unresponsive_holders: IntGauge,
     recovery_window_left_ms: IntGauge,
     grants: IntCounter,
     pub(crate) refusals: IntCounter,
@@ -30,6 +31,7 @@ pub struct BrokerMetrics {
     releases_confirmed: IntCounter,
     releases_unconfirmed: IntCounter,
     sessions_expired: IntCounter,
+    sessions_unresponsive: IntCounter,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -112,6 +114,11 @@ impl BrokerMetrics {
             leases: gauge_vec(&r, "plenum_broker_leases", "Leases by state", &["state"]),
             queue_length: gauge(&r, "plenum_broker_queue_length", "Acquire requests waiting"),
             sessions: gauge(&r, "plenum_broker_sessions", "Open holder sessions"),
+            unresponsive_holders: gauge(
+                &r,
+                "plenum_broker_unresponsive_holders",
+                "Holders silent past the session TTL whose processes still hold their leased memory",
+            ),
             recovery_window_left_ms: gauge(
                 &r,
                 "plenum_broker_recovery_window_left_ms",
@@ -148,6 +155,11 @@ impl BrokerMetrics {
                 "plenum_broker_sessions_expired_total",
                 "Sessions ended for missed heartbeats",
             ),
+            sessions_unresponsive: counter(
+                &r,
+                "plenum_broker_sessions_unresponsive_total",
+                "Sessions that missed their heartbeats while their process still held device memory",
+            ),
             registry: r,
         }
     }
@@ -164,7 +176,13 @@ impl BrokerMetrics {
             Notice::ReleaseConfirmed { .. } => self.releases_confirmed.inc(),
             Notice::ReleaseUnconfirmed { .. } => self.releases_unconfirmed.inc(),
             Notice::SessionExpired { .. } => self.sessions_expired.inc(),
-            Notice::OrphansReleased { .. } | Notice::LoadingTimedOut { .. } => {}
+            Notice::SessionUnresponsive { .. } => {
+                self.sessions_expired.inc();
+                self.sessions_unresponsive.inc();
+            }
+            Notice::OrphansReleased { .. }
+            | Notice::LoadingTimedOut { .. }
+            | Notice::UnresponsiveFreed { .. } => {}
         }
     }
 
@@ -212,6 +230,14 @@ impl BrokerMetrics {
         }
         self.queue_length.set(status.queue.len() as i64);
         self.sessions.set(status.sessions.len() as i64);
+        let unresponsive: std::collections::HashSet<&str> = status
+            .leases
+            .iter()
+            .filter(|lease| lease.state == pb::LeaseState::Unresponsive as i32)
+            .filter_map(|lease| lease.holder.as_ref())
+            .map(|holder| holder.instance_id.as_str())
+            .collect();
+        self.unresponsive_holders.set(unresponsive.len() as i64);
         self.recovery_window_left_ms
             .set(gauge(status.recovery_window_left_ms));
     }
@@ -231,5 +257,6 @@ fn state_label(state: pb::LeaseState) -> &'static str {
         pb::LeaseState::Revoking => "revoking",
         pb::LeaseState::Releasing => "releasing",
         pb::LeaseState::Orphaned => "orphaned",
+        pb::LeaseState::Unresponsive => "unresponsive",
     }
 }

@@ -25,6 +25,7 @@ use crate::ledger::{
     AcquireOutcome, AcquireSpec, Ledger, Notice, Priority, Purpose, StatusSnapshot,
 };
 use crate::metrics::BrokerMetrics;
+use crate::process;
 
 /// The broker's clock: tokio's, so tests with paused time drive the books too.
 fn now() -> Instant {
@@ -116,9 +117,18 @@ impl Shared {
     /// Measures the devices (outside the lock: NVML calls take milliseconds) and
     /// advances the ledger's clock.
     pub(crate) fn measure_and_tick(&self, gauges: Gauges) {
-        let held = self.lock().ledger.held_bytes();
+        let (held, silent) = {
+            let books = self.lock();
+            (books.ledger.held_bytes(), books.ledger.unresponsive_pids())
+        };
+        // A hung holder's bytes stay booked only while its process exists.
+        let gone: Vec<u32> = silent
+            .into_iter()
+            .filter(|&pid| !process::is_running(pid))
+            .collect();
         let measured = self.inventory.measure(&held);
         let status = self.with_ledger(|ledger, now| {
+            ledger.processes_gone(&gone, now);
             match measured {
                 Ok(usage) => ledger.observe(usage, now),
                 Err(error) => {
@@ -175,6 +185,12 @@ fn log_notice(notice: &Notice) {
         ),
         Notice::SessionExpired { session, holder } => {
             tracing::warn!(%session, %holder, "session missed its heartbeats; its leases are orphaned");
+        }
+        Notice::SessionUnresponsive { session, holder } => {
+            tracing::warn!(%session, %holder, "session missed its heartbeats but its process still holds device memory; its leases stay booked as unresponsive");
+        }
+        Notice::UnresponsiveFreed { lease, why } => {
+            tracing::info!(%lease, "unresponsive lease released: {why}");
         }
         Notice::OrphansReleased { lease } => {
             tracing::info!(%lease, "orphaned lease released after the grace");

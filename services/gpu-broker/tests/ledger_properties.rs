@@ -3,10 +3,12 @@
 //! After every step: granted bytes never exceed what a device can lease, at most
 //! one lease loads per device, every lease is booked on exactly one device (the
 //! one its holder was told, the one it asked for), and every lease is accounted
-//! for (a live holder knows it, or it is an orphan waiting out its grace, or it
-//! is being released).
+//! for (a live holder knows it, or it is an orphan waiting out its grace, or its
+//! silent but living holder keeps it unresponsive, or it is being released).
+//! Holders may also die (their process and memory gone): after the next
+//! measurement, nothing of theirs stays unresponsive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use plenum_broker::inventory::{Inventory, Simulated};
@@ -41,6 +43,9 @@ enum Op {
         pick: usize,
     },
     Disconnect(usize),
+    /// The holder process dies: its stream closes and its memory is freed; its
+    /// next Open is a new process.
+    Kill(usize),
     Heartbeat(usize),
     Advance(u64),
     Restart,
@@ -56,6 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(holder, pick, gib_quarters)| Op::Commit { holder, pick, gib_quarters }),
         3 => (holder.clone(), any::<usize>()).prop_map(|(holder, pick)| Op::Release { holder, pick }),
         1 => holder.clone().prop_map(Op::Disconnect),
+        1 => holder.clone().prop_map(Op::Kill),
         2 => holder.prop_map(Op::Heartbeat),
         3 => (1..4000u64).prop_map(Op::Advance),
         1 => Just(Op::Restart),
@@ -70,6 +76,8 @@ struct Holder {
     /// Queued Acquire calls still waiting for their grant, with the device each
     /// must go to.
     pending: Vec<(u64, Option<u32>)>,
+    /// How many processes this holder has been: a killed one starts over.
+    generation: u32,
 }
 
 fn claim(lease: &LeaseView) -> LeaseClaim {
@@ -89,12 +97,19 @@ struct World {
     config: LedgerConfig,
     ledger: Ledger,
     holders: Vec<Holder>,
+    /// Pids of holder processes that died: they use no memory.
+    dead: HashSet<u32>,
+    /// A rule broken inside an operation, reported by the next check.
+    violation: Option<String>,
     now: Instant,
 }
 
 impl World {
     fn new() -> Self {
-        let sim = Simulated::parse(DEVICES).unwrap();
+        // The holders are not real processes: which live is this model's business.
+        let sim = Simulated::parse(DEVICES)
+            .unwrap()
+            .with_process_check(|_| true);
         let config = LedgerConfig {
             reserve_bytes: GIB / 2,
             session_ttl: Duration::from_secs(3),
@@ -111,15 +126,17 @@ impl World {
             config,
             ledger,
             holders: (0..HOLDERS).map(|_| Holder::default()).collect(),
+            dead: HashSet::new(),
+            violation: None,
             now,
         }
     }
 
-    fn holder_id(index: usize) -> HolderId {
+    fn holder_id(index: usize, generation: u32) -> HolderId {
         HolderId {
             name: format!("holder-{index}"),
-            instance_id: format!("instance-{index}"),
-            pid: 100 + index as u32,
+            instance_id: format!("instance-{index}-{generation}"),
+            pid: 100 + index as u32 + 10 * generation,
             host: "test".into(),
         }
     }
@@ -134,7 +151,11 @@ impl World {
                 let claims: Vec<_> = self.holders[index].held.values().cloned().collect();
                 let (session, reclaims) = self
                     .ledger
-                    .open_session(Self::holder_id(index), claims, now)
+                    .open_session(
+                        Self::holder_id(index, self.holders[index].generation),
+                        claims,
+                        now,
+                    )
                     .expect("valid hello");
                 let holder = &mut self.holders[index];
                 for reclaim in reclaims.iter().filter(|r| !r.accepted) {
@@ -214,6 +235,17 @@ impl World {
                     self.holders[index].pending.clear();
                 }
             }
+            Op::Kill(index) => {
+                let holder = &mut self.holders[index];
+                if let Some(session) = holder.session.take() {
+                    self.ledger.end_session(&session, now);
+                }
+                holder.held.clear();
+                holder.pending.clear();
+                self.dead
+                    .insert(Self::holder_id(index, holder.generation).pid);
+                holder.generation += 1;
+            }
             Op::Heartbeat(index) => {
                 if let Some(session) = self.holders[index].session.clone() {
                     self.ledger
@@ -223,9 +255,24 @@ impl World {
             }
             Op::Advance(ms) => {
                 self.now += Duration::from_millis(ms);
-                let usage = self.sim.measure(&self.ledger.held_bytes()).unwrap();
+                let held: Vec<_> = self
+                    .ledger
+                    .held_bytes()
+                    .into_iter()
+                    .filter(|hold| !self.dead.contains(&hold.pid))
+                    .collect();
+                let usage = self.sim.measure(&held).unwrap();
                 self.ledger.observe(usage, self.now);
                 self.ledger.tick(self.now);
+                let status = self.ledger.status(self.now);
+                if let Some(lease) = status.leases.iter().find(|lease| {
+                    lease.state == LeaseState::Unresponsive && self.dead.contains(&lease.holder.pid)
+                }) {
+                    self.violation = Some(format!(
+                        "lease {} of dead pid {} is still unresponsive after a measurement",
+                        lease.lease_id, lease.holder.pid
+                    ));
+                }
             }
             Op::Restart => {
                 self.ledger = Ledger::new(self.config.clone(), self.sim.devices(), now);
@@ -321,6 +368,9 @@ impl World {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(violation) = &self.violation {
+            return Err(violation.clone());
+        }
         self.ledger.check_invariants()?;
         let live: std::collections::HashSet<String> =
             self.ledger.live_lease_ids().into_iter().collect();
@@ -372,7 +422,10 @@ impl World {
             }
         }
         for lease in status.leases {
-            if matches!(lease.state, LeaseState::Releasing | LeaseState::Orphaned) {
+            if matches!(
+                lease.state,
+                LeaseState::Releasing | LeaseState::Orphaned | LeaseState::Unresponsive
+            ) {
                 continue;
             }
             let owner = self

@@ -99,6 +99,14 @@ async fn a_device_uuid_preference_is_honoured_over_best_fit() {
     assert_eq!(lease.device_index, 0);
     assert_eq!(lease.device_uuid, uuid_a);
 
+    // Through the lease client: A (3 GiB left) is now the best fit for 1 GiB, but
+    // the holder names B.
+    let uuid_b = broker.status().await.devices[1].uuid.clone();
+    let mut by_client = peak(GIB, None);
+    by_client.device_uuid = Some(uuid_b);
+    let lease = client.acquire(by_client).await.expect("B has room");
+    assert_eq!(lease.device_index(), 1);
+
     let unknown = raw
         .acquire(pb::AcquireRequest {
             session_id: session_id.clone(),

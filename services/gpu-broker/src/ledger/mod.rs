@@ -57,6 +57,15 @@ impl Default for LedgerConfig {
     }
 }
 
+/// How a session's leases are left when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The holder is gone: its leases wait out the grace, then are released.
+    Orphan,
+    /// The holder is silent but holds its memory: its leases stay booked.
+    Unresponsive,
+}
+
 /// Where a live lease is in its life (release and orphaning are tracked beside it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -92,6 +101,10 @@ struct LeaseEntry {
     /// broker books it even when another load is in flight on the same device.
     reclaimed: bool,
     orphaned_until: Option<Instant>,
+    /// Its session stopped heartbeating while the holder process still used device
+    /// memory: a hung process, not a dead one. Booked until the memory or the
+    /// process is gone, or the holder reclaims it.
+    unresponsive_since: Option<Instant>,
     releasing: Option<ReleaseTracking>,
 }
 
@@ -105,6 +118,8 @@ impl LeaseEntry {
             LeaseState::Releasing
         } else if self.orphaned_until.is_some() {
             LeaseState::Orphaned
+        } else if self.unresponsive_since.is_some() {
+            LeaseState::Unresponsive
         } else {
             match self.phase {
                 Phase::Loading => LeaseState::Loading,
@@ -296,6 +311,7 @@ impl Ledger {
             }
             lease.session_id = Some(session_id.to_owned());
             lease.orphaned_until = None;
+            lease.unresponsive_since = None;
             lease.holder = holder.clone();
             return ReclaimOutcome {
                 lease_id: claim.lease_id,
@@ -345,6 +361,7 @@ impl Ledger {
                 from_estimate: false,
                 reclaimed: true,
                 orphaned_until: None,
+                unresponsive_since: None,
                 releasing: None,
             },
         );
@@ -374,6 +391,16 @@ impl Ledger {
     /// Ends a session (stream closed, or TTL passed): its leases wait out the grace
     /// as orphans, its queued requests are dropped.
     pub fn end_session(&mut self, session_id: &str, now: Instant) {
+        self.close_session(session_id, Ending::Orphan, now);
+    }
+
+    /// Ends a session whose holder went silent but still uses device memory: its
+    /// leases stay booked as unresponsive instead of waiting out the grace.
+    fn hang_session(&mut self, session_id: &str, now: Instant) {
+        self.close_session(session_id, Ending::Unresponsive, now);
+    }
+
+    fn close_session(&mut self, session_id: &str, ending: Ending, now: Instant) {
         if self.sessions.remove(session_id).is_none() {
             return;
         }
@@ -382,7 +409,10 @@ impl Ledger {
             if lease.session_id.as_deref() == Some(session_id) {
                 lease.session_id = None;
                 if lease.releasing.is_none() {
-                    lease.orphaned_until = Some(grace_ends);
+                    match ending {
+                        Ending::Orphan => lease.orphaned_until = Some(grace_ends),
+                        Ending::Unresponsive => lease.unresponsive_since = Some(now),
+                    }
                 }
             }
         }
@@ -540,8 +570,11 @@ impl Ledger {
         ))
     }
 
-    /// Gives back a lease whose grant reached nobody (the caller had left).
+    /// Gives back a lease whose grant reached nobody (the caller had left): it was
+    /// never booked for anyone, nor counted as granted.
     pub fn discard_undelivered(&mut self, lease_id: &str, now: Instant) {
+        self.notices
+            .retain(|notice| !matches!(notice, Notice::Granted { lease, .. } if lease == lease_id));
         if self.leases.remove(lease_id).is_some() {
             self.changed();
             self.drain_queue(now);
@@ -824,6 +857,7 @@ impl Ledger {
             from_estimate: waiter.from_estimate,
             reclaimed: false,
             orphaned_until: None,
+            unresponsive_since: None,
             releasing: None,
         };
         let view = self.view(&lease, now);
@@ -875,7 +909,11 @@ impl Ledger {
                 .values()
                 .filter(|lease| lease.device == device && lease.priority < priority)
                 .filter(|lease| lease.phase == Phase::Active)
-                .filter(|lease| lease.releasing.is_none() && lease.orphaned_until.is_none())
+                .filter(|lease| {
+                    lease.releasing.is_none()
+                        && lease.orphaned_until.is_none()
+                        && lease.unresponsive_since.is_none()
+                })
                 .filter(|lease| {
                     let session = lease
                         .session_id
@@ -957,6 +995,16 @@ impl Ledger {
         for (book, usage) in self.devices.iter_mut().zip(usage) {
             book.usage = usage;
         }
+        let memory_gone: Vec<String> = self
+            .leases
+            .values()
+            .filter(|lease| lease.unresponsive_since.is_some() && lease.releasing.is_none())
+            .filter(|lease| self.process_usage(lease.device, lease.holder.pid) == 0)
+            .map(|lease| lease.id.clone())
+            .collect();
+        for lease in memory_gone {
+            self.free_unresponsive(&lease, "its memory is gone", now);
+        }
         for index in 0..self.devices.len() {
             let external = self.external_usage(index as u32);
             if self.devices[index].external != external {
@@ -977,6 +1025,63 @@ impl Ledger {
             self.changed();
         }
         self.drain_queue(now);
+    }
+
+    /// Pids of holders whose leases are unresponsive: the service checks that
+    /// their processes still exist (`processes_gone`).
+    pub fn unresponsive_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .leases
+            .values()
+            .filter(|lease| lease.unresponsive_since.is_some() && lease.releasing.is_none())
+            .map(|lease| lease.holder.pid)
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// These holder processes no longer exist: their unresponsive leases are freed.
+    pub fn processes_gone(&mut self, pids: &[u32], now: Instant) {
+        let freed: Vec<String> = self
+            .leases
+            .values()
+            .filter(|lease| lease.unresponsive_since.is_some() && lease.releasing.is_none())
+            .filter(|lease| pids.contains(&lease.holder.pid))
+            .map(|lease| lease.id.clone())
+            .collect();
+        for lease in freed {
+            self.free_unresponsive(&lease, "its process is gone", now);
+        }
+        self.drain_queue(now);
+    }
+
+    fn free_unresponsive(&mut self, lease_id: &str, why: &'static str, now: Instant) {
+        self.begin_release(lease_id, now);
+        self.notices.push(Notice::UnresponsiveFreed {
+            lease: lease_id.to_owned(),
+            why,
+        });
+    }
+
+    /// What the inventory last measured `pid` using on `device`.
+    fn process_usage(&self, device: u32, pid: u32) -> u64 {
+        self.devices[device as usize]
+            .usage
+            .processes
+            .get(&pid)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the holder of `session_id` still uses device memory under its
+    /// leases, as last measured: silent but alive (hung, stopped, swapping).
+    fn still_holds_memory(&self, session_id: &str) -> bool {
+        self.leases
+            .values()
+            .filter(|lease| lease.session_id.as_deref() == Some(session_id))
+            .filter(|lease| lease.releasing.is_none())
+            .any(|lease| self.process_usage(lease.device, lease.holder.pid) > 0)
     }
 
     /// Measured usage the leases do not cover: processes holding no lease, driver
@@ -1025,11 +1130,19 @@ impl Ledger {
             .collect();
         for session_id in expired {
             let holder = self.sessions[&session_id].holder.name.clone();
-            self.notices.push(Notice::SessionExpired {
-                session: session_id.clone(),
-                holder,
-            });
-            self.end_session(&session_id, now);
+            if self.still_holds_memory(&session_id) {
+                self.notices.push(Notice::SessionUnresponsive {
+                    session: session_id.clone(),
+                    holder,
+                });
+                self.hang_session(&session_id, now);
+            } else {
+                self.notices.push(Notice::SessionExpired {
+                    session: session_id.clone(),
+                    holder,
+                });
+                self.end_session(&session_id, now);
+            }
         }
 
         let mut to_release = Vec::new();
@@ -1207,7 +1320,8 @@ impl Ledger {
                 .session_id
                 .as_ref()
                 .is_some_and(|id| self.sessions.contains_key(id));
-            if !(owned || lease.orphaned_until.is_some() || lease.releasing.is_some()) {
+            let waiting = lease.orphaned_until.is_some() || lease.unresponsive_since.is_some();
+            if !(owned || waiting || lease.releasing.is_some()) {
                 return Err(format!("lease {} is owned by nobody", lease.id));
             }
         }

@@ -60,6 +60,9 @@ pub enum LeaseState {
     Revoking,
     Releasing,
     Orphaned,
+    /// The holder went silent while its process still uses the memory (hung or
+    /// stopped): booked until the memory or the process is gone, or it reclaims.
+    Unresponsive,
 }
 
 /// One lease as the books show it at one moment.
@@ -214,6 +217,16 @@ pub enum Notice {
     SessionExpired {
         session: String,
         holder: String,
+    },
+    /// A session missed its heartbeats but its process still uses device memory.
+    SessionUnresponsive {
+        session: String,
+        holder: String,
+    },
+    /// An unresponsive lease was let go: its memory or its process is gone.
+    UnresponsiveFreed {
+        lease: String,
+        why: &'static str,
     },
     OrphansReleased {
         lease: String,
