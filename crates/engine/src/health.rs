@@ -40,12 +40,24 @@ pub fn exit_if_stopped(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
                     "{stopped}; exiting with {} for a restart",
                     ModelStopped::EXIT_CODE
                 );
-                std::process::exit(ModelStopped::EXIT_CODE)
+                exit_now(ModelStopped::EXIT_CODE)
             }
             None => Err(error),
         },
         ok => ok,
     }
+}
+
+/// Ends the process at once, without running atexit handlers or static destructors:
+/// the stopped model's thread may still be inside libtorch, and `exit()` tearing down
+/// libtorch's statics under it crashes the process (SIGSEGV instead of the code).
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and is async-signal-safe; it only ends the
+    // process, which is what every caller wants.
+    unsafe { libc::_exit(code) }
 }
 
 /// The first of `engines` whose thread has stopped already, if any.

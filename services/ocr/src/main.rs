@@ -43,7 +43,9 @@ struct Config {
 fn main() -> anyhow::Result<()> {
     // Before libtorch loads: libgomp reads its wait policy only once.
     plenum_engine::omp::ensure_passive_wait_policy();
-    let outcome = tokio::runtime::Runtime::new()?.block_on(serve());
+    // The runtime stays alive until the exit: a stopped model's thread may still use it.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(serve());
     // A model that stopped ends the process with its own code, for a restart.
     plenum_engine::health::exit_if_stopped(outcome)
 }
