@@ -55,7 +55,10 @@ pub async fn first_stopped(engines: &[Engine]) -> ModelStopped {
 
 /// Resolves when the engine whose state this is has stopped; never, if it ends
 /// (its handles dropped) without stopping.
-pub(crate) async fn stopped(model: String, mut state: watch::Receiver<EngineState>) -> ModelStopped {
+pub(crate) async fn stopped(
+    model: String,
+    mut state: watch::Receiver<EngineState>,
+) -> ModelStopped {
     let reason = state
         .wait_for(|state| state.stopped.is_some())
         .await

@@ -86,7 +86,7 @@ impl Model for TorchScript {
         let moved = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.module.to(device, Kind::Float, false);
         }));
-match moved {
+        match moved {
             Ok(()) => {
                 self.device = device;
                 Ok(())

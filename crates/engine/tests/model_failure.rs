@@ -37,7 +37,10 @@ impl Model for FakeModel {
         if self.orders.fail_next.swap(false, Ordering::SeqCst) {
             return Err("the fake model was told to fail".into());
         }
-        Ok(Tensor::zeros([input.size()[0], 2], (Kind::Float, Device::Cpu)))
+        Ok(Tensor::zeros(
+            [input.size()[0], 2],
+            (Kind::Float, Device::Cpu),
+        ))
     }
 
     fn move_to(&mut self, _device: Device) -> Result<(), String> {
@@ -47,8 +50,8 @@ impl Model for FakeModel {
 
 /// Any manifest will do: the fake ignores its file.
 fn manifest() -> ModelManifest {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/detector/test-2class.toml");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/detector/test-2class.toml");
     ModelManifest::load(&path).expect("committed manifest")
 }
 
@@ -66,9 +69,14 @@ async fn start_fake(stall_timeout: Duration) -> (Engine, Arc<Orders>) {
         }),
         ..EngineSettings::default()
     };
-    let engine = Engine::start(manifest(), settings, None, EngineMetrics::unregistered("fake"))
-        .await
-        .expect("the fake loads");
+    let engine = Engine::start(
+        manifest(),
+        settings,
+        None,
+        EngineMetrics::unregistered("fake"),
+    )
+    .await
+    .expect("the fake loads");
     (engine, orders)
 }
 
@@ -92,7 +100,10 @@ async fn a_model_error_fails_that_batch_and_the_engine_keeps_serving() {
 #[tokio::test]
 async fn a_panic_in_the_model_stops_its_thread_and_the_engine_reports_it() {
     let (engine, orders) = start_fake(Duration::from_secs(300)).await;
-    let before = engine.infer(input()).await.expect("serves before the panic");
+    let before = engine
+        .infer(input())
+        .await
+        .expect("serves before the panic");
     assert_eq!(before.size(), [3, 2]);
     assert_eq!(engine.state().borrow().stopped, None);
 
@@ -105,7 +116,11 @@ async fn a_panic_in_the_model_stops_its_thread_and_the_engine_reports_it() {
         .await
         .expect("the engine reports that its thread stopped");
     assert_eq!(stopped.model, "test-2class");
-    assert!(stopped.reason.contains("told to panic"), "{}", stopped.reason);
+    assert!(
+        stopped.reason.contains("told to panic"),
+        "{}",
+        stopped.reason
+    );
     assert!(engine.state().borrow().stopped.is_some());
     // Nothing answers any more, and nothing hangs.
     assert!(matches!(
@@ -117,7 +132,10 @@ async fn a_panic_in_the_model_stops_its_thread_and_the_engine_reports_it() {
 #[tokio::test]
 async fn a_model_call_that_never_returns_stops_the_engine_and_later_calls_are_refused() {
     let (engine, orders) = start_fake(Duration::from_millis(50)).await;
-    let before = engine.infer(input()).await.expect("serves before the stall");
+    let before = engine
+        .infer(input())
+        .await
+        .expect("serves before the stall");
     assert_eq!(before.size(), [3, 2]);
 
     orders.hang.store(true, Ordering::SeqCst);

@@ -38,5 +38,8 @@ async fn a_stuck_model_ends_the_process_with_exit_code_75() {
         "exit status {:?}; log:\n{log}",
         output.status
     );
-    assert!(log.contains("hvac-yolov8n") && log.contains("stuck"), "{log}");
+    assert!(
+        log.contains("hvac-yolov8n") && log.contains("stuck"),
+        "{log}"
+    );
 }

@@ -58,7 +58,10 @@ struct Detector {
 
 /// Starts the detector with the fake model, which loads only once `gate` lets it
 /// (a message, or the sender dropped) when one is given.
-async fn start(gate: Option<std::sync::mpsc::Receiver<()>>, panic_next: Arc<AtomicBool>) -> Detector {
+async fn start(
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+    panic_next: Arc<AtomicBool>,
+) -> Detector {
     let gate = Mutex::new(gate);
     let loader = ModelLoader::new(move |_| {
         if let Some(gate) = gate.lock().unwrap().as_ref() {
@@ -128,10 +131,7 @@ async fn check(health: &mut HealthClient<Channel>, service: &str) -> ServingStat
 }
 
 /// Reads the health watch until `wanted` (bounded, so a wrong state fails the test).
-async fn watch_until(
-    updates: &mut tonic::Streaming<HealthCheckResponse>,
-    wanted: ServingStatus,
-) {
+async fn watch_until(updates: &mut tonic::Streaming<HealthCheckResponse>, wanted: ServingStatus) {
     let seen = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(update) = updates.message().await.expect("the watch continues") {
             if update.status == wanted as i32 {
@@ -159,8 +159,14 @@ async fn health_is_not_serving_while_the_model_loads_and_serving_after() {
     let (release, gate) = std::sync::mpsc::channel();
     let mut detector = start(Some(gate), Arc::default()).await;
 
-    assert_eq!(check(&mut detector.health, "").await, ServingStatus::NotServing);
-    assert_eq!(check(&mut detector.health, SERVICE).await, ServingStatus::NotServing);
+    assert_eq!(
+        check(&mut detector.health, "").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        check(&mut detector.health, SERVICE).await,
+        ServingStatus::NotServing
+    );
     let refused = detector.client.detect(page()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("loading"), "{refused:?}");
@@ -168,8 +174,16 @@ async fn health_is_not_serving_while_the_model_loads_and_serving_after() {
     let mut updates = watch(&mut detector.health).await;
     release.send(()).unwrap();
     watch_until(&mut updates, ServingStatus::Serving).await;
-    assert_eq!(check(&mut detector.health, SERVICE).await, ServingStatus::Serving);
-    let answer = detector.client.detect(page()).await.expect("serves").into_inner();
+    assert_eq!(
+        check(&mut detector.health, SERVICE).await,
+        ServingStatus::Serving
+    );
+    let answer = detector
+        .client
+        .detect(page())
+        .await
+        .expect("serves")
+        .into_inner();
     assert_eq!(answer.results.len(), 1);
     assert_eq!(answer.model, "test-2class");
 
@@ -183,7 +197,11 @@ async fn a_model_panic_turns_health_not_serving_and_run_ends_with_model_stopped(
     let mut detector = start(None, Arc::clone(&panic_next)).await;
     let mut updates = watch(&mut detector.health).await;
     watch_until(&mut updates, ServingStatus::Serving).await;
-    detector.client.detect(page()).await.expect("serves before the panic");
+    detector
+        .client
+        .detect(page())
+        .await
+        .expect("serves before the panic");
 
     panic_next.store(true, Ordering::SeqCst);
     let failed = detector.client.detect(page()).await.unwrap_err();
@@ -199,5 +217,9 @@ async fn a_model_panic_turns_health_not_serving_and_run_ends_with_model_stopped(
         .downcast_ref::<ModelStopped>()
         .expect("the error is ModelStopped");
     assert_eq!(stopped.model, "test-2class");
-    assert!(stopped.reason.contains("told to panic"), "{}", stopped.reason);
+    assert!(
+        stopped.reason.contains("told to panic"),
+        "{}",
+        stopped.reason
+    );
 }

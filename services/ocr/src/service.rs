@@ -95,14 +95,7 @@ impl Ocr for OcrService {
             .recognize(crops, request.classify_angle)
             .await
             .map_err(engine_status)?;
-        let placement = if reader
-            .reader()
-            .rec()
-            .state()
-            .borrow()
-            .placement
-            .is_gpu()
-        {
+        let placement = if reader.reader().rec().state().borrow().placement.is_gpu() {
             common::Placement::Gpu
         } else {
             common::Placement::Cpu
@@ -140,13 +133,14 @@ impl Ocr for OcrService {
         .map_err(|_| Status::internal("decoding failed"))?
         .map_err(|e| bad("image", e.to_string()))?;
         let (width, height) = image.dimensions();
-        let lines = reader
-            .read(image, request.classify_angle)
-            .await
-            .map_err(|error| match error {
-                ReadError::Engine(error) => engine_status(error),
-                ReadError::TooLarge(error) => bad("image", error.to_string()),
-            })?;
+        let lines =
+            reader
+                .read(image, request.classify_angle)
+                .await
+                .map_err(|error| match error {
+                    ReadError::Engine(error) => engine_status(error),
+                    ReadError::TooLarge(error) => bad("image", error.to_string()),
+                })?;
         Ok(Response::new(pb::ReadTextResponse {
             lines: lines.into_iter().map(text_line).collect(),
             width,

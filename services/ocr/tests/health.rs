@@ -23,7 +23,10 @@ struct Idle;
 
 impl Model for Idle {
     fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
-        Ok(Tensor::zeros([input.size()[0], 1], (Kind::Float, Device::Cpu)))
+        Ok(Tensor::zeros(
+            [input.size()[0], 1],
+            (Kind::Float, Device::Cpu),
+        ))
     }
 
     fn move_to(&mut self, _device: Device) -> Result<(), String> {
@@ -83,7 +86,11 @@ async fn calls_are_unavailable_and_health_not_serving_until_all_three_models_loa
             .status;
         assert_eq!(status, ServingStatus::NotServing as i32, "`{service}`");
     }
-    let page = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/detector/images/case0_640x640.png")).unwrap();
+    let page = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/detector/images/case0_640x640.png"),
+    )
+    .unwrap();
     let refused = ocr
         .read_text(pb::ReadTextRequest {
             image: page.clone(),
