@@ -112,9 +112,12 @@ async fn a_panic_in_the_model_stops_its_thread_and_the_engine_reports_it() {
         Err(EngineError::NotReady(message)) => assert!(message.contains("told to panic")),
         other => panic!("the batch that panicked should say why, got {other:?}"),
     }
-    let stopped = tokio::time::timeout(Duration::from_secs(10), first_stopped(&[engine.clone()]))
-        .await
-        .expect("the engine reports that its thread stopped");
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(10),
+        first_stopped(std::slice::from_ref(&engine)),
+    )
+    .await
+    .expect("the engine reports that its thread stopped");
     assert_eq!(stopped.model, "test-2class");
     assert!(
         stopped.reason.contains("told to panic"),
@@ -143,9 +146,12 @@ async fn a_model_call_that_never_returns_stops_the_engine_and_later_calls_are_re
         let engine = engine.clone();
         async move { engine.infer(input()).await }
     });
-    let stopped = tokio::time::timeout(Duration::from_secs(10), first_stopped(&[engine.clone()]))
-        .await
-        .expect("the watchdog reports the stuck thread");
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(10),
+        first_stopped(std::slice::from_ref(&engine)),
+    )
+    .await
+    .expect("the watchdog reports the stuck thread");
     assert!(stopped.reason.contains("stuck"), "{}", stopped.reason);
     // Refused at once, not queued behind the stuck call.
     match engine.infer(input()).await {
