@@ -144,22 +144,3 @@ impl Drop for Watchdog {
         self.task.abort();
     }
 }
-
-/// `main`'s last step: a [`ModelStopped`] ends the process with
-/// [`ModelStopped::EXIT_CODE`] (the log has said why); any other outcome is returned.
-pub fn exit_if_stopped(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
-    if let Err(error) = &outcome
-        && let Some(stopped) = error.downcast_ref::<ModelStopped>()
-    {
-        eprintln!("Error: {stopped}; exiting with {}", ModelStopped::EXIT_CODE);
-        // `_exit`, not `exit`: a stuck thread may still be inside libtorch, and
-        // libtorch's static destructors under it crash the process (SIGSEGV) instead
-        // of ending it with the code the supervisor reads. Telemetry is flushed by now.
-        #[allow(unsafe_code)]
-        // SAFETY: `_exit` only ends the process; it touches no Rust state.
-        unsafe {
-            libc::_exit(ModelStopped::EXIT_CODE)
-        }
-    }
-    outcome
-}
