@@ -196,6 +196,43 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
     shutdown.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_black_ink_on_transparency_reads_as_ink_on_white() {
+    let (mut client, shutdown) = start().await;
+    // tag_ahu.png as a vector export would give it: black ink, its darkness in alpha,
+    // the paper transparent. Composited onto white it is the original page again;
+    // with the alpha dropped it is all black and reads as nothing.
+    let page = image::open(repo().join("tests/ocr/read/tag_ahu.png"))
+        .unwrap()
+        .into_luma8();
+    let rgba: Vec<u8> = page
+        .as_raw()
+        .iter()
+        .flat_map(|&grey| [0, 0, 0, 255 - grey])
+        .collect();
+    let mut transparent = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut transparent)
+        .write_image(
+            &rgba,
+            page.width(),
+            page.height(),
+            image::ExtendedColorType::Rgba8,
+        )
+        .unwrap();
+    let read = client
+        .read_text(pb::ReadTextRequest {
+            image: transparent,
+            classify_angle: false,
+            ignore_regions: vec![],
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    let texts: Vec<&str> = read.lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["AHU-1"]);
+    shutdown.cancel();
+}
+
 /// A PNG chunk: length, kind, data, CRC-32 of kind and data.
 fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let mut crc = !0u32;
