@@ -392,8 +392,20 @@ def tags_back_check(stack: Stack, page: bytes) -> Check:
     return Check("a page after recovery has its tags", False, "tags still missing after 20 tries")
 
 
+# Resident memory each service must stay under in every case (the model services hold
+# libtorch, their models and a few pages in flight; see BENCHMARKS.md's memory section).
+RSS_BOUNDS = {"broker": 64 << 20, "detector": 3 * GIB, "ocr": 3 * GIB, "gateway": 256 << 20}
+
+
+def memory_check(stack: Stack) -> Check:
+    over = {name: peak for name, peak in stack.peaks().items() if peak > RSS_BOUNDS[name]}
+    detail = ", ".join(f"{name} {peak >> 20} MiB" for name, peak in stack.peaks().items())
+    return Check("resident memory within bounds (broker 64 MiB, models 3 GiB, gateway 256 MiB)", not over, detail)
+
+
 def result(case: str, load: Load, faults: str, stack: Stack, checks: list[Check], unavailable_is="lost", extra="") -> Result:
     worst = max((c.latency for c in load.calls), default=0.0)
+    checks = [*checks, memory_check(stack)]
     return Result(case, load.label(), faults, counts(load.calls, unavailable_is), worst, stack.peaks(), checks, extra)
 
 
