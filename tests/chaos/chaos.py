@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import resource
 import signal
 import socket
 import statistics
@@ -131,16 +130,13 @@ class Service:
     def start(self) -> None:
         self.starts += 1
         log = open(self.logs / f"{self.name}.{self.starts}.log", "wb")
-        limit = self.nofile
-
-        def lower_fd_limit():
-            if limit:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
+        # The fd limit through prlimit(1), which execs the binary (same PID), and never a
+        # preexec_fn: that forks this process, whose grpcio threads then abort the child.
+        limit = ["prlimit", f"--nofile={self.nofile}:{self.nofile}"] if self.nofile else []
         self.proc = subprocess.Popen(
-            [str(BIN / self.binary), "--listen", self.addr,
+            [*limit, str(BIN / self.binary), "--listen", self.addr,
              "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--log", "warn", *self.args],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=lower_fd_limit,
+            stdout=log, stderr=subprocess.STDOUT, close_fds=True,
             env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
         )
 
