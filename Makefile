@@ -40,7 +40,7 @@ test-rust:
 # The whole pipeline on the real models over 30 generated pages: recall and exact tags
 # against the generator's ground truth. Release binaries: in debug it takes many minutes.
 test-e2e: build
-	cargo test --release -p plenum-gateway --test end_to_end -- --ignored --nocapture
+	cargo test --release --workspace --test end_to_end -- --ignored --nocapture
 
 test-grpcurl: venv
 	GRPCURL=$(VENV)/bin/grpcurl scripts/grpcurl-check.sh

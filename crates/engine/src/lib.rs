@@ -301,6 +301,9 @@ impl Engine {
             input,
             reply,
             enqueued: Instant::now(),
+            // The worker thread enters a child of it, so the forward pass shows in
+            // the caller's trace.
+            span: tracing::Span::current(),
         };
         match self.jobs.try_send(job) {
             Ok(()) => self.metrics.queue_depth.inc(),

@@ -19,6 +19,8 @@ pub(crate) struct Job {
     pub(crate) input: Tensor,
     pub(crate) reply: oneshot::Sender<Result<Tensor, EngineError>>,
     pub(crate) enqueued: Instant,
+    /// The caller's span when it queued the job.
+    pub(crate) span: tracing::Span,
 }
 
 /// Where the module's weights live.
@@ -228,8 +230,20 @@ fn run_batch(
             .iter()
             .map(|job| job.input.size().first().copied().unwrap_or(0))
             .collect();
+        // One span per model call, a child of the first caller's span and linked to
+        // the others batched with it: inference time shows in every caller's trace.
+        let span = tracing::info_span!(
+            parent: &jobs[0].span,
+            "model.forward",
+            rows = sizes.iter().sum::<i64>(),
+            callers = jobs.len()
+        );
+        for job in &jobs[1..] {
+            span.follows_from(&job.span);
+        }
         let started = Instant::now();
-        let outcome = guarded(|| forward(model, target, &jobs, max_batch, call_started));
+        let outcome =
+            span.in_scope(|| guarded(|| forward(model, target, &jobs, max_batch, call_started)));
         metrics.inference.observe(started.elapsed().as_secs_f64());
         metrics.batch_rows.observe(sizes.iter().sum::<i64>() as f64);
         let outcome = match outcome {

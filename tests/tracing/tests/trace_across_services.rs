@@ -345,6 +345,17 @@ async fn detect_and_its_lease_calls_are_traced_across_processes() {
         "Detect's parent is the caller's span"
     );
     assert_eq!(detect[0].kind, SERVER);
+    // The forward pass ran on the model's own thread, inside the caller's trace.
+    let forward: Vec<_> = find(&spans, "plenum-detector", "model.forward")
+        .into_iter()
+        .filter(|s| s.trace_id == trace_id)
+        .collect();
+    assert_eq!(
+        forward.len(),
+        1,
+        "one model.forward span in the caller's trace; received:\n{}",
+        render(&spans)
+    );
 
     // The detector's own calls to the broker: each client span in the detector has
     // the broker's server span as its child, in the same trace.
