@@ -50,6 +50,11 @@ fn settings(device: DeviceChoice) -> EngineSettings {
 }
 
 async fn start_broker() -> (String, CancellationToken) {
+    start_broker_with("GTX 1070:8GiB").await
+}
+
+/// A real broker over simulated devices (`--simulate` syntax), 1 GiB reserved on each.
+async fn start_broker_with(devices: &str) -> (String, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -60,7 +65,7 @@ async fn start_broker() -> (String, CancellationToken) {
                 revoke_deadline: Duration::from_secs(5),
                 ..LedgerConfig::default()
             },
-            inventory: Arc::new(Simulated::parse("GTX 1070:8GiB").unwrap()),
+            inventory: Arc::new(Simulated::parse(devices).unwrap()),
             token: None,
             poll_interval: Duration::from_millis(20),
             drain_timeout: Duration::from_millis(200),
@@ -244,6 +249,27 @@ async fn a_model_file_that_fails_its_checksum_is_not_loaded() {
     .await
     .expect_err("checksum mismatch");
     assert!(error.to_string().contains("sha256"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_goes_to_the_device_its_lease_was_granted_on() {
+    // Best fit: the 2 GiB card (1 GiB leasable) is left with less after the grant
+    // than the 8 GiB one, so the broker places the lease on device 1, not device 0.
+    let (url, shutdown) = start_broker_with("big:8GiB,small:2GiB").await;
+    let lease = LeaseClient::connect(LeaseClientConfig::new(url, "ocr")).unwrap();
+    let engine = Engine::start(
+        rec_manifest(),
+        settings(DeviceChoice::SimGpu),
+        Some(lease),
+        EngineMetrics::unregistered("rec"),
+    )
+    .await
+    .unwrap();
+    let state = wait_for_state(&engine, "on a GPU", |s| s.placement.is_gpu()).await;
+    assert_eq!(state.placement, Target::SimulatedGpu(1), "{}", state.reason);
+    let output = engine.infer(crops(1, 64, 7)).await.expect("serves there");
+    assert_eq!(output.size(), [1, 8, 6625]);
+    shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
