@@ -2,16 +2,16 @@
 //! books drop its lease within session TTL + grace. Also `plenum health` and
 //! `plenum broker status --json` against a real broker.
 
-use std::process::Stdio;
+mod support;
+
+use support::status;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use plenum_broker::inventory::Simulated;
 use plenum_broker::ledger::LedgerConfig;
 use plenum_broker::{Broker, BrokerSettings};
-use plenum_proto::broker::v1::broker_client::BrokerClient;
-use plenum_proto::broker::v1::{self as pb};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -41,40 +41,15 @@ async fn start_broker() -> (String, CancellationToken) {
     (url, shutdown)
 }
 
-async fn status(url: &str) -> pb::StatusResponse {
-    let mut client = BrokerClient::connect(url.to_owned()).await.unwrap();
-    client
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test]
 async fn a_killed_holder_loses_its_lease_within_ttl_and_grace() {
     let (url, shutdown) = start_broker().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plenum"))
-        .args([
-            "broker", "--broker", &url, "lease", "--bytes", "2GiB", "--commit", "2GiB", "--hold",
-            "forever",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn plenum");
-    let pid = child.id().expect("running");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The child says when it holds the lease; no sleeping on a guess.
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("child exited early");
-        if line.starts_with("committed") {
-            break;
-        }
-    }
+    let (mut child, pid) = support::lease_holder(
+        &url,
+        &["--bytes", "2GiB", "--commit", "2GiB", "--hold", "forever"],
+        "committed",
+    )
+    .await;
     let held = status(&url).await;
     assert_eq!(held.leases.len(), 1);
     assert_eq!(held.leases[0].holder.as_ref().unwrap().pid, pid);

@@ -3,7 +3,10 @@
 //! memory, lives on. The broker keeps the bytes booked as `unresponsive`; SIGCONT
 //! and the holder reclaims them; SIGKILL and they are freed.
 
-use std::process::Stdio;
+mod support;
+
+use support::status;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +16,7 @@ use plenum_broker::inventory::Simulated;
 use plenum_broker::ledger::LedgerConfig;
 use plenum_broker::{Broker, BrokerSettings};
 use plenum_lease::{AcquireError, LeaseClient, LeaseClientConfig, LeaseRequest};
-use plenum_proto::broker::v1::broker_client::BrokerClient;
 use plenum_proto::broker::v1::{self as pb};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -55,15 +56,6 @@ async fn start_broker() -> TestBroker {
         metrics,
         shutdown,
     }
-}
-
-async fn status(url: &str) -> pb::StatusResponse {
-    let mut client = BrokerClient::connect(url.to_owned()).await.unwrap();
-    client
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// Polls the broker's status until `check` holds; the broker's clock drives it.
@@ -112,27 +104,13 @@ fn gauge(registry: &prometheus::Registry, name: &str) -> f64 {
 async fn a_stopped_holder_keeps_its_bytes_booked_and_reclaims_them_when_continued() {
     let broker = start_broker().await;
     let url = broker.url.clone();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plenum"))
-        .args([
-            "broker", "--broker", &url, "lease", "--bytes", "2GiB", "--commit", "2GiB", "--hold",
-            "forever",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn plenum");
-    let pid = Pid::from_raw(child.id().expect("running") as i32);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("child exited early");
-        if line.starts_with("committed") {
-            break;
-        }
-    }
+    let (mut child, pid) = support::lease_holder(
+        &url,
+        &["--bytes", "2GiB", "--commit", "2GiB", "--hold", "forever"],
+        "committed",
+    )
+    .await;
+    let pid = Pid::from_raw(pid as i32);
     let held = status(&url).await;
     let lease_id = held.leases[0].lease_id.clone();
 
@@ -194,26 +172,9 @@ async fn a_stopped_holder_keeps_its_bytes_booked_and_reclaims_them_when_continue
 async fn a_holder_killed_while_hung_is_freed() {
     let broker = start_broker().await;
     let url = broker.url.clone();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plenum"))
-        .args([
-            "broker", "--broker", &url, "lease", "--bytes", "2GiB", "--hold", "forever",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn plenum");
-    let pid = Pid::from_raw(child.id().expect("running") as i32);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("child exited early");
-        if line.starts_with("holding") {
-            break;
-        }
-    }
+    let (mut child, pid) =
+        support::lease_holder(&url, &["--bytes", "2GiB", "--hold", "forever"], "holding").await;
+    let pid = Pid::from_raw(pid as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
     eventually(&url, "unresponsive", |s| {
         s.leases.first().map(|l| l.state) == Some(pb::LeaseState::Unresponsive as i32)

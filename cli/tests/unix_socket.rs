@@ -2,7 +2,8 @@
 //! child process holding a lease through it (booked under the child's real PID),
 //! and `plenum broker status` and `plenum health` asking over the same socket.
 
-use std::process::Stdio;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,6 @@ use plenum_broker::inventory::Simulated;
 use plenum_broker::ledger::LedgerConfig;
 use plenum_broker::{Broker, BrokerSettings};
 use plenum_runtime::listen::{ListenAddr, Listener};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 async fn start_broker(dir: &tempfile::TempDir) -> (String, CancellationToken) {
@@ -54,27 +54,12 @@ async fn status_json(url: &str) -> serde_json::Value {
 async fn a_lease_over_a_unix_socket_is_booked_under_the_holders_real_pid() {
     let dir = tempfile::tempdir().unwrap();
     let (url, shutdown) = start_broker(&dir).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plenum"))
-        .args([
-            "broker", "--broker", &url, "lease", "--bytes", "2GiB", "--commit", "2GiB", "--hold",
-            "forever",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn plenum");
-    let pid = child.id().expect("running");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("child exited before holding the lease");
-        if line.starts_with("committed") {
-            break;
-        }
-    }
+    let (mut child, pid) = support::lease_holder(
+        &url,
+        &["--bytes", "2GiB", "--commit", "2GiB", "--hold", "forever"],
+        "committed",
+    )
+    .await;
 
     let status = status_json(&url).await;
     let leases = status["leases"].as_array().expect("leases");

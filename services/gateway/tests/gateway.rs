@@ -8,24 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use plenum_gateway::GatewaySettings;
 use plenum_gateway::backend::BackendSettings;
-use plenum_gateway::{GatewaySettings, run};
 use plenum_proto::detector::v1 as det;
-use plenum_proto::gateway::v1::{self as pb, TagMissingReason, gateway_client::GatewayClient};
+use plenum_proto::gateway::v1::{self as pb, TagMissingReason};
 use plenum_proto::ocr::v1 as ocr;
 use plenum_vision::decode::Limits;
-use support::{Behaviour, FakeServer, bx, closed_port_url, png};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use support::{Behaviour, FakeServer, Gateway, bx, closed_port_url, png, start_gateway};
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
-
-struct Gateway {
-    client: GatewayClient<Channel>,
-    registry: prometheus::Registry,
-    _shutdown: tokio_util::sync::DropGuard,
-}
 
 fn settings(detectors: Vec<String>, ocrs: Vec<String>) -> GatewaySettings {
     GatewaySettings {
@@ -53,22 +44,7 @@ fn settings(detectors: Vec<String>, ocrs: Vec<String>) -> GatewaySettings {
 }
 
 async fn start(settings: GatewaySettings) -> Gateway {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let registry = prometheus::Registry::new();
-    let (stop, metrics) = (shutdown.clone(), registry.clone());
-    tokio::spawn(async move { run(settings, &metrics, listener, stop).await.unwrap() });
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Gateway {
-        client: GatewayClient::new(channel),
-        registry,
-        _shutdown: shutdown.drop_guard(),
-    }
+    start_gateway(settings).await
 }
 
 fn detection(class: &str, b: (f32, f32, f32, f32)) -> det::Detection {

@@ -8,27 +8,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use plenum_gateway::GatewaySettings;
 use plenum_gateway::backend::BackendSettings;
 use plenum_gateway::discovery::{Discovery, Resolver};
-use plenum_gateway::{GatewaySettings, run};
-use plenum_proto::gateway::v1::{self as pb, gateway_client::GatewayClient};
+use plenum_proto::gateway::v1::{self as pb};
 use plenum_vision::decode::Limits;
-use support::{Behaviour, FakeDns, FakeServer, png};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use support::{Behaviour, FakeDns, FakeServer, Gateway, png, start_gateway};
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Short, so replicas move within a test; every wait on it is bounded.
 const INTERVAL: Duration = Duration::from_millis(20);
 
-struct Gateway {
-    client: GatewayClient<Channel>,
-    registry: prometheus::Registry,
-    _shutdown: tokio_util::sync::DropGuard,
-}
+/// The real gateway over the fake backends, its detector replicas found through
+/// `discovery`.
+struct TestGateway(Gateway);
 
-impl Gateway {
+impl TestGateway {
     async fn start(detector: Vec<String>, discovery: Discovery, ocr: &FakeServer) -> Self {
         let backend = |urls: Vec<String>| BackendSettings {
             urls,
@@ -48,22 +43,7 @@ impl Gateway {
             stream_in_flight: 3,
             drain_timeout: Duration::from_millis(100),
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let registry = prometheus::Registry::new();
-        let (stop, metrics) = (shutdown.clone(), registry.clone());
-        tokio::spawn(async move { run(settings, &metrics, listener, stop).await.unwrap() });
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Self {
-            client: GatewayClient::new(channel),
-            registry,
-            _shutdown: shutdown.drop_guard(),
-        }
+        Self(start_gateway(settings).await)
     }
 
     async fn analyze(&self) -> Result<pb::AnalyzeResponse, tonic::Status> {
@@ -72,7 +52,8 @@ impl Gateway {
             options: Some(Default::default()),
             request_id: "r".into(),
         };
-        self.client
+        self.0
+            .client
             .clone()
             .analyze(request)
             .await
@@ -88,7 +69,7 @@ impl Gateway {
 
     /// The detector's replicas the gateway balances over, with `health` or any.
     fn detectors(&self, health: Option<&str>) -> i64 {
-        plenum_runtime::metrics::render(&self.registry)
+        plenum_runtime::metrics::render(&self.0.registry)
             .lines()
             .filter(|line| line.starts_with("plenum_gateway_backend_replicas{"))
             .filter(|line| line.contains("backend=\"detector\""))
@@ -141,7 +122,7 @@ async fn replicas_found_by_dns_join_and_leave_without_a_restart() {
         resolver: Resolver::from(dns.clone()),
         interval: INTERVAL,
     };
-    let gw = Gateway::start(
+    let gw = TestGateway::start(
         vec!["dns://detector.plenum.svc:7002".into()],
         discovery,
         &ocr,
@@ -191,7 +172,7 @@ async fn a_name_with_no_address_is_unavailable_at_once_until_one_returns() {
         resolver: Resolver::from(dns.clone()),
         interval: INTERVAL,
     };
-    let gw = Gateway::start(vec!["dns://detector:7002".into()], discovery, &ocr).await;
+    let gw = TestGateway::start(vec!["dns://detector:7002".into()], discovery, &ocr).await;
     dns.wait_asked(1).await;
 
     // Not DEADLINE_EXCEEDED: the call does not wait out the 10 s backend timeout.
@@ -215,7 +196,7 @@ async fn a_replica_that_reports_not_serving_gets_no_calls_until_it_serves_again(
     let (a_calls, a) = detector();
     let (b_calls, b) = detector();
     let ocr = ocr();
-    let gw = Gateway::start(vec![a.url(), b.url()], Discovery::default(), &ocr).await;
+    let gw = TestGateway::start(vec![a.url(), b.url()], Discovery::default(), &ocr).await;
     gw.wait_detectors(Some("serving"), 2).await;
 
     a.set_serving(false).await;
@@ -240,7 +221,7 @@ async fn when_every_replica_is_not_serving_calls_fail_fast_and_reach_none() {
     let (a_calls, a) = detector();
     let (b_calls, b) = detector();
     let ocr = ocr();
-    let gw = Gateway::start(vec![a.url(), b.url()], Discovery::default(), &ocr).await;
+    let gw = TestGateway::start(vec![a.url(), b.url()], Discovery::default(), &ocr).await;
     gw.wait_detectors(Some("serving"), 2).await;
 
     a.set_serving(false).await;
@@ -263,7 +244,7 @@ async fn a_replica_without_a_health_service_is_trusted() {
     let a = FakeServer::detector_without_health(a_calls.clone(), vec![]);
     let (b_calls, b) = detector();
     let ocr = ocr();
-    let gw = Gateway::start(vec![a.url(), b.url()], Discovery::default(), &ocr).await;
+    let gw = TestGateway::start(vec![a.url(), b.url()], Discovery::default(), &ocr).await;
     gw.wait_detectors(Some("unwatched"), 1).await;
     gw.wait_detectors(Some("serving"), 1).await;
     gw.analyze_n(40).await;
@@ -278,7 +259,7 @@ async fn the_system_resolver_finds_a_replica_by_name() {
     // `localhost` is in every hosts file; an address it also names (::1) where
     // nothing listens is unreachable and out of the balancer.
     let target = format!("dns://localhost:{}", a.addr.port());
-    let gw = Gateway::start(vec![target], Discovery::default(), &ocr).await;
+    let gw = TestGateway::start(vec![target], Discovery::default(), &ocr).await;
     until("localhost resolved", || gw.detectors(None) >= 1).await;
     gw.analyze_n(3).await;
     assert_eq!(a_calls.calls(), 3);

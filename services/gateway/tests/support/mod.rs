@@ -439,3 +439,34 @@ pub fn jpeg_quarter_turned(width: u32, height: u32) -> Vec<u8> {
     out.extend_from_slice(&jpeg[2..]);
     out
 }
+
+/// The real gateway served on a loopback port, with a client connected to it and its
+/// metrics registry; it stops when dropped.
+pub struct Gateway {
+    pub client: plenum_proto::gateway::v1::gateway_client::GatewayClient<tonic::transport::Channel>,
+    pub registry: prometheus::Registry,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+pub async fn start_gateway(settings: plenum_gateway::GatewaySettings) -> Gateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    let (stop, metrics) = (shutdown.clone(), registry.clone());
+    tokio::spawn(async move {
+        plenum_gateway::run(settings, &metrics, listener, stop)
+            .await
+            .unwrap()
+    });
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Gateway {
+        client: plenum_proto::gateway::v1::gateway_client::GatewayClient::new(channel),
+        registry,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
