@@ -36,6 +36,7 @@ Boxes are integer pixel edges: x_min is the first ink column, x_max is one past 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -149,8 +150,27 @@ def _regular_polygon(cx: float, cy: float, r: float, n: int, rot: float):
 # --------------------------------------------------------------------------- symbols
 
 
-def draw_symbol(cls: str, rng: np.random.Generator, scale: float = 1.0) -> Sprite:
-    lw = int(rng.integers(1, 4))  # 1..3 px
+@dataclass
+class Style:
+    """Domain randomization of one training image; `None` everywhere means the committed
+    pages' look (and the same random stream, so those stay reproducible)."""
+    scale: float          # symbol size factor: log-uniform 0.5-3 (symbols ~10-180 px)
+    max_lw: int           # line widths 1..max_lw px
+    rotate: bool          # symbols turned by a random multiple of 90 degrees
+    tag_gap: float        # tags up to this many symbol widths away (plus 2 px)
+    more_lookalikes: bool  # pentagons, octagons, text boxes too
+    scan: bool            # grey paper, faded/broken strokes, wobble, skew, blur, noise, JPEG
+
+    @staticmethod
+    def draw(rng: np.random.Generator) -> "Style":
+        return Style(scale=float(math.exp(rng.uniform(math.log(0.5), math.log(3.0)))),
+                     max_lw=int(rng.integers(3, 6)), rotate=bool(rng.random() < 0.5),
+                     tag_gap=float(rng.choice([0.0, 0.5, 1.5])), more_lookalikes=bool(rng.random() < 0.7),
+                     scan=bool(rng.random() < 0.4))
+
+
+def draw_symbol(cls: str, rng: np.random.Generator, scale: float = 1.0, max_lw: int = 3) -> Sprite:
+    lw = int(rng.integers(1, max_lw + 1))  # 1..3 px unless randomized
     pad = 4
     if cls == "diffuser":
         s = int(rng.integers(20, 61) * scale)
@@ -201,10 +221,26 @@ def draw_symbol(cls: str, rng: np.random.Generator, scale: float = 1.0) -> Sprit
     raise ValueError(cls)
 
 
-def draw_lookalike(rng: np.random.Generator, scale: float = 1.0) -> Sprite:
+def draw_lookalike(rng: np.random.Generator, scale: float = 1.0, more: bool = False) -> Sprite:
     lw = int(rng.integers(1, 4))
     pad = 4
-    kind = rng.choice(["circle", "rect", "square", "triangle", "circle_dot", "diamond", "rect_line"])
+    kinds = ["circle", "rect", "square", "triangle", "circle_dot", "diamond", "rect_line"]
+    kind = rng.choice(kinds + ["pentagon", "octagon", "text_box"] if more else kinds)
+    if kind in ("pentagon", "octagon"):  # hexagon-like, not a thermostat
+        s = max(int(rng.integers(18, 47) * scale), 12)
+        img, d = _canvas(s + 2 * pad, s + 2 * pad)
+        c = pad + s / 2
+        _poly(d, _regular_polygon(c, c, s / 2 - 0.5, 5 if kind == "pentagon" else 8, rng.uniform(0, math.pi)), lw)
+        return _sprite(img)
+    if kind == "text_box":  # equipment name in a frame
+        label = f"{DECOY_PREFIXES[int(rng.integers(len(DECOY_PREFIXES)))]}-{int(rng.integers(1, 40))}"
+        f = font(FONTS[int(rng.integers(len(FONTS)))], max(10, int(rng.integers(11, 17) * min(scale, 2.0))))
+        l, t, r, b = f.getbbox(label)
+        m = int(rng.integers(4, 10))
+        img, d = _canvas(r - l + 2 * m + 2 * pad, b - t + 2 * m + 2 * pad)
+        d.rectangle([pad, pad, pad + r - l + 2 * m, pad + b - t + 2 * m], outline=0, width=lw)
+        d.text((pad + m - l, pad + m - t), label, font=f, fill=0)
+        return _sprite(img)
     if kind in ("circle", "circle_dot"):
         s = max(int(rng.integers(16, 61) * scale), 12)
         img, d = _canvas(s + 2 * pad, s + 2 * pad)
@@ -426,8 +462,10 @@ class Page:
                 return True
         return False
 
-    def place_with_tag(self, sym: Sprite, tag_text: str | None) -> tuple[Box, Box | None] | None:
-        """Place a symbol and (optionally) its tag beside it; return (symbol box, tag box)."""
+    def place_with_tag(self, sym: Sprite, tag_text: str | None,
+                       tag_gap: float = 0.0) -> tuple[Box, Box | None] | None:
+        """Place a symbol and (optionally) its tag beside it; return (symbol box, tag box).
+        `tag_gap` > 0: the tag sits up to that many symbol widths away instead of 3-8 px."""
         rng = self.rng
         tag = draw_text(tag_text, rng) if tag_text else None
         for _ in range(60):
@@ -436,7 +474,7 @@ class Page:
             sbox = (x, y, x + sym.w, y + sym.h)
             tbox = None
             if tag is not None:
-                gap = int(rng.integers(3, 9))
+                gap = int(rng.integers(3, 9)) if tag_gap <= 0 else 2 + int(rng.uniform(0, tag_gap) * sym.w)
                 side = rng.choice(["right", "left", "above", "below"], p=[0.4, 0.2, 0.2, 0.2])
                 cy = y + sym.h // 2 - tag.h // 2
                 cx = x + sym.w // 2 - tag.w // 2
@@ -461,10 +499,13 @@ class Page:
             return sbox, tbox
         return None
 
-    def add_symbol(self, cls: str, scale: float = 1.0) -> bool:
-        sym = draw_symbol(cls, self.rng, scale)
+    def add_symbol(self, cls: str, style: Style | None = None) -> bool:
+        sym = draw_symbol(cls, self.rng, style.scale if style else 1.0, style.max_lw if style else 3)
+        if style and style.rotate:
+            sym = Sprite(np.ascontiguousarray(np.rot90(sym.img, int(self.rng.integers(4)))), (0, 0, 0, 0))
+            sym.box = (0, 0, sym.img.shape[1], sym.img.shape[0])
         tag = make_tag(cls, self.rng)
-        placed = self.place_with_tag(sym, tag)
+        placed = self.place_with_tag(sym, tag, style.tag_gap if style else 0.0)
         if placed is None:
             return False
         sbox, tbox = placed
@@ -472,8 +513,8 @@ class Page:
                              "tag": tag, "tag_box": list(tbox)})
         return True
 
-    def add_lookalike(self, scale: float = 1.0) -> bool:
-        sym = draw_lookalike(self.rng, scale)
+    def add_lookalike(self, style: Style | None = None) -> bool:
+        sym = draw_lookalike(self.rng, style.scale if style else 1.0, bool(style and style.more_lookalikes))
         label = None
         if self.rng.random() < 0.5:
             label = f"{DECOY_PREFIXES[int(self.rng.integers(len(DECOY_PREFIXES)))]}-{int(self.rng.integers(1, 40))}"
@@ -481,7 +522,7 @@ class Page:
 
 
 def render_page(width: int, height: int, rng: np.random.Generator, n_symbols: int,
-                classes: list[str] | None = None) -> tuple[np.ndarray, list[dict]]:
+                classes: list[str] | None = None, style: Style | None = None) -> tuple[np.ndarray, list[dict]]:
     """Draw one page; return (uint8 grayscale HxW, symbols ground truth)."""
     classes = classes or CLASSES
     page = Page(width, height, rng)
@@ -494,9 +535,9 @@ def render_page(width: int, height: int, rng: np.random.Generator, n_symbols: in
     # symbols first (they are what counts), then look-alikes and text in the gaps
     order = [classes[int(rng.integers(len(classes)))] for _ in range(n_symbols)]
     for cls in order:
-        page.add_symbol(cls)
+        page.add_symbol(cls, style)
     for _ in range(int(rng.integers(3, 12) * max(area, 0.3) + 0.5)):
-        page.add_lookalike()
+        page.add_lookalike(style)
     for _ in range(int(rng.integers(3, 10) * max(area, 0.3) + 0.5)):
         if rng.random() < 0.6:
             name = ROOM_NAMES[int(rng.integers(len(ROOM_NAMES)))]
@@ -506,6 +547,39 @@ def render_page(width: int, height: int, rng: np.random.Generator, n_symbols: in
         else:
             page.place_text(NOTES[int(rng.integers(len(NOTES)))], size=int(rng.integers(10, 16)))
     return page.img, page.symbols
+
+
+def scan_look(img: np.ndarray, symbols: list[dict], rng: np.random.Generator) -> np.ndarray:
+    """A scanned or photocopied sheet: grey paper, faded and broken strokes, a slight wobble,
+    skew up to 3 degrees (the boxes follow: their turned corners, bounded), blur, noise, JPEG."""
+    import cv2  # only the randomized training images need it
+
+    h, w = img.shape
+    paper = rng.uniform(200, 250)
+    ink = (255 - img.astype(np.float32)) / 255 * rng.uniform(0.5, 1.0)
+    if rng.random() < 0.5:  # broken strokes
+        holes = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.0)
+        ink[holes > np.quantile(holes, rng.uniform(0.85, 0.95))] *= 0.1
+    out = paper * (1 - ink)
+    if rng.random() < 0.5:  # hand/scan wobble: a smooth displacement of about a pixel
+        grid = np.mgrid[0:h, 0:w].astype(np.float32)
+        field = [cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 12) for _ in range(2)]
+        field = [f / (np.abs(f).max() + 1e-6) * rng.uniform(0.5, 1.5) for f in field]
+        out = cv2.remap(out, grid[1] + field[0], grid[0] + field[1], cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+    angle = rng.uniform(-3, 3) if rng.random() < 0.6 else 0.0
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=float(paper))
+    for s in symbols:
+        x0, y0, x1, y1 = s["box"]
+        corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64) @ m[:, :2].T + m[:, 2]
+        lo, hi = corners.min(0), corners.max(0)
+        s["box"] = [int(max(0, lo[0])), int(max(0, lo[1])), int(min(w, hi[0])), int(min(h, hi[1]))]
+    out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.2))
+    out = np.clip(out + rng.normal(0, rng.uniform(0, 8), out.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(out, mode="L").save(buf, format="JPEG", quality=int(rng.integers(30, 90)))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"), dtype=np.uint8).copy()
 
 
 def quantize(img: np.ndarray, levels: int = 8) -> np.ndarray:
@@ -550,8 +624,12 @@ def yolo_label_text(symbols: list[dict], w: int, h: int, classes: list[str]) -> 
 
 def write_yolo_split(images_dir: Path, labels_dir: Path, count: int, seed: int, size: int = 640,
                      classes: list[str] | None = None, min_symbols: int = 5, max_symbols: int = 14,
-                     draw_classes: list[str] | None = None) -> None:
+                     draw_classes: list[str] | None = None, randomize: float = 0.0) -> None:
     """Training/validation images: size x size small pages at native symbol scale + YOLO labels.
+
+    `randomize`: the share of images drawn with a random `Style` (sizes 0.5-3x, lines 1-5 px,
+    90-degree turns, far tags, more look-alikes, scan looks); the style comes from its own
+    random stream, so with 0 the images are the ones earlier models trained on.
 
     `classes` are the labelled classes (the model's class list, ids in that order);
     `draw_classes` are the symbol classes drawn (default: all four). Drawn symbols whose class
@@ -564,7 +642,11 @@ def write_yolo_split(images_dir: Path, labels_dir: Path, count: int, seed: int, 
     for i in range(count):
         rng = np.random.default_rng([seed, i, size])
         n = int(rng.integers(min_symbols, max_symbols + 1))
-        img, symbols = render_page(size, size, rng, n, classes=draw_classes)
+        style_rng = np.random.default_rng([seed, i, size, 0x57])
+        style = Style.draw(style_rng) if style_rng.random() < randomize else None
+        img, symbols = render_page(size, size, rng, n, classes=draw_classes, style=style)
+        if style and style.scan:
+            img = scan_look(img, symbols, style_rng)
         if rng.random() < 0.5:  # half like the committed pages (8 gray levels), half raw antialiasing
             img = quantize(img)
         Image.fromarray(img, mode="L").save(images_dir / f"{i:05d}.png", compress_level=1)
@@ -590,6 +672,7 @@ def main() -> None:
     y.add_argument("--count", type=int, default=100)
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--size", type=int, default=640)
+    y.add_argument("--randomize", type=float, default=0.0, help="share of domain-randomized images")
     a = ap.parse_args()
     if a.cmd == "pages":
         paths = write_pages(a.out, a.count, a.seed, a.width, a.height, a.min_symbols, a.max_symbols,
@@ -597,7 +680,7 @@ def main() -> None:
     elif a.cmd == "samples":
         paths = write_pages(a.out, 40, 1234)
     else:
-        write_yolo_split(a.out / "images", a.out / "labels", a.count, a.seed, a.size)
+        write_yolo_split(a.out / "images", a.out / "labels", a.count, a.seed, a.size, randomize=a.randomize)
         print(f"wrote {a.count} images to {a.out}")
         return
     sizes = [os.path.getsize(p) for p in paths]

@@ -52,20 +52,22 @@ import blueprint_gen as gen  # noqa: E402
 
 
 def build_dataset(root: Path, classes: list[str], draw_classes: list[str], imgsz: int, seed: int,
-                  n_train: int, n_val: int, min_symbols: int, max_symbols: int) -> Path:
+                  n_train: int, n_val: int, min_symbols: int, max_symbols: int, randomize: float = 0.0) -> Path:
     """Generate train/val splits once (reused when the folder is complete) and write data.yaml."""
     stamp = root / "done.json"
     want = {"classes": classes, "draw": draw_classes, "imgsz": imgsz, "seed": seed, "train": n_train,
             "val": n_val, "symbols": [min_symbols, max_symbols]}
+    if randomize:
+        want["randomize"] = randomize
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         if root.exists():
             shutil.rmtree(root)
         t = time.time()
         # train and val come from different seeds: val is held out
         gen.write_yolo_split(root / "images/train", root / "labels/train", n_train, seed, imgsz,
-                             classes, min_symbols, max_symbols, draw_classes)
+                             classes, min_symbols, max_symbols, draw_classes, randomize)
         gen.write_yolo_split(root / "images/val", root / "labels/val", n_val, seed + 100_000, imgsz,
-                             classes, min_symbols, max_symbols, draw_classes)
+                             classes, min_symbols, max_symbols, draw_classes, randomize)
         stamp.write_text(json.dumps(want))
         print(f"dataset: {n_train} train + {n_val} val images in {time.time() - t:.0f}s -> {root}", flush=True)
     data = root / "data.yaml"
@@ -96,6 +98,40 @@ def build_page_set(root: Path, classes: list[str], count: int, seed: int) -> Pat
     names = "\n".join(f"  {i}: {c}" for i, c in enumerate(classes))
     data.write_text(f"path: {root}\ntrain: images/val\nval: images/val\nnames:\n{names}\n")
     return data
+
+
+def checkpoint_from_torchscript(ts_path: Path, classes: list[str], out: Path) -> Path:
+    """An ultralytics checkpoint holding the weights of an exported TorchScript file, so a
+    shipped model can be fine-tuned without its training run. Export fuses each BatchNorm
+    into its convolution; it is put back as an identity BatchNorm carrying the fused bias
+    (mean 0, var 1 - eps, weight 1), which computes exactly what the fused layer did."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    fused = torch.jit.load(str(ts_path), map_location="cpu").state_dict()
+    model = DetectionModel("yolov8n.yaml", nc=len(classes), verbose=False)
+    state = model.state_dict()
+    for key in list(state):
+        if key.endswith(".bn.weight"):
+            conv = key[: -len(".bn.weight")] + ".conv"
+            bn = model.get_submodule(key[: -len(".weight")])
+            state[conv + ".weight"] = fused[conv + ".weight"]
+            state[key] = torch.ones_like(state[key])
+            state[key[: -len("weight")] + "bias"] = fused[conv + ".bias"]
+            state[key[: -len("weight")] + "running_mean"] = torch.zeros_like(state[key])
+            state[key[: -len("weight")] + "running_var"] = torch.full_like(state[key], 1.0 - bn.eps)
+        elif key in fused and ".bn." not in key and not key.endswith(".conv.weight"):
+            state[key] = fused[key]
+    model.load_state_dict(state)
+    model.names = dict(enumerate(classes))
+    model.eval()
+    x = torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = float((model(x)[0] - torch.jit.load(str(ts_path), map_location="cpu")(x)[0]).abs().max())
+    assert diff < 1e-2, f"the rebuilt model differs from {ts_path} by {diff}"
+    torch.save({"model": model.half(), "epoch": -1, "train_args": {}, "date": None}, out)
+    print(f"{ts_path.name} -> {out} (max abs output difference {diff:.2e})", flush=True)
+    return out
 
 
 def per_class(metrics, classes: list[str]) -> dict:
@@ -146,7 +182,8 @@ def page_check(ts_path: Path, classes: list[str], page_dir: Path, size: int = 12
     tp = fp = fn = 0
     for j in sorted(page_dir.glob("*.json")):
         gt = json.loads(j.read_text())
-        img = Image.open(page_dir / "images/val" / gt["image"]).convert("RGB")
+        path = page_dir / "images/val" / gt["image"]
+        img = Image.open(path if path.exists() else page_dir / gt["image"]).convert("RGB")
         w, h = img.size
         r = min(size / w, size / h)
         nw, nh = round(w * r), round(h * r)
@@ -206,8 +243,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "models/detector")
     ap.add_argument("--init", type=Path, default=None,
-                    help="start from our own earlier weights (e.g. runs/hvac-yolov8n/weights/last.pt); "
-                         "layers whose shape matches are copied, the class head starts fresh")
+                    help="start from our own earlier weights (e.g. runs/hvac-yolov8n/weights/last.pt, or a "
+                         "shipped models/detector/*.torchscript); layers whose shape matches are copied")
+    ap.add_argument("--randomize", type=float, default=0.0,
+                    help="share of domain-randomized training images (blueprint_gen.Style)")
+    ap.add_argument("--scale-aug", type=float, default=0.3, help="ultralytics scale augmentation (+-)")
+    ap.add_argument("--lr0", type=float, default=0.002)
     ap.add_argument("--skip-train", action="store_true", help="reuse runs/<name>/weights/last.pt")
     a = ap.parse_args()
 
@@ -220,13 +261,16 @@ def main() -> None:
     t0 = time.time()
     n = len(a.epochs)
     init = str(a.init) if a.init else False
+    if a.init and a.init.suffix == ".torchscript":
+        RUNS.mkdir(parents=True, exist_ok=True)
+        init = str(checkpoint_from_torchscript(a.init, classes, RUNS / f"{a.name}-init.pt"))
     train_s = 0.0
     stage_times = []
     for i, epochs in enumerate(a.epochs):
         seed = a.seed + i
-        ds = TRAINING / "datasets" / f"{a.name}-s{seed}-{scale}"
+        ds = TRAINING / "datasets" / (f"{a.name}-s{seed}-{scale}" + (f"-r{a.randomize}" if a.randomize else ""))
         data = build_dataset(ds, classes, gen.CLASSES, scale, seed, a.train_count, a.val_count,
-                             a.min_symbols, a.max_symbols)
+                             a.min_symbols, a.max_symbols, a.randomize)
         run_name = a.name if i == n - 1 else f"{a.name}-stage{i + 1}"
         if a.skip_train:
             continue
@@ -236,10 +280,10 @@ def main() -> None:
             data=str(data), epochs=epochs, imgsz=scale, batch=a.batch, device="cpu", workers=a.workers,
             seed=seed, deterministic=True, pretrained=init, amp=False, plots=False, cache=True,
             project=str(RUNS), name=run_name, exist_ok=True, val=False,  # validate once, at the end
-            optimizer="AdamW", lr0=0.002, cos_lr=True, warmup_epochs=1, warmup_bias_lr=0.0,
+            optimizer="AdamW", lr0=a.lr0, cos_lr=True, warmup_epochs=1, warmup_bias_lr=0.0,
             close_mosaic=max(1, epochs // 4),  # the last quarter without mosaic, like inference
             # black-on-white line drawings: no colour jitter, mild scale (covers the 0.8 of letterbox-1280)
-            hsv_h=0.0, hsv_s=0.0, hsv_v=0.2, scale=0.3, translate=0.1, degrees=0.0, fliplr=0.5,
+            hsv_h=0.0, hsv_s=0.0, hsv_v=0.2, scale=a.scale_aug, translate=0.1, degrees=0.0, fliplr=0.5,
             mosaic=1.0, verbose=True,
         )
         stage_times.append(round(time.time() - t))
@@ -266,6 +310,10 @@ def main() -> None:
     report["export_check"] = check_export(ts, YOLO(str(weights)).model, len(classes), scale)
     if a.pages:
         report["torchscript_page_check"] = [page_check(ts, classes, pages.parent, size) for size in (1280, 1600)]
+    independent = ROOT / "tests" / "pages-independent"  # validation only: never in a training set
+    if independent.exists():
+        report["independent_page_check"] = [page_check(ts, classes, independent, size, conf)
+                                            for size in (1600,) for conf in (0.25, 0.5)]
 
     a.out.mkdir(parents=True, exist_ok=True)
     dst = a.out / f"{a.name}.torchscript"
@@ -273,8 +321,10 @@ def main() -> None:
     sha = hashlib.sha256(dst.read_bytes()).hexdigest()
     h = report["heldout"]
     labels = ", ".join(f'"{c}"' for c in classes)
+    patterns = ", ".join(f"{c} = '({'|'.join(gen.TAG_PREFIXES[c])})-\\d+'" for c in classes)
     src = (f"trained here: training/train_yolo.py --name {a.name} --classes {' '.join(classes)} --seed {a.seed} "
            f"--epochs {' '.join(map(str, a.epochs))} --imgsz {scale} --train-count {a.train_count} "
+           + (f"--randomize {a.randomize} --scale-aug {a.scale_aug} --lr0 {a.lr0} " if a.randomize else "")
            + (f"--init {a.init.resolve().relative_to(ROOT)} (yolov8n.yaml, weights from that run)" if a.init
               else "(yolov8n.yaml from scratch, no pretrained weights)"))
     (a.out / f"{a.name}.toml").write_text(f'''name = "{a.name}"
@@ -295,6 +345,9 @@ size = {scale}            # the imgsz it was trained at (native scale: 1 page px
 
 [labels]
 classes = [{labels}]
+# A tag of each class matches its pattern as a whole (training/blueprint_gen.py TAG_PREFIXES);
+# the gateway ranks the text lines near a symbol by it (docs/gateway.md, the tag rule).
+tag_patterns = {{ {patterns} }}
 
 [metrics]
 map50 = {h["map50"]}
