@@ -263,6 +263,7 @@ fn print_status(status: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
                 } else {
                     "-".into()
                 },
+                purpose_name(l.purpose).to_owned(),
                 state,
                 priority_name(l.priority).to_owned(),
                 l.model_key.clone(),
@@ -277,8 +278,8 @@ fn print_status(status: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
             "{}",
             table::render(
                 &[
-                    "LEASE", "HOLDER", "GPU", "GRANTED", "MEASURED", "STATE", "PRIORITY", "MODEL",
-                    "AGE"
+                    "LEASE", "HOLDER", "GPU", "GRANTED", "MEASURED", "FOR", "STATE", "PRIORITY",
+                    "MODEL", "AGE"
                 ],
                 &leases
             )
@@ -344,6 +345,15 @@ fn priority_name(priority: i32) -> &'static str {
     }
 }
 
+/// What a lease is for: the model's weights, its working memory, or a short peak.
+fn purpose_name(purpose: i32) -> &'static str {
+    match pb::LeasePurpose::try_from(purpose).unwrap_or_default() {
+        pb::LeasePurpose::Unspecified | pb::LeasePurpose::Weights => "weights",
+        pb::LeasePurpose::Work => "work",
+        pb::LeasePurpose::Peak => "peak",
+    }
+}
+
 /// The status as JSON with the same field names as the proto.
 fn status_json(status: &pb::StatusResponse) -> serde_json::Value {
     use serde_json::json;
@@ -370,6 +380,7 @@ fn status_json(status: &pb::StatusResponse) -> serde_json::Value {
             "device_index": l.device_index, "device_uuid": l.device_uuid,
             "granted_bytes": l.granted_bytes, "measured_bytes": l.measured_bytes,
             "state": state_name(l.state), "priority": priority_name(l.priority),
+            "purpose": purpose_name(l.purpose),
             "model_key": l.model_key, "age_ms": l.age_ms, "revoke_overdue": l.revoke_overdue,
         })).collect::<Vec<_>>(),
         "queue": status.queue.iter().map(|q| json!({

@@ -10,15 +10,19 @@
 //! [`worker`] is the inference thread, [`placement`] follows the lease, [`health`] tells
 //! a service when a model's thread has stopped, [`serving`] is a model service's
 //! health from bind to exit, [`metrics`] reports, [`omp`] fixes
-//! libgomp.
+//! libgomp. [`memory_profile`] measures a model's working memory at load and
+//! [`admission`] admits a service's requests against its working-memory budget.
 
+pub mod admission;
 pub mod health;
 pub mod manifest;
+pub mod memory_profile;
 pub mod metrics;
 pub mod model;
 pub mod omp;
 mod placement;
 pub mod serving;
+mod work_lease;
 pub mod worker;
 
 use std::sync::Arc;
@@ -30,8 +34,10 @@ use plenum_lease::{LeaseClient, Priority};
 use tch::Tensor;
 use tokio::sync::{oneshot, watch};
 
+pub use admission::{AdmissionError, WorkBudget, WorkPermit};
 pub use health::{ModelStopped, first_stopped};
 pub use manifest::ModelManifest;
+pub use memory_profile::MemoryProfile;
 pub use metrics::EngineMetrics;
 pub use model::{Model, ModelLoader, TorchScript};
 pub use tch;
@@ -65,6 +71,9 @@ pub enum EngineError {
     /// a move); the service should be restarted.
     #[error(transparent)]
     Stopped(#[from] ModelStopped),
+    /// The work does not fit the working-memory budget (too large, or not in time).
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
 }
 
 /// How the engine batches and places its model; the service fills it from flags.
@@ -88,6 +97,13 @@ pub struct EngineSettings {
     pub stall_timeout: Duration,
     /// Makes the model from its manifest: TorchScript unless a test brings its own.
     pub loader: ModelLoader,
+    /// Measure the model's working memory at load (see [`memory_profile`]).
+    pub memory_profile: bool,
+    /// Most working memory one model call may take by the profile: larger batches are
+    /// split, a row that alone needs more is refused. None: batches split by rows only.
+    pub work_memory: Option<u64>,
+    /// Longest a request waits for working memory held by others.
+    pub work_wait: Duration,
 }
 
 impl Default for EngineSettings {
@@ -103,6 +119,9 @@ impl Default for EngineSettings {
             idle_after: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(300),
             loader: ModelLoader::default(),
+            memory_profile: false,
+            work_memory: None,
+            work_wait: Duration::from_secs(10),
         }
     }
 }
@@ -135,6 +154,19 @@ pub struct EngineArgs {
     /// libtorch intra-op threads (0 = libtorch's default, one per core).
     #[arg(long, env = "PLENUM_INTRA_OP_THREADS", default_value_t = 0)]
     pub intra_op_threads: i32,
+    /// The service's working-memory budget (decoded pixels, model inputs, tiles,
+    /// crops, and the models' activations on the CPU), e.g. `2GiB`. Requests are
+    /// admitted against it before any pixel is decoded; default: enough for one
+    /// largest admissible input.
+    #[arg(long, env = "PLENUM_WORK_MEMORY", value_parser = plenum_runtime::bytes::parse_bytes)]
+    pub work_memory: Option<u64>,
+    /// Longest a request waits for working memory others hold before
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PLENUM_WORK_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub work_wait: Duration,
+    /// Measure each model's working memory at load (a few passes at several sizes).
+    #[arg(long, env = "PLENUM_MEMORY_PROFILE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub memory_profile: bool,
 }
 
 impl EngineArgs {
@@ -152,6 +184,9 @@ impl EngineArgs {
             warmup_timeout: self.warmup_timeout,
             lease_wait: self.lease_wait,
             stall_timeout: self.stall_timeout,
+            memory_profile: self.memory_profile,
+            work_memory: self.work_memory,
+            work_wait: self.work_wait,
             ..EngineSettings::default()
         }
     }
@@ -179,6 +214,9 @@ pub struct Engine {
     state: watch::Receiver<EngineState>,
     metrics: EngineMetrics,
     manifest: Arc<ModelManifest>,
+    profile: memory_profile::SharedProfile,
+    max_batch: usize,
+    work_memory: Option<u64>,
     _placement: Arc<placement::PlacementTask>,
     _watchdog: Arc<health::Watchdog>,
 }
@@ -225,9 +263,12 @@ impl Engine {
             settings.stall_timeout,
             Arc::clone(&state_tx),
         );
+        let profile = memory_profile::SharedProfile::default();
         let worker_settings = worker::WorkerSettings {
             max_batch: settings.max_batch,
             max_queue_delay: settings.max_queue_delay,
+            work_memory: settings.work_memory,
+            profile: Arc::clone(&profile),
         };
         let worker_metrics = metrics.clone();
         let worker_busy = Arc::clone(&last_busy);
@@ -260,6 +301,7 @@ impl Engine {
             })
             .map_err(|error| EngineError::Load(error.to_string()))?;
 
+        let profile_control = control.clone();
         let placing = placement::start(placement::PlacementContext {
             manifest: Arc::clone(&manifest),
             settings: settings.clone(),
@@ -276,12 +318,23 @@ impl Engine {
                 return Err(stopped.into());
             }
         };
+        if settings.memory_profile {
+            tokio::select! {
+                () = measure_profile(&manifest, &settings, &profile_control) => {}
+                stopped = health::stopped(manifest.name.clone(), state.clone()) => {
+                    return Err(stopped.into());
+                }
+            }
+        }
         Ok(Self {
             jobs,
             capacity: settings.queue_capacity,
             state,
             metrics,
             manifest,
+            profile,
+            max_batch: settings.max_batch,
+            work_memory: settings.work_memory,
             _placement: Arc::new(placement),
             _watchdog: Arc::new(watchdog),
         })
@@ -335,5 +388,69 @@ impl Engine {
 
     pub fn metrics(&self) -> &EngineMetrics {
         &self.metrics
+    }
+
+    /// The model's measured working memory, once profiled.
+    pub fn memory_profile(&self) -> Option<MemoryProfile> {
+        self.profile
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Host memory the model's passes take for `rows` inputs of `row_elements` each:
+    /// the largest call the worker would make for them (it runs one call at a time).
+    /// Zero on a real GPU, where the passes allocate device memory, and without a
+    /// profile.
+    pub fn host_work_bytes(&self, rows: usize, row_elements: u64) -> u64 {
+        if matches!(self.state.borrow().placement, Target::Cuda(_)) {
+            return 0;
+        }
+        let Some(profile) = self.memory_profile() else {
+            return 0;
+        };
+        let mut chunk = rows.clamp(1, self.max_batch.max(1));
+        if let Some(budget) = self.work_memory {
+            while chunk > 1 && profile.bytes(row_elements * chunk as u64) > budget {
+                chunk -= 1;
+            }
+        }
+        profile.bytes(row_elements * chunk as u64)
+    }
+}
+
+/// Profiles the model's working memory (after warmup, on the device it was placed
+/// on) and logs the fit; a failure is a warning and leaves the engine unprofiled.
+async fn measure_profile(
+    manifest: &ModelManifest,
+    settings: &EngineSettings,
+    control: &std::sync::mpsc::Sender<worker::Control>,
+) {
+    let warmup = manifest.warmup_shape();
+    let dynamic: Vec<bool> = manifest.input.shape.iter().map(|&d| d == -1).collect();
+    let shapes = memory_profile::profile_shapes(&warmup, &dynamic);
+    let (done, measured) = oneshot::channel();
+    if control
+        .send(worker::Control::Profile { shapes, done })
+        .is_err()
+    {
+        return;
+    }
+    let model = &manifest.name;
+    match tokio::time::timeout(settings.warmup_timeout, measured).await {
+        Ok(Ok(Ok(Some(profile)))) => tracing::info!(
+            %model,
+            fixed_bytes = profile.fixed as u64,
+            per_element_bytes = profile.per_element,
+            fit_error = profile.max_error(),
+            samples = ?profile.samples,
+            "measured the working memory of a forward pass"
+        ),
+        Ok(Ok(Ok(None))) => {
+            tracing::info!(%model, "working memory not measured on this device")
+        }
+        Ok(Ok(Err(error))) => tracing::warn!(%model, %error, "memory profile failed"),
+        Ok(Err(_)) => {}
+        Err(_) => tracing::warn!(%model, "memory profile timed out"),
     }
 }

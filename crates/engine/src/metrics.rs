@@ -1,7 +1,11 @@
 //! Engine metrics, registered under the owning service's prefix
 //! (`plenum_<service>_…`) with the model's name as a label.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::memory_profile::MemoryProfile;
 
 use crate::worker::Target;
 
@@ -13,6 +17,9 @@ pub struct EngineMetrics {
     pub(crate) inference: Histogram,
     pub(crate) queue_wait: Histogram,
     placement: IntGaugeVec,
+    profile_fixed: Gauge,
+    profile_per_element: Gauge,
+    profile_error: Gauge,
 }
 
 impl EngineMetrics {
@@ -60,6 +67,18 @@ impl EngineMetrics {
                 labelled("placement", "1 for where the model runs now"),
                 &["placement"],
             )?,
+            profile_fixed: Gauge::with_opts(labelled(
+                "work_memory_fixed_bytes",
+                "Measured working memory of a forward pass: the part every pass takes",
+            ))?,
+            profile_per_element: Gauge::with_opts(labelled(
+                "work_memory_per_element_bytes",
+                "Measured working memory of a forward pass: bytes per input element",
+            ))?,
+            profile_error: Gauge::with_opts(labelled(
+                "work_memory_fit_error_ratio",
+                "Largest relative error of the working-memory fit at the measured sizes",
+            ))?,
         };
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.rejected.clone()))?;
@@ -67,6 +86,9 @@ impl EngineMetrics {
         registry.register(Box::new(metrics.inference.clone()))?;
         registry.register(Box::new(metrics.queue_wait.clone()))?;
         registry.register(Box::new(metrics.placement.clone()))?;
+        registry.register(Box::new(metrics.profile_fixed.clone()))?;
+        registry.register(Box::new(metrics.profile_per_element.clone()))?;
+        registry.register(Box::new(metrics.profile_error.clone()))?;
         metrics.set_placement(Target::Cpu);
         Ok(metrics)
     }
@@ -84,6 +106,12 @@ impl EngineMetrics {
         };
         self.placement.with_label_values(&[now]).set(1);
         self.placement.with_label_values(&[other]).set(0);
+    }
+
+    pub(crate) fn set_profile(&self, profile: &MemoryProfile) {
+        self.profile_fixed.set(profile.fixed);
+        self.profile_per_element.set(profile.per_element);
+        self.profile_error.set(profile.max_error());
     }
 
     /// Model calls so far, and rows through them (for tests and benchmarks).

@@ -70,6 +70,8 @@ struct Placer {
     events: broadcast::Receiver<LeaseEvent>,
     /// This process's VRAM before the current move to the GPU.
     baseline: u64,
+    /// The working-memory lease held beside the weights (see [`crate::work_lease`]).
+    work: Option<LeaseGuard>,
 }
 
 pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, EngineError> {
@@ -86,6 +88,7 @@ pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, Engine
         lease,
         events,
         baseline: 0,
+        work: None,
     };
     let wait = placer.ctx.settings.lease_wait;
     let first = placer.try_gpu(wait).await;
@@ -183,14 +186,34 @@ impl Placer {
             // Nothing to measure: the estimate is the truth of a simulation.
             Accelerator::Simulated => guard.granted_bytes(),
         };
-        match guard.commit(measured).await {
+        let committed = guard.commit(measured).await;
+        let committed = match committed {
+            Ok(()) => {
+                match crate::work_lease::acquire(
+                    &self.lease,
+                    &guard,
+                    &self.ctx.manifest,
+                    &self.ctx.settings,
+                )
+                .await
+                {
+                    Ok(work) => {
+                        self.work = work;
+                        Ok(())
+                    }
+                    Err(reason) => Err(tonic::Status::resource_exhausted(reason)),
+                }
+            }
+            Err(status) => Err(status),
+        };
+        match committed {
             Ok(()) => {
                 publish(&self.ctx, target, "lease granted", true);
                 tracing::info!(model = %self.ctx.manifest.name, lease = %guard.id(), ?target, measured, "model on the GPU");
                 Some(guard)
             }
             Err(status) => {
-                tracing::warn!(model = %self.ctx.manifest.name, %status, "commit refused; back to the CPU");
+                tracing::warn!(model = %self.ctx.manifest.name, %status, "commit or work lease refused; back to the CPU");
                 let _ = move_to(&self.ctx, Target::Cpu).await;
                 publish(
                     &self.ctx,
@@ -218,6 +241,7 @@ impl Placer {
                     Ok(LeaseEvent::Revoked { lease_id, reason, .. }) if lease_id == guard.id() => {
                         tracing::info!(model = %self.ctx.manifest.name, %reason, "lease revoked: moving to the CPU, then releasing");
                         let _ = move_to(&self.ctx, Target::Cpu).await;
+                        self.work = None;
                         publish(&self.ctx, Target::Cpu, "the broker revoked the lease", true);
                         if let Err(status) = guard.release().await {
                             tracing::warn!(%status, "release after revocation failed; the broker will reclaim it");
@@ -227,6 +251,7 @@ impl Placer {
                     Ok(LeaseEvent::Lost { lease_id, reason }) if lease_id == guard.id() => {
                         tracing::warn!(model = %self.ctx.manifest.name, %reason, "lease lost: moving to the CPU");
                         let _ = move_to(&self.ctx, Target::Cpu).await;
+                        self.work = None;
                         publish(&self.ctx, Target::Cpu, "the broker no longer honours the lease", true);
                         drop(guard);
                         return None;

@@ -11,6 +11,8 @@ use tch::{Device, Kind, Tensor};
 use tokio::sync::oneshot;
 
 use crate::EngineError;
+use crate::admission::AdmissionError;
+use crate::memory_profile::{self, MemoryProfile, Sample, SharedProfile};
 use crate::metrics::EngineMetrics;
 use crate::model::Model;
 
@@ -55,11 +57,21 @@ pub(crate) enum Control {
         shape: Vec<i64>,
         done: oneshot::Sender<Result<Duration, String>>,
     },
+    /// Measures the working memory of a pass at each shape (smallest first) and fits
+    /// the engine's [`MemoryProfile`]; `Ok(None)` where it cannot be measured.
+    Profile {
+        shapes: Vec<Vec<i64>>,
+        done: oneshot::Sender<Result<Option<MemoryProfile>, String>>,
+    },
 }
 
 pub(crate) struct WorkerSettings {
     pub(crate) max_batch: usize,
     pub(crate) max_queue_delay: Duration,
+    /// Most bytes one model call's working memory may take (by the profile); a batch
+    /// that would take more is run in smaller chunks, a row that alone would is refused.
+    pub(crate) work_memory: Option<u64>,
+    pub(crate) profile: SharedProfile,
 }
 
 /// Unix millis of the last batch, read by placement to tell busy from idle.
@@ -113,6 +125,7 @@ pub(crate) fn run(
                     model.as_mut(),
                     &mut target,
                     command,
+                    &settings,
                     &metrics,
                     &call_started,
                 )?,
@@ -144,7 +157,7 @@ pub(crate) fn run(
             model.as_mut(),
             target,
             batch,
-            settings.max_batch,
+            &settings,
             &metrics,
             &call_started,
         );
@@ -168,6 +181,7 @@ fn handle_control(
     model: &mut dyn Model,
     target: &mut Target,
     command: Control,
+    settings: &WorkerSettings,
     metrics: &EngineMetrics,
     call_started: &AtomicU64,
 ) -> Result<(), String> {
@@ -194,7 +208,83 @@ fn handle_control(
             });
             result.map(|_| ())
         }
+        Control::Profile { shapes, done } => {
+            let result = guarded(|| profile(model, *target, &shapes, call_started));
+            let answer = match &result {
+                Ok(Ok(Some(profile))) => {
+                    metrics.set_profile(profile);
+                    *settings
+                        .profile
+                        .write()
+                        .unwrap_or_else(|poison| poison.into_inner()) = Some(profile.clone());
+                    Ok(Some(profile.clone()))
+                }
+                Ok(Ok(None)) => Ok(None),
+                Ok(Err(error)) | Err(error) => Err(error.clone()),
+            };
+            let _ = done.send(answer);
+            result.map(|_| ())
+        }
     }
+}
+
+/// One pass per shape, its peak memory growth measured; `None` on CUDA (no allocator
+/// statistics through tch) or where the peak cannot be read.
+fn profile(
+    model: &mut dyn Model,
+    target: Target,
+    shapes: &[Vec<i64>],
+    call_started: &AtomicU64,
+) -> Result<Option<MemoryProfile>, String> {
+    if matches!(target, Target::Cuda(_)) {
+        return Ok(None);
+    }
+    let mut samples = Vec::new();
+    for shape in shapes {
+        let input = Tensor::f_zeros(shape.as_slice(), (Kind::Float, target.device()))
+            .map_err(|error| error.to_string())?;
+        let grown = memory_profile::peak_growth(|| {
+            timed(call_started, || model.forward(&input)).map(|_| ())
+        })?;
+        let Some(bytes) = grown else {
+            return Ok(None);
+        };
+        samples.push(Sample {
+            elements: memory_profile::elements(shape),
+            bytes,
+        });
+    }
+    Ok(MemoryProfile::fit(samples))
+}
+
+/// Rows per model call for inputs of `row_elements` each: at most `max_batch`, and
+/// as many as the profile says fit `work_memory`. A row that alone does not fit is
+/// refused, naming its bytes.
+pub(crate) fn chunk_rows(
+    settings: &WorkerSettings,
+    target: Target,
+    row_elements: u64,
+) -> Result<usize, EngineError> {
+    let max_batch = settings.max_batch.max(1);
+    let (Some(budget), false) = (settings.work_memory, matches!(target, Target::Cuda(_))) else {
+        return Ok(max_batch);
+    };
+    let profile = settings
+        .profile
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let Some(profile) = profile.as_ref() else {
+        return Ok(max_batch);
+    };
+    let one = profile.bytes(row_elements);
+    if one > budget {
+        return Err(AdmissionError::TooLarge { bytes: one, budget }.into());
+    }
+    let fit = (1..=max_batch)
+        .take_while(|&rows| profile.bytes(row_elements * rows as u64) <= budget)
+        .last()
+        .unwrap_or(1);
+    Ok(fit)
 }
 
 /// Runs the requests of one batch: those of the same trailing shape go through the
@@ -205,7 +295,7 @@ fn run_batch(
     model: &mut dyn Model,
     target: Target,
     batch: Vec<Job>,
-    max_batch: usize,
+    settings: &WorkerSettings,
     metrics: &EngineMetrics,
     call_started: &AtomicU64,
 ) -> Result<(), String> {
@@ -243,7 +333,7 @@ fn run_batch(
         }
         let started = Instant::now();
         let outcome =
-            span.in_scope(|| guarded(|| forward(model, target, &jobs, max_batch, call_started)));
+            span.in_scope(|| guarded(|| forward(model, target, &jobs, settings, call_started)));
         metrics.inference.observe(started.elapsed().as_secs_f64());
         metrics.batch_rows.observe(sizes.iter().sum::<i64>() as f64);
         let outcome = match outcome {
@@ -272,12 +362,25 @@ fn forward(
     model: &mut dyn Model,
     target: Target,
     jobs: &[Job],
-    max_batch: usize,
+    settings: &WorkerSettings,
     call_started: &AtomicU64,
 ) -> Result<Tensor, EngineError> {
-    let inputs: Vec<&Tensor> = jobs.iter().map(|job| &job.input).collect();
-    let input = Tensor::f_cat(&inputs, 0).map_err(|e| EngineError::Inference(e.to_string()))?;
-    let rows = input.size().first().copied().unwrap_or(0);
+    // One caller's input goes through as it is: a copy of a page's tiles would double
+    // the request's memory.
+    let input = match jobs {
+        [job] => job.input.shallow_clone(),
+        _ => {
+            let inputs: Vec<&Tensor> = jobs.iter().map(|job| &job.input).collect();
+            Tensor::f_cat(&inputs, 0).map_err(|e| EngineError::Inference(e.to_string()))?
+        }
+    };
+    let shape = input.size();
+    let rows = shape.first().copied().unwrap_or(0);
+    let max_batch = chunk_rows(
+        settings,
+        target,
+        memory_profile::elements(shape.get(1..).unwrap_or_default()),
+    )?;
     let mut outputs = Vec::new();
     let mut start = 0;
     while start < rows {

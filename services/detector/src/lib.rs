@@ -72,6 +72,7 @@ pub async fn run(
         settings.drain_timeout,
     )
     .await;
+    let (work_memory, work_wait) = (settings.engine.work_memory, settings.engine.work_wait);
     let loading = Engine::start(
         settings.manifest,
         settings.engine,
@@ -81,11 +82,14 @@ pub async fn run(
     let Some(engine) = serving.load(loading).await? else {
         return Ok(());
     };
-    let _ = detector.set(Detector::new(
-        engine.clone(),
-        settings.limits,
-        settings.tile_overlap,
-        settings.max_single_pass,
-    ));
+    let _ = detector.set(
+        Detector::new(
+            engine.clone(),
+            settings.limits,
+            settings.tile_overlap,
+            settings.max_single_pass,
+        )
+        .with_work_memory(work_memory, work_wait),
+    );
     serving.serve(&[engine]).await
 }

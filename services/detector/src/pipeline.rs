@@ -1,13 +1,17 @@
-//! From encoded images to detections in source pixels: decode with limits, fit
-//! each page to the model (letterbox, or tiles at the native scale for large pages),
-//! run every input of the call through the engine as one batch, decode, merge.
+//! From encoded images to detections in source pixels: admit the call's working
+//! memory (estimated from the image headers, before any pixel is decoded), decode with
+//! limits, fit each page to the model (letterbox, or tiles at the native scale for
+//! large pages), run every input of the call through the engine as one batch, decode,
+//! merge. A call whose pages together exceed the budget goes through in turns.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use image::{Rgb, RgbImage};
+use plenum_engine::admission::split_to_fit;
 use plenum_engine::tch::{Kind, Tensor};
-use plenum_engine::{Engine, EngineError};
-use plenum_vision::decode::{DecodeError, DecodedImage, Limits, decode};
+use plenum_engine::{AdmissionError, Engine, EngineError, WorkBudget};
+use plenum_vision::decode::{DecodeError, DecodedImage, Limits, decode, dimensions};
 use plenum_vision::geometry::BoxF;
 use plenum_vision::letterbox::{PAD_VALUE, to_nchw_f32};
 use plenum_vision::resize::resize_linear;
@@ -74,7 +78,12 @@ pub struct Detector {
     tile_overlap: u32,
     stride: u32,
     max_single_pass: u32,
+    budget: WorkBudget,
 }
+
+/// Bytes a decoder may hold per pixel: a 16-bit RGBA frame and the RGB page made from
+/// it (the decoder's own allocation limit, `Limits`, allows the same).
+const DECODE_BYTES_PER_PIXEL: u64 = 8 + 3;
 
 /// How a page became model inputs, to map boxes back.
 enum Plan {
@@ -102,7 +111,55 @@ impl Detector {
             native_size,
             limits,
             tile_overlap,
+            // Replaced at once: the default is worked out from the detector itself.
+            budget: WorkBudget::new(0, Duration::ZERO),
         }
+        .with_work_memory(None, Duration::from_secs(10))
+    }
+
+    /// Admits calls against `bytes` of working memory (None: the default, enough for
+    /// one largest admissible page), each waiting at most `wait` for room.
+    pub fn with_work_memory(mut self, bytes: Option<u64>, wait: Duration) -> Self {
+        let bytes = bytes.unwrap_or_else(|| self.default_work_memory());
+        self.budget = WorkBudget::new(bytes, wait);
+        self
+    }
+
+    pub fn work_budget(&self) -> &WorkBudget {
+        &self.budget
+    }
+
+    /// Enough for one page of the most pixels admitted, fitted with the default options
+    /// (automatic tiling at the native size). Calls asking for more (a larger
+    /// `input_size`, tiling off on a huge page) may be refused as too large.
+    pub fn default_work_memory(&self) -> u64 {
+        let side = (self.limits.max_pixels as f64).sqrt() as u32;
+        let options = DetectOptions {
+            score_threshold: 0.25,
+            iou_threshold: 0.7,
+            classes: None,
+            tiling: Tiling::Auto,
+            input_size: self.native_size,
+        };
+        self.work_bytes(side, side, &options)
+    }
+
+    /// The working memory of detecting on one `width`×`height` page: the decoded
+    /// page, its model inputs twice over (the pixels, then the tensor made from them),
+    /// and the model's passes over them when it computes on the CPU.
+    pub fn work_bytes(&self, width: u32, height: u32, options: &DetectOptions) -> u64 {
+        let decoded = u64::from(width) * u64::from(height) * DECODE_BYTES_PER_PIXEL;
+        let (inputs, side_w, side_h) = match self.fit(width, height, options) {
+            Fit::Letterbox(size) => (1, size, size),
+            Fit::Tiles => (
+                tile_grid(width, height, self.native_size, self.tile_overlap).len(),
+                self.native_size,
+                self.native_size,
+            ),
+        };
+        let row_elements = 3 * u64::from(side_w) * u64::from(side_h);
+        let tensors = 2 * inputs as u64 * row_elements * 4;
+        decoded + tensors + self.engine.host_work_bytes(inputs, row_elements)
     }
 
     pub fn classes(&self) -> &[String] {
@@ -140,7 +197,41 @@ impl Detector {
         }
     }
 
+    /// Detects on every image, admitted by bytes first: images whose working memory
+    /// together exceeds the budget go through in turns; one that alone does is
+    /// refused, as is a call that waits too long for room.
     pub async fn detect(
+        &self,
+        images: Vec<Vec<u8>>,
+        options: &DetectOptions,
+    ) -> Result<Vec<ImageResult>, PipelineError> {
+        let costs = images
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                let (width, height) = dimensions(bytes, &self.limits)
+                    .map_err(|source| PipelineError::Decode { index, source })?;
+                Ok(self.work_bytes(width, height, options))
+            })
+            .collect::<Result<Vec<u64>, PipelineError>>()?;
+        let runs = split_to_fit(&costs, self.budget.bytes()).map_err(|index| {
+            EngineError::Admission(AdmissionError::TooLarge {
+                bytes: costs[index],
+                budget: self.budget.bytes(),
+            })
+        })?;
+        let mut images = images.into_iter();
+        let mut results = Vec::with_capacity(costs.len());
+        for run in runs {
+            let bytes = costs[run.clone()].iter().sum();
+            let _permit = self.budget.admit(bytes).await.map_err(EngineError::from)?;
+            let taken: Vec<Vec<u8>> = images.by_ref().take(run.len()).collect();
+            results.extend(self.detect_admitted(taken, options).await?);
+        }
+        Ok(results)
+    }
+
+    async fn detect_admitted(
         &self,
         images: Vec<Vec<u8>>,
         options: &DetectOptions,
@@ -148,33 +239,45 @@ impl Detector {
         let this = self.clone();
         let options_for_prep = options.clone();
         // Decoding and resizing are CPU work: keep them off the async threads.
-        let prepared =
+        let mut prepared =
             tokio::task::spawn_blocking(move || this.prepare(&images, &options_for_prep))
                 .await
                 .map_err(|error| PipelineError::Internal(error.to_string()))??;
 
         // Letterboxed inputs of one size and tiles (all native size) go through the
         // engine as batches; sizes differ only when callers ask for input_size.
+        // Each input's pixels move into their group (never copied twice), and each
+        // group's pixels are dropped once its tensor is made: the admitted bytes hold.
         let mut groups: Vec<((u32, u32), Vec<f32>, usize)> = Vec::new();
         for page in &prepared {
             for (size, pixels) in &page.inputs {
                 match groups.iter_mut().find(|(s, _, _)| s == size) {
-                    Some((_, data, count)) => {
-                        data.extend_from_slice(pixels);
-                        *count += 1;
-                    }
-                    None => groups.push((*size, pixels.clone(), 1)),
+                    Some((_, _, elements)) => *elements += pixels.len(),
+                    None => groups.push((*size, Vec::new(), pixels.len())),
+                }
+            }
+        }
+        for (_, data, elements) in &mut groups {
+            *data = Vec::with_capacity(*elements);
+        }
+        for page in &mut prepared {
+            for (size, pixels) in &mut page.inputs {
+                let pixels = std::mem::take(pixels);
+                if let Some((_, data, _)) = groups.iter_mut().find(|(s, _, _)| s == size) {
+                    data.extend_from_slice(&pixels);
                 }
             }
         }
         let mut outputs_by_size = Vec::new();
-        for ((width, height), data, count) in groups {
+        for ((width, height), data, _) in groups {
+            let count = data.len() / (3 * width as usize * height as usize);
             let input = Tensor::from_slice(&data).view([
                 count as i64,
                 3,
                 i64::from(height),
                 i64::from(width),
             ]);
+            drop(data);
             let output = self.engine.infer(input).await?;
             outputs_by_size.push(((width, height), yolo::split_batch(&output).into_iter()));
         }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use plenum_engine::EngineError;
+use plenum_engine::{AdmissionError, EngineError};
 use plenum_proto::common::v1 as common;
 use plenum_proto::detector::v1::{self as pb, detector_server::Detector as DetectorApi};
 use plenum_runtime::status::invalid_field as bad;
@@ -42,7 +42,14 @@ impl From<PipelineError> for Status {
             PipelineError::Decode { index, source } => {
                 bad(format!("images[{index}]"), source.to_string())
             }
-            PipelineError::Engine(EngineError::Overloaded { .. }) => {
+            // Retrying cannot help a page that alone exceeds the budget: no RetryInfo.
+            PipelineError::Engine(EngineError::Admission(AdmissionError::TooLarge { .. })) => {
+                Status::resource_exhausted(error.to_string())
+            }
+            PipelineError::Engine(
+                EngineError::Overloaded { .. }
+                | EngineError::Admission(AdmissionError::Busy { .. }),
+            ) => {
                 let details =
                     ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
                 Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)

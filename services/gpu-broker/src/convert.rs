@@ -38,6 +38,7 @@ impl Purpose {
         match pb::LeasePurpose::try_from(value) {
             Ok(pb::LeasePurpose::Unspecified | pb::LeasePurpose::Weights) => Ok(Self::Weights),
             Ok(pb::LeasePurpose::Peak) => Ok(Self::Peak),
+            Ok(pb::LeasePurpose::Work) => Ok(Self::Work),
             Err(_) => Err(BrokerError::invalid(
                 "purpose",
                 format!("unknown purpose {value}"),
@@ -49,6 +50,7 @@ impl Purpose {
         match self {
             Self::Weights => pb::LeasePurpose::Weights,
             Self::Peak => pb::LeasePurpose::Peak,
+            Self::Work => pb::LeasePurpose::Work,
         }
     }
 }

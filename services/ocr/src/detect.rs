@@ -122,23 +122,47 @@ fn resize_to_side(image: &RgbImage, side: u32, long: bool) -> Option<(RgbImage, 
     ))
 }
 
+/// The sizes a `width`×`height` page is read at, known before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedSizes {
+    /// The page after RapidOCR's resize and letterbox.
+    pub page: (u32, u32),
+    /// The DB detector's input.
+    pub det: (u32, u32),
+}
+
+/// [`PlannedSizes`] of a page; `None` when a side rounds to zero.
+pub fn planned_sizes(width: u32, height: u32) -> Option<PlannedSizes> {
+    let (mut w, mut h) = (width, height);
+    if w.max(h) > MAX_SIDE {
+        (w, h) = side_sizes(w, h, MAX_SIDE, true);
+    }
+    if w.min(h) < MIN_SIDE && w > 0 && h > 0 {
+        (w, h) = side_sizes(w, h, MIN_SIDE, false);
+    }
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let padded = h + 2 * letterbox_rows(w, h);
+    Some(PlannedSizes {
+        page: (w, padded),
+        det: det_sizes(w, padded),
+    })
+}
+
 impl Page {
     /// `RapidOCR.preprocess` then `maybe_add_letterbox`; `Ok(None)` when a side rounds
     /// to zero (RapidOCR raises; there is nothing to read). The sizes are worked out
     /// before any pixel is allocated, so a page that would blow up is refused cheaply.
     pub fn new(image: RgbImage) -> Result<Option<Self>, PageTooLarge> {
         let (width, height) = image.dimensions();
-        let (mut w, mut h) = (width, height);
-        if w.max(h) > MAX_SIDE {
-            (w, h) = side_sizes(w, h, MAX_SIDE, true);
-        }
-        if w.min(h) < MIN_SIDE && w > 0 && h > 0 {
-            (w, h) = side_sizes(w, h, MIN_SIDE, false);
-        }
-        if w == 0 || h == 0 {
+        let Some(PlannedSizes {
+            det: (det_width, det_height),
+            ..
+        }) = planned_sizes(width, height)
+        else {
             return Ok(None);
-        }
-        let (det_width, det_height) = det_sizes(w, h + 2 * letterbox_rows(w, h));
+        };
         if u64::from(det_width) * u64::from(det_height) > MAX_DET_PIXELS {
             return Err(PageTooLarge {
                 width,

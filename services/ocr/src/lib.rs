@@ -4,7 +4,7 @@
 //!
 //! Rooms: [`text`] and [`detect`] are PaddleOCR's pre/post-processing (pure),
 //! [`reader`] runs recognition and angle models on crops, [`page`] adds the detector,
-//! [`service`] is the gRPC face.
+//! [`service`] is the gRPC face, [`work`] admits requests by their working memory.
 #![forbid(unsafe_code)]
 
 pub mod detect;
@@ -12,6 +12,7 @@ pub mod page;
 pub mod reader;
 pub mod service;
 pub mod text;
+pub mod work;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::page::PageReader;
 use crate::reader::Reader;
 use crate::service::OcrService;
+use crate::work::OcrWork;
 
 pub struct OcrSettings {
     pub models: std::path::PathBuf,
@@ -79,6 +81,8 @@ pub async fn run(
     )
     .await;
     let engine = settings.engine;
+    let (work_memory, work_wait) = (engine.work_memory, engine.work_wait);
+    let max_pixels = settings.limits.max_pixels;
     let lease = settings.lease;
     // One after the other: each model's lease is single-flight on the broker anyway.
     let loading = async move {
@@ -92,6 +96,18 @@ pub async fn run(
         return Ok(());
     };
     let [rec, cls, det] = engines.clone();
-    let _ = reader.set(PageReader::new(det, Reader::new(rec, cls, dictionary)));
+    let work = OcrWork::new(
+        det.clone(),
+        rec.clone(),
+        cls.clone(),
+        work_memory,
+        work_wait,
+        max_pixels,
+    );
+    let _ = reader.set(PageReader::new(
+        det,
+        Reader::new(rec, cls, dictionary),
+        work,
+    ));
     serving.serve(&engines).await
 }

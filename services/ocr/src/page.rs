@@ -9,6 +9,7 @@ use plenum_vision::quad::PointF;
 
 use crate::detect::{self, Page, PageTooLarge, TEXT_SCORE};
 use crate::reader::Reader;
+use crate::work::OcrWork;
 
 /// One line found and read on a page, in source pixels.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,7 @@ pub struct Line {
 pub struct PageReader {
     det: Engine,
     reader: Reader,
+    work: OcrWork,
 }
 
 /// Why a page was not read.
@@ -40,12 +42,17 @@ fn blocking_failed(error: tokio::task::JoinError) -> EngineError {
 }
 
 impl PageReader {
-    pub fn new(det: Engine, reader: Reader) -> Self {
-        Self { det, reader }
+    pub fn new(det: Engine, reader: Reader, work: OcrWork) -> Self {
+        Self { det, reader, work }
     }
 
     pub fn reader(&self) -> &Reader {
         &self.reader
+    }
+
+    /// The working-memory budget requests are admitted against.
+    pub fn work(&self) -> &OcrWork {
+        &self.work
     }
 
     /// The lines of `image` in reading order, those read with a score under 0.5 left

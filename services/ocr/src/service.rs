@@ -3,11 +3,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use plenum_engine::EngineError;
+use plenum_engine::{AdmissionError, EngineError};
 use plenum_proto::common::v1 as common;
 use plenum_proto::ocr::v1::{self as pb, ocr_server::Ocr};
 use plenum_runtime::status::invalid_field as bad;
-use plenum_vision::decode::{Limits, decode};
+use plenum_vision::decode::{Limits, decode, dimensions};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -38,7 +38,11 @@ impl OcrService {
 
 fn engine_status(error: EngineError) -> Status {
     match error {
-        EngineError::Overloaded { .. } => {
+        // Retrying cannot help a request that alone exceeds the budget: no RetryInfo.
+        EngineError::Admission(AdmissionError::TooLarge { .. }) => {
+            Status::resource_exhausted(error.to_string())
+        }
+        EngineError::Overloaded { .. } | EngineError::Admission(AdmissionError::Busy { .. }) => {
             let details =
                 ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
             Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
@@ -75,6 +79,21 @@ impl Ocr for OcrService {
         }
         let reader = self.reader()?;
         let limits = self.limits;
+        let sizes = request
+            .crops
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                dimensions(bytes, &limits)
+                    .map_err(|e| bad(format!("crops[{index}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let work = reader.work();
+        let _permit = work
+            .budget()
+            .admit(work.crops_bytes(&sizes))
+            .await
+            .map_err(|error| engine_status(error.into()))?;
         // Decoding is CPU work: off the async threads.
         let crops = tokio::task::spawn_blocking(move || {
             request
@@ -121,6 +140,14 @@ impl Ocr for OcrService {
         let ignore = ignore_regions(&request.ignore_regions)?;
         let reader = self.reader()?;
         let limits = self.limits;
+        let (width, height) =
+            dimensions(&request.image, &limits).map_err(|e| bad("image", e.to_string()))?;
+        let work = reader.work();
+        let _permit = work
+            .budget()
+            .admit(work.page_bytes(width, height))
+            .await
+            .map_err(|error| engine_status(error.into()))?;
         // Decoding is CPU work: off the async threads.
         let image = tokio::task::spawn_blocking(move || {
             decode(&request.image, &limits).map(|decoded| {

@@ -814,7 +814,7 @@ impl Ledger {
                 .copied()
                 .filter(|&device| !blocked[device as usize])
                 .filter(|&device| {
-                    waiter.purpose == Purpose::Peak || self.loading_on(device).is_none()
+                    waiter.purpose != Purpose::Weights || self.loading_on(device).is_none()
                 })
                 .map(|device| Candidate {
                     index: device,
@@ -848,7 +848,7 @@ impl Ledger {
             measured: 0,
             phase: match waiter.purpose {
                 Purpose::Weights => Phase::Loading,
-                Purpose::Peak => Phase::Active,
+                Purpose::Peak | Purpose::Work => Phase::Active,
             },
             priority: waiter.priority,
             purpose: waiter.purpose,

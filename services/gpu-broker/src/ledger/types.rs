@@ -17,7 +17,10 @@ pub enum Priority {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Weights,
+    /// Short-lived headroom for one input larger than the work lease.
     Peak,
+    /// Working memory held beside the weights while the model serves.
+    Work,
 }
 
 /// One running model-service process.
