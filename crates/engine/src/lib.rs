@@ -10,8 +10,9 @@
 //! [`worker`] is the inference thread, [`placement`] follows the lease, [`health`] tells
 //! a service when a model's thread has stopped, [`serving`] is a model service's
 //! health from bind to exit, [`metrics`] reports, [`omp`] fixes
-//! libgomp. [`memory_profile`] measures a model's working memory at load and
-//! [`admission`] admits a service's requests against its working-memory budget.
+//! libgomp, `offload` moves an idle model off the GPU and promotes it back on demand.
+//! [`memory_profile`] measures a model's working memory at load and [`admission`]
+//! admits a service's requests against its working-memory budget.
 
 pub mod admission;
 pub mod health;
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod memory_profile;
 pub mod metrics;
 pub mod model;
+mod offload;
 pub mod omp;
 mod placement;
 pub mod serving;
@@ -36,9 +38,9 @@ use tokio::sync::{oneshot, watch};
 
 pub use admission::{AdmissionError, WorkBudget, WorkPermit};
 pub use health::{ModelStopped, first_stopped};
-pub use manifest::ModelManifest;
+pub use manifest::{ModelManifest, Precision};
 pub use memory_profile::MemoryProfile;
-pub use metrics::EngineMetrics;
+pub use metrics::{EngineMetrics, Move};
 pub use model::{Model, ModelLoader, TorchScript};
 pub use tch;
 pub use worker::Target;
@@ -104,6 +106,14 @@ pub struct EngineSettings {
     pub work_memory: Option<u64>,
     /// Longest a request waits for working memory held by others.
     pub work_wait: Duration,
+    /// A model unused this long moves to the CPU and gives its lease back; the next
+    /// request promotes it (served from the CPU meanwhile). None: never.
+    pub idle_offload: Option<Duration>,
+    /// With at least this many requests queued, the model asks the broker one
+    /// priority step higher. 0: never.
+    pub demand_boost_depth: usize,
+    /// Which of the manifest's variants to run; the lease asks for its estimate.
+    pub precision: Precision,
 }
 
 impl Default for EngineSettings {
@@ -122,6 +132,9 @@ impl Default for EngineSettings {
             memory_profile: false,
             work_memory: None,
             work_wait: Duration::from_secs(10),
+            idle_offload: None,
+            demand_boost_depth: 0,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -151,6 +164,18 @@ pub struct EngineArgs {
     /// turns NOT_SERVING and exits with 75 for its supervisor to restart it.
     #[arg(long, env = "PLENUM_STALL_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
+    /// A model unused this long moves to the CPU and releases its GPU lease; the next
+    /// request is served from the CPU while the model is promoted back. Off when unset.
+    #[arg(long, env = "PLENUM_IDLE_OFFLOAD", value_parser = humantime::parse_duration)]
+    pub idle_offload: Option<Duration>,
+    /// With at least this many requests queued for a model, its lease requests go
+    /// one priority step higher, so idle lower-priority models give way (0 = never).
+    #[arg(long, env = "PLENUM_DEMAND_BOOST_DEPTH", default_value_t = 0)]
+    pub demand_boost_depth: usize,
+    /// Which variant of each model to run (its manifest must list it): fp32, fp16
+    /// (half the VRAM; for GPUs) or int8. The lease asks for the variant's estimate.
+    #[arg(long, env = "PLENUM_PRECISION", value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// libtorch intra-op threads (0 = libtorch's default, one per core).
     #[arg(long, env = "PLENUM_INTRA_OP_THREADS", default_value_t = 0)]
     pub intra_op_threads: i32,
@@ -187,6 +212,9 @@ impl EngineArgs {
             memory_profile: self.memory_profile,
             work_memory: self.work_memory,
             work_wait: self.work_wait,
+            idle_offload: self.idle_offload,
+            demand_boost_depth: self.demand_boost_depth,
+            precision: self.precision,
             ..EngineSettings::default()
         }
     }
@@ -217,6 +245,8 @@ pub struct Engine {
     profile: memory_profile::SharedProfile,
     max_batch: usize,
     work_memory: Option<u64>,
+    /// Wakes an offloaded model's placement to promote it.
+    demand: offload::Demand,
     _placement: Arc<placement::PlacementTask>,
     _watchdog: Arc<health::Watchdog>,
 }
@@ -240,6 +270,9 @@ impl Engine {
         metrics: EngineMetrics,
     ) -> Result<Self, EngineError> {
         let loader = settings.loader.clone();
+        let manifest = manifest
+            .with_precision(settings.precision)
+            .map_err(|error| EngineError::Load(error.to_string()))?;
         let manifest = Arc::new(manifest);
         let to_load = Arc::clone(&manifest);
         let model = tokio::task::spawn_blocking(move || loader.load(&to_load))
@@ -302,6 +335,7 @@ impl Engine {
             .map_err(|error| EngineError::Load(error.to_string()))?;
 
         let profile_control = control.clone();
+        let demand = offload::Demand::new();
         let placing = placement::start(placement::PlacementContext {
             manifest: Arc::clone(&manifest),
             settings: settings.clone(),
@@ -309,6 +343,8 @@ impl Engine {
             control,
             state: state_tx,
             last_busy,
+            demand: demand.clone(),
+            metrics: metrics.clone(),
         });
         // Placement waits on the model's thread (moves, warmup): a thread that stops
         // or sticks meanwhile must end the start, not hang it.
@@ -335,6 +371,7 @@ impl Engine {
             profile,
             max_batch: settings.max_batch,
             work_memory: settings.work_memory,
+            demand,
             _placement: Arc::new(placement),
             _watchdog: Arc::new(watchdog),
         })
@@ -359,7 +396,10 @@ impl Engine {
             span: tracing::Span::current(),
         };
         match self.jobs.try_send(job) {
-            Ok(()) => self.metrics.queue_depth.inc(),
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                self.demand.request();
+            }
             Err(TrySendError::Full(_)) => {
                 self.metrics.rejected.inc();
                 return Err(EngineError::Overloaded {

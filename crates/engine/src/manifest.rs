@@ -1,5 +1,10 @@
 //! A model's manifest (TOML beside the model file): what the file is, how to feed
 //! it, what its outputs mean, and how much VRAM to ask for.
+//!
+//! A model may come in other precisions (fp16 for GPUs, int8), each a file of its
+//! own with its own checksum and VRAM estimate. They are listed under `[[variants]]`
+//! in the manifest or, when provisioned on this machine
+//! (`models/provision_variants.py`), in a `<manifest>.variants.toml` beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +22,14 @@ pub enum ManifestError {
     Parse {
         path: PathBuf,
         source: toml::de::Error,
+    },
+    #[error(
+        "{model} has no {precision} variant (listed: {listed}); run `make setup` to provision it"
+    )]
+    NoVariant {
+        model: String,
+        precision: Precision,
+        listed: String,
     },
     #[error("{path}: sha256 is {actual}, the manifest says {expected}; re-provision the models")]
     Checksum {
@@ -41,9 +54,59 @@ pub struct ModelManifest {
     pub input: InputSpec,
     #[serde(default)]
     pub labels: Labels,
+    /// The same model in other precisions.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+    /// The precision of `file`: fp32 unless this manifest was made for a variant.
+    #[serde(default)]
+    pub precision: Precision,
     /// Where the manifest was read from; files resolve relative to it.
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+/// A weight precision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// Half-precision weights and activations: half the VRAM; for GPUs.
+    Fp16,
+    /// 8-bit integer weights (dynamically quantized): for the CPU.
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
+/// One other-precision file of a model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Variant {
+    pub precision: Precision,
+    /// Relative to the manifest.
+    pub file: PathBuf,
+    pub sha256: String,
+    /// What a lease for this variant asks for.
+    pub vram_estimate_bytes: u64,
+    /// The largest difference from the fp32 model's outputs measured when it was
+    /// provisioned, relative to their largest magnitude (informational).
+    #[serde(default)]
+    pub verified_max_rel_diff: Option<f64>,
+}
+
+/// A `<manifest>.variants.toml` written by provisioning.
+#[derive(Debug, Deserialize)]
+struct VariantsFile {
+    #[serde(default)]
+    variants: Vec<Variant>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,7 +157,52 @@ impl ModelManifest {
             source,
         })?;
         manifest.dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let provisioned = path.with_extension("variants.toml");
+        if provisioned.exists() {
+            let text =
+                std::fs::read_to_string(&provisioned).map_err(|source| ManifestError::Read {
+                    path: provisioned.clone(),
+                    source,
+                })?;
+            let file: VariantsFile =
+                toml::from_str(&text).map_err(|source| ManifestError::Parse {
+                    path: provisioned.clone(),
+                    source,
+                })?;
+            manifest.variants.extend(file.variants);
+        }
         Ok(manifest)
+    }
+
+    /// This model in `precision`: the variant's file, checksum and VRAM estimate
+    /// (fp16 takes half-precision input). Fp32 is the manifest itself.
+    pub fn with_precision(&self, precision: Precision) -> Result<Self, ManifestError> {
+        if precision == self.precision {
+            return Ok(self.clone());
+        }
+        let variant = self
+            .variants
+            .iter()
+            .find(|variant| variant.precision == precision)
+            .ok_or_else(|| ManifestError::NoVariant {
+                model: self.name.clone(),
+                precision,
+                listed: self
+                    .variants
+                    .iter()
+                    .map(|variant| variant.precision.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let mut chosen = self.clone();
+        chosen.file = variant.file.clone();
+        chosen.sha256 = variant.sha256.clone();
+        chosen.vram_estimate_bytes = variant.vram_estimate_bytes;
+        chosen.precision = precision;
+        if precision == Precision::Fp16 {
+            chosen.input.dtype = "float16".into();
+        }
+        Ok(chosen)
     }
 
     /// The model file's path.
@@ -175,4 +283,51 @@ pub fn default_models_dir(kind: &str) -> PathBuf {
         })
         .filter(|dir| dir.join(kind).exists())
         .unwrap_or(here)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = r#"
+        name = "det"
+        task = "text-detect"
+        file = "det.pt"
+        sha256 = "aaaa"
+        vram_estimate_bytes = 1000
+        [input]
+        shape = [-1, 3, -1, -1]
+        [[variants]]
+        precision = "fp16"
+        file = "det.fp16.pt"
+        sha256 = "bbbb"
+        vram_estimate_bytes = 500
+    "#;
+
+    #[test]
+    fn a_variant_brings_its_own_file_checksum_estimate_and_input_type() {
+        let manifest: ModelManifest = toml::from_str(MANIFEST).unwrap();
+        assert_eq!(manifest.precision, Precision::Fp32);
+        let half = manifest.with_precision(Precision::Fp16).unwrap();
+        assert_eq!(half.file, PathBuf::from("det.fp16.pt"));
+        assert_eq!(half.sha256, "bbbb");
+        assert_eq!(
+            half.vram_estimate_bytes, 500,
+            "the lease asks for the variant's size"
+        );
+        assert_eq!(half.input.dtype, "float16");
+        assert_ne!(half.model_key(), manifest.model_key());
+        let same = manifest.with_precision(Precision::Fp32).unwrap();
+        assert_eq!(same.file, manifest.file);
+    }
+
+    #[test]
+    fn a_missing_variant_says_which_exist() {
+        let manifest: ModelManifest = toml::from_str(MANIFEST).unwrap();
+        let error = manifest.with_precision(Precision::Int8).unwrap_err();
+        assert!(
+            error.to_string().contains("no int8 variant (listed: fp16)"),
+            "{error}"
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //! (`plenum_<service>_…`) with the model's name as a label.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::memory_profile::MemoryProfile;
@@ -20,6 +21,9 @@ pub struct EngineMetrics {
     profile_fixed: Gauge,
     profile_per_element: Gauge,
     profile_error: Gauge,
+    /// Idle offloads (move to the CPU and release) and promotions (a request to the
+    /// model back on the GPU), by `move`.
+    moves: HistogramVec,
 }
 
 impl EngineMetrics {
@@ -79,6 +83,15 @@ impl EngineMetrics {
                 "work_memory_fit_error_ratio",
                 "Largest relative error of the working-memory fit at the measured sizes",
             ))?,
+            moves: HistogramVec::new(
+                HistogramOpts::new(
+                    format!("plenum_{service}_offload_move_seconds"),
+                    "Idle offloads to the CPU and promotions back to the GPU, by move",
+                )
+                .const_label("model", model)
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+                &["move"],
+            )?,
         };
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.rejected.clone()))?;
@@ -89,6 +102,7 @@ impl EngineMetrics {
         registry.register(Box::new(metrics.profile_fixed.clone()))?;
         registry.register(Box::new(metrics.profile_per_element.clone()))?;
         registry.register(Box::new(metrics.profile_error.clone()))?;
+        registry.register(Box::new(metrics.moves.clone()))?;
         metrics.set_placement(Target::Cpu);
         Ok(metrics)
     }
@@ -114,11 +128,41 @@ impl EngineMetrics {
         self.profile_error.set(profile.max_error());
     }
 
+    pub(crate) fn observe_move(&self, kind: Move, took: std::time::Duration) {
+        self.moves
+            .with_label_values(&[kind.label()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// How many moves of `kind` so far, and their total seconds (for benchmarks).
+    pub fn moves(&self, kind: Move) -> (u64, f64) {
+        let histogram = self.moves.with_label_values(&[kind.label()]);
+        (histogram.get_sample_count(), histogram.get_sample_sum())
+    }
+
     /// Model calls so far, and rows through them (for tests and benchmarks).
     pub fn batches(&self) -> (u64, f64) {
         (
             self.batch_rows.get_sample_count(),
             self.batch_rows.get_sample_sum(),
         )
+    }
+}
+
+/// A move the engine makes on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// Idle: to the CPU, then the lease released.
+    Offload,
+    /// From the request that asked for an offloaded model to the model on the GPU.
+    Promotion,
+}
+
+impl Move {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Offload => "offload",
+            Self::Promotion => "promotion",
+        }
     }
 }

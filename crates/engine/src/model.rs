@@ -55,6 +55,9 @@ impl std::fmt::Debug for ModelLoader {
 pub struct TorchScript {
     module: CModule,
     device: Device,
+    /// The weights' type (fp16 variants stay half wherever they run); inputs are
+    /// cast to it and outputs come back as f32.
+    kind: Kind,
 }
 
 impl TorchScript {
@@ -68,23 +71,36 @@ impl TorchScript {
         module
             .f_set_eval()
             .map_err(|error| EngineError::Load(error.to_string()))?;
+        let kind = match manifest.input.dtype.as_str() {
+            "float16" => Kind::Half,
+            _ => Kind::Float,
+        };
         Ok(Self {
             module,
             device: Device::Cpu,
+            kind,
         })
     }
 }
 
 impl Model for TorchScript {
     fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
-        tch::no_grad(|| self.module.forward_ts(&[input])).map_err(|error| error.to_string())
+        if self.kind == Kind::Float {
+            return tch::no_grad(|| self.module.forward_ts(&[input]))
+                .map_err(|error| error.to_string());
+        }
+        tch::no_grad(|| {
+            let input = input.f_to_kind(self.kind)?;
+            self.module.forward_ts(&[input])?.f_to_kind(Kind::Float)
+        })
+        .map_err(|error| error.to_string())
     }
 
     fn move_to(&mut self, device: Device) -> Result<(), String> {
         // `CModule::to` panics when the device runs out of memory: an expected
         // failure, so it is caught here and the weights go back where they were.
         let moved = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.module.to(device, Kind::Float, false);
+            self.module.to(device, self.kind, false);
         }));
         match moved {
             Ok(()) => {
@@ -94,7 +110,7 @@ impl Model for TorchScript {
             Err(panic) => {
                 let back = self.device;
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    self.module.to(back, Kind::Float, false);
+                    self.module.to(back, self.kind, false);
                 }));
                 Err(crate::worker::panic_message(&panic))
             }

@@ -1,17 +1,20 @@
 //! Placement follows the lease: on the GPU while the broker grants one, on the CPU
 //! otherwise, asking again with backoff; a revocation moves the model to the CPU
 //! first and releases after, so the GPU memory is free when the broker counts it.
+//! With `--idle-offload` an unused model does the same on its own, and comes back
+//! when a request asks for it (`offload`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plenum_lease::{AcquireError, LeaseClient, LeaseEvent, LeaseGuard, LeaseRequest};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::worker::{Control, LastBusy, Target, now_millis};
-use crate::{DeviceChoice, EngineError, EngineSettings, EngineState, ModelManifest};
+use crate::metrics::Move;
+use crate::offload::{self, Demand};
+use crate::worker::{Control, LastBusy, Target};
+use crate::{DeviceChoice, EngineError, EngineMetrics, EngineSettings, EngineState, ModelManifest};
 
 pub(crate) struct PlacementContext {
     pub(crate) manifest: Arc<ModelManifest>,
@@ -21,6 +24,18 @@ pub(crate) struct PlacementContext {
     /// Shared with the model's thread, which reports its own end.
     pub(crate) state: Arc<watch::Sender<EngineState>>,
     pub(crate) last_busy: LastBusy,
+    /// Requests as they arrive: an offloaded model waits for the next one.
+    pub(crate) demand: Demand,
+    /// The queue depth, for asking with a higher priority under load.
+    pub(crate) metrics: EngineMetrics,
+}
+
+/// Why a held lease was given up.
+enum LetGo {
+    /// The broker revoked it, or no longer honours it.
+    Revoked,
+    /// Idle past `--idle-offload`; wakes on the requests `demand` sees from now on.
+    Offloaded { demand: watch::Receiver<u64> },
 }
 
 /// The background task; stops when the engine's last handle goes.
@@ -72,6 +87,8 @@ struct Placer {
     baseline: u64,
     /// The working-memory lease held beside the weights (see [`crate::work_lease`]).
     work: Option<LeaseGuard>,
+    /// When the model last arrived on the GPU: idle time counts from here at most.
+    placed_at: Instant,
 }
 
 pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, EngineError> {
@@ -89,6 +106,7 @@ pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, Engine
         events,
         baseline: 0,
         work: None,
+        placed_at: Instant::now(),
     };
     let wait = placer.ctx.settings.lease_wait;
     let first = placer.try_gpu(wait).await;
@@ -119,14 +137,17 @@ impl Placer {
         let mut backoff = Duration::from_millis(200);
         loop {
             match guard.take() {
-                Some(held) => {
-                    guard = self.hold(held).await;
-                    if guard.is_none() {
+                Some(held) => match self.hold(held).await {
+                    LetGo::Revoked => {
                         // Just gave memory back: let whoever needed it load first.
                         backoff = Duration::from_secs(2);
                         tokio::time::sleep(backoff).await;
                     }
-                }
+                    LetGo::Offloaded { demand } => {
+                        guard = self.promote_on_demand(demand).await;
+                        backoff = Duration::from_millis(200);
+                    }
+                },
                 None => match self.try_gpu(Duration::ZERO).await {
                     Ok(held) => {
                         guard = self.commit(held).await;
@@ -142,12 +163,50 @@ impl Placer {
         }
     }
 
+    /// Waits for the next request, then asks for a lease (up to `--lease-wait`) and
+    /// moves the model back up. The requests are served from the CPU meanwhile. None
+    /// when the broker refused: the caller keeps asking with backoff.
+    async fn promote_on_demand(&mut self, mut demand: watch::Receiver<u64>) -> Option<LeaseGuard> {
+        if demand.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        // The clock starts with the request that asked for the model.
+        let started = Instant::now();
+        let model = self.ctx.manifest.name.clone();
+        match self.try_gpu(self.ctx.settings.lease_wait).await {
+            Ok(held) => {
+                let guard = self.commit(held).await;
+                if guard.is_some() {
+                    let took = started.elapsed();
+                    self.ctx.metrics.observe_move(Move::Promotion, took);
+                    tracing::info!(%model, ?took, "promoted back to the GPU on demand");
+                }
+                guard
+            }
+            Err(reason) => {
+                tracing::info!(%model, %reason, "promotion refused; serving from the CPU");
+                publish(
+                    &self.ctx,
+                    Target::Cpu,
+                    &format!("promotion refused: {reason}"),
+                    true,
+                );
+                None
+            }
+        }
+    }
+
     /// Asks for a lease and moves the model onto its device; the lease is returned
     /// uncommitted (the caller measures after warmup).
     async fn try_gpu(&mut self, wait: Duration) -> Result<LeaseGuard, String> {
         let manifest = &self.ctx.manifest;
+        let priority = offload::demand_priority(
+            self.ctx.settings.priority,
+            self.ctx.metrics.queue_depth.get(),
+            self.ctx.settings.demand_boost_depth,
+        );
         let mut request = LeaseRequest::weights(manifest.model_key(), manifest.vram_estimate_bytes)
-            .priority(self.ctx.settings.priority)
+            .priority(priority)
             .wait(wait);
         request.use_measured_estimate = true;
         let guard = match self.lease.acquire(request).await {
@@ -170,6 +229,7 @@ impl Placer {
         move_to(&self.ctx, target).await.map_err(|error| {
             format!("moving to {target:?} failed ({error}); staying on the CPU")
         })?;
+        self.placed_at = Instant::now();
         Ok(guard)
     }
 
@@ -226,16 +286,29 @@ impl Placer {
         }
     }
 
-    /// Holds the lease until the broker wants it back; then moves to the CPU and
-    /// releases. Returns the guard only if it is still held (never, today).
-    async fn hold(&mut self, guard: LeaseGuard) -> Option<LeaseGuard> {
+    /// Holds the lease until the broker wants it back, or until the model has been
+    /// idle for `--idle-offload`; then moves to the CPU and releases.
+    async fn hold(&mut self, guard: LeaseGuard) -> LetGo {
         let mut busy_check = tokio::time::interval(Duration::from_millis(250));
-        let idle_after = self.ctx.settings.idle_after.as_millis() as u64;
         loop {
             tokio::select! {
                 _ = busy_check.tick() => {
-                    let last = self.ctx.last_busy.load(Ordering::Relaxed);
-                    guard.set_busy(now_millis().saturating_sub(last) < idle_after);
+                    let idle = offload::idle_for(&self.ctx.last_busy, self.placed_at);
+                    guard.set_busy(idle < self.ctx.settings.idle_after);
+                    guard.set_last_used(Instant::now().checked_sub(idle).unwrap_or(self.placed_at));
+                    if self.ctx.settings.idle_offload.is_some_and(|limit| idle >= limit) {
+                        // Requests from here on wake the promotion, even one that
+                        // arrives during the move.
+                        let demand = self.ctx.demand.watch();
+                        let started = Instant::now();
+                        match move_to(&self.ctx, Target::Cpu).await {
+                            Ok(()) => return self.offloaded(guard, idle, demand, started).await,
+                            Err(error) => {
+                                tracing::warn!(model = %self.ctx.manifest.name, %error, "offload to the CPU failed; keeping the lease");
+                                self.placed_at = Instant::now();
+                            }
+                        }
+                    }
                 }
                 event = self.events.recv() => match event {
                     Ok(LeaseEvent::Revoked { lease_id, reason, .. }) if lease_id == guard.id() => {
@@ -246,7 +319,7 @@ impl Placer {
                         if let Err(status) = guard.release().await {
                             tracing::warn!(%status, "release after revocation failed; the broker will reclaim it");
                         }
-                        return None;
+                        return LetGo::Revoked;
                     }
                     Ok(LeaseEvent::Lost { lease_id, reason }) if lease_id == guard.id() => {
                         tracing::warn!(model = %self.ctx.manifest.name, %reason, "lease lost: moving to the CPU");
@@ -254,13 +327,35 @@ impl Placer {
                         self.work = None;
                         publish(&self.ctx, Target::Cpu, "the broker no longer honours the lease", true);
                         drop(guard);
-                        return None;
+                        return LetGo::Revoked;
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
                 },
             }
         }
+    }
+
+    /// An idle model is on the CPU now: says so and gives the lease back.
+    async fn offloaded(
+        &mut self,
+        guard: LeaseGuard,
+        idle: Duration,
+        demand: watch::Receiver<u64>,
+        started: Instant,
+    ) -> LetGo {
+        let model = self.ctx.manifest.name.clone();
+        let reason = format!("offloaded to the CPU after {idle:.1?} idle");
+        publish(&self.ctx, Target::Cpu, &reason, true);
+        if let Err(status) = guard.release().await {
+            tracing::warn!(%model, %status, "release after offload failed; the broker will reclaim it");
+        }
+        // The working-memory lease goes with the weights: the model works on the CPU now.
+        self.work = None;
+        let took = started.elapsed();
+        self.ctx.metrics.observe_move(Move::Offload, took);
+        tracing::info!(%model, ?idle, ?took, "idle: offloaded to the CPU and released the lease");
+        LetGo::Offloaded { demand }
     }
 }
 

@@ -152,6 +152,9 @@ pub(crate) struct SessionInfo {
 pub(crate) struct HeldLease {
     pub(crate) claim: pb::LeaseClaim,
     pub(crate) busy: bool,
+    /// When the model under it last served a request, if the holder says; sent
+    /// as idle time with each heartbeat so the broker revokes the stalest first.
+    pub(crate) last_used: Option<std::time::Instant>,
 }
 
 type Client = BrokerClient<InterceptedService<Channel, Authorize>>;
@@ -339,6 +342,7 @@ impl LeaseClient {
                     model_key: lease.model_key.clone(),
                 },
                 busy: false,
+                last_used: None,
             },
         );
         Ok(LeaseGuard {
@@ -445,6 +449,14 @@ impl LeaseGuard {
     pub fn set_busy(&self, busy: bool) {
         if let Some(held) = self.client.inner.held().get_mut(&self.lease_id) {
             held.busy = busy;
+        }
+    }
+
+    /// Says when the model under this lease last served a request: the broker
+    /// revokes the least recently used idle leases first.
+    pub fn set_last_used(&self, at: std::time::Instant) {
+        if let Some(held) = self.client.inner.held().get_mut(&self.lease_id) {
+            held.last_used = Some(at);
         }
     }
 

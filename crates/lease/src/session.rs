@@ -92,14 +92,8 @@ async fn run_session(inner: &Arc<Inner>) -> Result<(), tonic::Status> {
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
-                let busy_lease_ids = inner
-                    .held()
-                    .iter()
-                    .filter(|(_, held)| held.busy)
-                    .map(|(id, _)| id.clone())
-                    .collect();
                 let beat = pb::SessionRequest {
-                    kind: Some(session_request::Kind::Heartbeat(pb::Heartbeat { busy_lease_ids })),
+                    kind: Some(session_request::Kind::Heartbeat(beat_report(inner))),
                 };
                 if outbound.send(beat).await.is_err() {
                     return Ok(());
@@ -112,6 +106,31 @@ async fn run_session(inner: &Arc<Inner>) -> Result<(), tonic::Status> {
             },
             () = inner.shutdown.cancelled() => return Ok(()),
         }
+    }
+}
+
+/// Which leases are busy, and how long the idle ones have been idle.
+fn beat_report(inner: &Inner) -> pb::Heartbeat {
+    let held = inner.held();
+    let busy_lease_ids = held
+        .iter()
+        .filter(|(_, held)| held.busy)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let idle_ms = held
+        .iter()
+        .filter(|(_, held)| !held.busy)
+        .filter_map(|(id, held)| Some((id.clone(), held.last_used?)))
+        .map(|(id, at)| {
+            (
+                id,
+                u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    pb::Heartbeat {
+        busy_lease_ids,
+        idle_ms,
     }
 }
 

@@ -129,6 +129,7 @@ pub fn lease_to_proto(lease: LeaseView) -> pb::Lease {
         revoke_deadline_in_ms: lease.revoke_deadline_in_ms,
         revoke_overdue: lease.revoke_overdue,
         from_measured_estimate: lease.from_measured_estimate,
+        idle_ms: lease.idle_ms,
     }
 }
 

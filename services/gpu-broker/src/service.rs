@@ -296,8 +296,15 @@ impl Broker for BrokerService {
                 tokio::select! {
                     message = inbound.message() => match message {
                         Ok(Some(pb::SessionRequest { kind: Some(session_request::Kind::Heartbeat(beat)) })) => {
+                            let idle_for = beat
+                                .idle_ms
+                                .into_iter()
+                                .map(|(lease, ms)| (lease, Duration::from_millis(ms)))
+                                .collect();
                             let alive = shared.with_ledger(|ledger, now| {
-                                ledger.heartbeat(&session_id, beat.busy_lease_ids, now)
+                                ledger.heartbeat(&session_id, beat.busy_lease_ids, now)?;
+                                ledger.report_idle(&session_id, idle_for, now);
+                                Ok::<_, BrokerError>(())
                             });
                             if alive.is_err() {
                                 break;

@@ -6,7 +6,9 @@
 //! for (a live holder knows it, or it is an orphan waiting out its grace, or its
 //! silent but living holder keeps it unresponsive, or it is being released).
 //! Holders may also die (their process and memory gone): after the next
-//! measurement, nothing of theirs stays unresponsive.
+//! measurement, nothing of theirs stays unresponsive. Holders report which
+//! leases are busy and how long the others were idle, offload idle models
+//! (release) and promote them again (acquire): a busy lease is never revoked.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -46,7 +48,21 @@ enum Op {
     /// The holder process dies: its stream closes and its memory is freed; its
     /// next Open is a new process.
     Kill(usize),
-    Heartbeat(usize),
+    /// A heartbeat: the leases picked by `busy_mask` are busy, the others were
+    /// last used `idle_s` seconds ago (each a little less than the one before).
+    Heartbeat {
+        holder: usize,
+        busy_mask: u8,
+        idle_s: u64,
+    },
+    /// The holder moves an idle model to the CPU: it releases the lease and
+    /// remembers the model for a promotion.
+    Offload {
+        holder: usize,
+        pick: usize,
+    },
+    /// A request for an offloaded model: the holder asks for its lease again.
+    Promote(usize),
     Advance(u64),
     Restart,
 }
@@ -62,7 +78,10 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (holder.clone(), any::<usize>()).prop_map(|(holder, pick)| Op::Release { holder, pick }),
         1 => holder.clone().prop_map(Op::Disconnect),
         1 => holder.clone().prop_map(Op::Kill),
-        2 => holder.prop_map(Op::Heartbeat),
+        2 => (holder.clone(), any::<u8>(), 0..600u64)
+            .prop_map(|(holder, busy_mask, idle_s)| Op::Heartbeat { holder, busy_mask, idle_s }),
+        2 => (holder.clone(), any::<usize>()).prop_map(|(holder, pick)| Op::Offload { holder, pick }),
+        1 => holder.prop_map(Op::Promote),
         3 => (1..4000u64).prop_map(Op::Advance),
         1 => Just(Op::Restart),
     ]
@@ -78,6 +97,19 @@ struct Holder {
     pending: Vec<(u64, Option<u32>)>,
     /// How many processes this holder has been: a killed one starts over.
     generation: u32,
+    /// Leases reported busy in the last heartbeat of this session: never to be
+    /// revoked while it lasts.
+    busy: Option<(String, HashSet<String>)>,
+    /// Models moved to the CPU while idle, with the bytes they need back.
+    offloaded: Vec<u64>,
+}
+
+impl Holder {
+    fn is_busy(&self, session: &str, lease_id: &str) -> bool {
+        self.busy
+            .as_ref()
+            .is_some_and(|(on, ids)| on == session && ids.contains(lease_id))
+    }
 }
 
 fn claim(lease: &LeaseView) -> LeaseClaim {
@@ -246,11 +278,80 @@ impl World {
                     .insert(Self::holder_id(index, holder.generation).pid);
                 holder.generation += 1;
             }
-            Op::Heartbeat(index) => {
-                if let Some(session) = self.holders[index].session.clone() {
-                    self.ledger
-                        .heartbeat(&session, vec![], now)
-                        .expect("live session");
+            Op::Heartbeat {
+                holder: index,
+                busy_mask,
+                idle_s,
+            } => {
+                let Some(session) = self.holders[index].session.clone() else {
+                    return;
+                };
+                let mut ids: Vec<String> = self.holders[index].held.keys().cloned().collect();
+                ids.sort();
+                let is_busy = |bit: usize| busy_mask & (1 << (bit % 8)) != 0;
+                let busy: Vec<String> = ids
+                    .iter()
+                    .enumerate()
+                    .filter(|&(bit, _)| is_busy(bit))
+                    .map(|(_, id)| id.clone())
+                    .collect();
+                let idle_for = ids
+                    .into_iter()
+                    .enumerate()
+                    .filter(|&(bit, _)| !is_busy(bit))
+                    .map(|(bit, id)| (id, Duration::from_secs(idle_s.saturating_sub(bit as u64))))
+                    .collect();
+                self.ledger
+                    .heartbeat(&session, busy.clone(), now)
+                    .expect("live session");
+                self.ledger.report_idle(&session, idle_for, now);
+                self.holders[index].busy = Some((session, busy.into_iter().collect()));
+            }
+            Op::Offload {
+                holder: index,
+                pick,
+            } => {
+                let Some((session, lease_id)) = self.pick(index, pick) else {
+                    return;
+                };
+                if self.holders[index].is_busy(&session, &lease_id) {
+                    return; // only idle models are offloaded
+                }
+                let lease = self
+                    .ledger
+                    .release(&session, &lease_id, now)
+                    .expect("own live lease");
+                let holder = &mut self.holders[index];
+                holder.held.remove(&lease_id);
+                holder.offloaded.push(lease.granted_bytes);
+            }
+            Op::Promote(index) => {
+                let Some(session) = self.holders[index].session.clone() else {
+                    return;
+                };
+                let Some(bytes) = self.holders[index].offloaded.pop() else {
+                    return;
+                };
+                let spec = AcquireSpec {
+                    session_id: session,
+                    bytes: bytes as i64,
+                    device: None,
+                    priority: Priority::Normal,
+                    purpose: Purpose::Weights,
+                    wait: Duration::from_secs(2),
+                    model_key: format!("model-{index}"),
+                    use_measured_estimate: true,
+                };
+                match self.ledger.acquire(spec, now) {
+                    Ok(AcquireOutcome::Granted(lease)) => {
+                        self.holders[index]
+                            .held
+                            .insert(lease.lease_id.clone(), claim(&lease));
+                    }
+                    Ok(AcquireOutcome::Queued { waiter }) => {
+                        self.holders[index].pending.push((waiter, None))
+                    }
+                    Err(_) => {}
                 }
             }
             Op::Advance(ms) => {
@@ -343,6 +444,10 @@ impl World {
                         else {
                             continue;
                         };
+                        if holder.is_busy(&session_id, &lease_id) {
+                            self.violation
+                                .get_or_insert(format!("revoked {lease_id}, which is busy"));
+                        }
                         if holder.held.remove(&lease_id).is_some() {
                             let released = self.ledger.release(&session_id, &lease_id, now);
                             assert!(

@@ -1,6 +1,7 @@
 //! Where a lease lands on a machine with two GPUs, over real gRPC: best fit, ties
-//! to the less loaded device, a holder's device preference, and a refusal that
-//! says what each device has free.
+//! to the less loaded device, a holder's device preference, a refusal that
+//! says what each device has free, and which device gives way when memory is
+//! short (the least recently used idle holder's).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use common::{GIB, gtx_1070, start_with};
 use plenum_broker::inventory::Simulated;
-use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseRequest, Purpose};
+use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseEvent, LeaseRequest, Purpose};
 use plenum_proto::broker::v1 as pb;
 use tonic_types::StatusExt;
 
@@ -175,5 +176,84 @@ async fn a_request_no_single_device_can_hold_is_refused_naming_each_devices_free
         (3 * GIB + GIB / 2).to_string()
     );
     assert_eq!(info.metadata["free_bytes"], (3 * GIB + GIB / 2).to_string());
+    broker.stop().await;
+}
+
+/// A committed, idle, low-priority model of its own holder on `device`, last used
+/// `idle` ago; it gives the lease back when the broker revokes it.
+async fn idle_model(
+    broker: &common::RunningBroker,
+    name: &str,
+    device: u32,
+    idle: Duration,
+) -> (LeaseClient, String, tokio::task::JoinHandle<bool>) {
+    let client = LeaseClient::connect(LeaseClientConfig::new(broker.url(), name)).unwrap();
+    let mut request = LeaseRequest::weights(name, 3 * GIB).priority(pb::Priority::Low);
+    request.device = Some(device);
+    let mut lease = client.acquire(request).await.expect("fits");
+    lease.commit(3 * GIB).await.unwrap();
+    lease.set_last_used(std::time::Instant::now() - idle);
+    let id = lease.id().to_owned();
+    let mut events = client.events();
+    let revoked = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let LeaseEvent::Revoked { lease_id, .. } = event
+                && lease_id == lease.id()
+            {
+                lease.release().await.unwrap();
+                return true;
+            }
+        }
+        false
+    });
+    (client, id, revoked)
+}
+
+#[tokio::test]
+async fn revocation_picks_the_least_recently_used_idle_holder() {
+    // 3 GiB leasable per device, each full with one idle low-priority model: the one
+    // on device 0 was used a second ago, the one on device 1 two minutes ago.
+    let (broker, _) = two_devices("A:4GiB,B:4GiB").await;
+    let (_recent, recent_id, recent_revoked) =
+        idle_model(&broker, "recent", 0, Duration::from_secs(1)).await;
+    let (_stale, stale_id, stale_revoked) =
+        idle_model(&broker, "stale", 1, Duration::from_secs(120)).await;
+    common::eventually(
+        &broker,
+        Duration::from_secs(5),
+        "idle times reported",
+        |status| {
+            let idle = |id: &str| {
+                status
+                    .leases
+                    .iter()
+                    .find(|lease| lease.lease_id == id)
+                    .map_or(0, |lease| lease.idle_ms)
+            };
+            idle(&stale_id) >= 120_000 && idle(&recent_id) < 60_000
+        },
+    )
+    .await;
+
+    // A high-priority model needs a whole device: the stalest holder gives way.
+    let urgent = LeaseClient::connect(LeaseClientConfig::new(broker.url(), "urgent")).unwrap();
+    let lease = urgent
+        .acquire(
+            LeaseRequest::weights("urgent", 3 * GIB)
+                .priority(pb::Priority::High)
+                .wait(Duration::from_secs(10)),
+        )
+        .await
+        .expect("granted once the stale holder gives its lease back");
+    assert_eq!(lease.device_index(), 1, "placed where the LRU holder was");
+    assert!(stale_revoked.await.unwrap(), "the stale holder was revoked");
+    let status = broker.status().await;
+    let recent = status
+        .leases
+        .iter()
+        .find(|lease| lease.lease_id == recent_id)
+        .expect("the recently used model keeps its lease");
+    assert_eq!(recent.state, pb::LeaseState::Active as i32);
+    recent_revoked.abort();
     broker.stop().await;
 }

@@ -7,6 +7,7 @@
 //! `external` is measured usage not covered by any lease.
 
 mod placement;
+mod revocation;
 mod types;
 
 use std::collections::{HashMap, HashSet};
@@ -95,6 +96,9 @@ struct LeaseEntry {
     purpose: Purpose,
     model_key: String,
     granted_at: Instant,
+    /// When its holder last used it: busy in a heartbeat, or as its reported idle
+    /// time says. Revocations take the least recently used first.
+    last_used: Instant,
     from_estimate: bool,
     /// Re-created from a holder's claim after a broker restart rather than granted
     /// by this ledger. A reclaimed load is a load that is already happening: the
@@ -150,6 +154,11 @@ impl LeaseEntry {
             revoke_deadline_in_ms,
             revoke_overdue,
             from_measured_estimate: self.from_estimate,
+            idle_ms: if self.session_id.is_some() && self.phase == Phase::Active {
+                millis(now.saturating_duration_since(self.last_used))
+            } else {
+                0
+            },
         }
     }
 }
@@ -358,6 +367,7 @@ impl Ledger {
                 purpose,
                 model_key: claim.model_key,
                 granted_at: now,
+                last_used: now,
                 from_estimate: false,
                 reclaimed: true,
                 orphaned_until: None,
@@ -384,7 +394,10 @@ impl Ledger {
             .get_mut(session_id)
             .ok_or_else(|| BrokerError::NotFound(format!("session {session_id} has ended")))?;
         session.last_heartbeat = now;
-        session.busy = busy.into_iter().collect();
+        self.mark_used(session_id, &busy, now);
+        if let Some(session) = self.sessions.get_mut(session_id) {
+            session.busy = busy.into_iter().collect();
+        }
         Ok(())
     }
 
@@ -854,6 +867,7 @@ impl Ledger {
             purpose: waiter.purpose,
             model_key: waiter.model_key.clone(),
             granted_at: now,
+            last_used: now,
             from_estimate: waiter.from_estimate,
             reclaimed: false,
             orphaned_until: None,
@@ -882,7 +896,9 @@ impl Ledger {
     }
 
     /// Asks lower-priority idle holders to give memory back so that the waiter at
-    /// `index` can fit, unless revocations already under way will free enough.
+    /// `index` can fit, unless revocations already under way will free enough. The
+    /// least recently used idle leases go first, on the device where the stalest
+    /// ones would be enough (`revocation`); busy leases are never asked.
     fn request_revocations(&mut self, index: usize, now: Instant) {
         let waiter = &self.queue[index];
         let (priority, bytes) = (waiter.priority, waiter.bytes);
@@ -890,6 +906,7 @@ impl Ledger {
             Some(device) => vec![device],
             None => (0..self.devices.len() as u32).collect(),
         };
+        let mut plans = Vec::new();
         for device in candidates {
             let free = self.free_bytes(device as usize);
             let pending: u64 = self
@@ -904,7 +921,7 @@ impl Ledger {
             if free + pending >= bytes {
                 return; // enough is already on its way back
             }
-            let mut revocable: Vec<&LeaseEntry> = self
+            let revocable: Vec<revocation::Revocable> = self
                 .leases
                 .values()
                 .filter(|lease| lease.device == device && lease.priority < priority)
@@ -921,58 +938,48 @@ impl Ledger {
                         .and_then(|id| self.sessions.get(id));
                     session.is_some_and(|session| !session.busy.contains(&lease.id))
                 })
+                .map(|lease| revocation::Revocable {
+                    id: lease.id.clone(),
+                    bytes: lease.granted,
+                    priority: lease.priority,
+                    last_used: lease.last_used,
+                })
                 .collect();
-            // Lowest priority first; among equals the largest (to disturb the fewest
-            // holders), then the newest (the cheapest load to redo).
-            revocable.sort_by_key(|lease| {
-                (
-                    lease.priority,
-                    std::cmp::Reverse(lease.granted),
-                    std::cmp::Reverse(lease.granted_at),
-                )
-            });
-            let mut chosen = Vec::new();
-            let mut reclaimed = free + pending;
-            for lease in revocable {
-                if reclaimed >= bytes {
-                    break;
-                }
-                reclaimed += lease.granted;
-                chosen.push(lease.id.clone());
-            }
-            if reclaimed < bytes {
-                continue; // revoking here would not be enough; try another device
-            }
-            let deadline = now + self.config.revoke_deadline;
-            for lease_id in chosen {
-                let lease = self.leases.get_mut(&lease_id).expect("chosen from the map");
-                lease.phase = Phase::Revoking {
-                    deadline,
-                    overdue: false,
-                };
-                let holder = lease.holder.name.clone();
-                if let Some(session_id) = lease
-                    .session_id
-                    .as_ref()
-                    .filter(|id| self.sessions.contains_key(*id))
-                {
-                    self.outgoing.push(Outgoing::Event {
-                        session_id: session_id.clone(),
-                        event: SessionEvent::Revoke {
-                            lease_id: lease_id.clone(),
-                            deadline: self.config.revoke_deadline,
-                            reason: format!("a {priority:?}-priority request needs {bytes} bytes"),
-                        },
-                    });
-                }
-                self.notices.push(Notice::Revoked {
-                    lease: lease_id,
-                    holder,
+            plans.extend(revocation::plan(device, free + pending, bytes, revocable));
+        }
+        let Some(plan) = revocation::pick(plans) else {
+            return; // revoking would not be enough anywhere
+        };
+        let deadline = now + self.config.revoke_deadline;
+        for lease_id in plan.leases {
+            let lease = self.leases.get_mut(&lease_id).expect("chosen from the map");
+            lease.phase = Phase::Revoking {
+                deadline,
+                overdue: false,
+            };
+            let holder = lease.holder.name.clone();
+            if let Some(session_id) = lease
+                .session_id
+                .as_ref()
+                .filter(|id| self.sessions.contains_key(*id))
+            {
+                self.outgoing.push(Outgoing::Event {
+                    session_id: session_id.clone(),
+                    event: SessionEvent::Revoke {
+                        lease_id: lease_id.clone(),
+                        deadline: self.config.revoke_deadline,
+                        reason: format!(
+                            "a {priority:?}-priority request needs {bytes} bytes; this lease is the least recently used"
+                        ),
+                    },
                 });
             }
-            self.changed();
-            return;
+            self.notices.push(Notice::Revoked {
+                lease: lease_id,
+                holder,
+            });
         }
+        self.changed();
     }
 
     // ---- time and measurement ----

@@ -88,6 +88,8 @@ pub struct LeaseView {
     pub revoke_deadline_in_ms: i64,
     pub revoke_overdue: bool,
     pub from_measured_estimate: bool,
+    /// Time since its holder last used it (0 unless committed and owned).
+    pub idle_ms: u64,
 }
 
 /// One device's books.

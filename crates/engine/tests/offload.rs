@@ -1,0 +1,147 @@
+//! Idle offload and promotion with a real model (PP-OCRv4 recognition) and a real
+//! broker over two simulated GPUs: an unused model gives its lease back and moves to
+//! the CPU; the next request is served from the CPU and promotes it back to the
+//! device the broker grants.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plenum_broker::inventory::Simulated;
+use plenum_broker::ledger::LedgerConfig;
+use plenum_broker::{Broker, BrokerSettings};
+use plenum_engine::tch::{Device, Kind, Tensor};
+use plenum_engine::{
+    DeviceChoice, Engine, EngineMetrics, EngineSettings, EngineState, ModelManifest, Target,
+};
+use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseRequest, Priority, Purpose};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const GIB: u64 = 1 << 30;
+
+fn rec_manifest() -> ModelManifest {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/ocr/generated/ppocr-v4-rec.toml");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make setup` to provision the models",
+        path.display()
+    );
+    ModelManifest::load(&path).expect("valid manifest")
+}
+
+fn crops(seed: i64) -> Tensor {
+    plenum_engine::tch::manual_seed(seed);
+    Tensor::rand([1, 3, 48, 64], (Kind::Float, Device::Cpu))
+}
+
+/// A real broker over simulated devices, 1 GiB reserved on each.
+async fn start_broker(devices: &str) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let broker = Broker::new(
+        BrokerSettings {
+            ledger: LedgerConfig {
+                reserve_bytes: GIB,
+                ..LedgerConfig::default()
+            },
+            inventory: Arc::new(Simulated::parse(devices).unwrap()),
+            token: None,
+            poll_interval: Duration::from_millis(20),
+            drain_timeout: Duration::from_millis(200),
+        },
+        shutdown.clone(),
+    );
+    tokio::spawn(async move { broker.serve(listener).await.unwrap() });
+    (url, shutdown)
+}
+
+async fn wait_for_state(
+    engine: &Engine,
+    what: &str,
+    check: impl Fn(&EngineState) -> bool,
+) -> EngineState {
+    let mut state = engine.state();
+    let reached = tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| check(s))).await;
+    match reached {
+        Ok(Ok(state)) => state.clone(),
+        _ => panic!("{what}: engine state stayed {:?}", engine.state().borrow()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_model_is_offloaded_and_the_next_request_promotes_it_back() {
+    // Best fit puts the model on the 2 GiB card (device 1, 1 GiB leasable).
+    let (url, shutdown) = start_broker("big:8GiB,small:2GiB").await;
+    let lease = LeaseClient::connect(LeaseClientConfig::new(url.clone(), "ocr")).unwrap();
+    let engine = Engine::start(
+        rec_manifest(),
+        EngineSettings {
+            device: DeviceChoice::SimGpu,
+            lease_wait: Duration::from_secs(2),
+            priority: Priority::Low,
+            idle_after: Duration::from_millis(200),
+            idle_offload: Some(Duration::from_millis(600)),
+            ..EngineSettings::default()
+        },
+        Some(lease.clone()),
+        EngineMetrics::unregistered("rec"),
+    )
+    .await
+    .unwrap();
+    wait_for_state(&engine, "on device 1 at start", |s| {
+        s.placement == Target::SimulatedGpu(1)
+    })
+    .await;
+
+    // Nobody asks: the model moves to the CPU and gives its lease back.
+    let state = wait_for_state(&engine, "offloaded", |s| s.placement == Target::Cpu).await;
+    assert!(state.reason.contains("idle"), "{}", state.reason);
+    assert_eq!(lease.held_count(), 0, "the lease is given back");
+    // The broker sees the memory free: another holder gets all of device 1.
+    let probe = LeaseClient::connect(LeaseClientConfig::new(url.clone(), "probe")).unwrap();
+    let mut whole_card = LeaseRequest::weights("probe", GIB).wait(Duration::from_secs(5));
+    whole_card.purpose = Purpose::Peak;
+    whole_card.device = Some(1);
+    let taken = probe
+        .acquire(whole_card)
+        .await
+        .expect("device 1 is free again");
+    taken.release().await.unwrap();
+
+    // A request: answered (from the CPU), and the model goes back up.
+    let output = engine
+        .infer(crops(1))
+        .await
+        .expect("served while offloaded");
+    assert_eq!(output.size(), [1, 8, 6625]);
+    let state = wait_for_state(&engine, "promoted", |s| s.placement.is_gpu()).await;
+    assert_eq!(state.placement, Target::SimulatedGpu(1), "{}", state.reason);
+    assert_eq!(lease.held_count(), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idle_offload_an_unused_model_keeps_its_lease() {
+    let (url, shutdown) = start_broker("small:2GiB").await;
+    let lease = LeaseClient::connect(LeaseClientConfig::new(url, "ocr")).unwrap();
+    let engine = Engine::start(
+        rec_manifest(),
+        EngineSettings {
+            device: DeviceChoice::SimGpu,
+            idle_after: Duration::from_millis(100),
+            ..EngineSettings::default()
+        },
+        Some(lease.clone()),
+        EngineMetrics::unregistered("rec"),
+    )
+    .await
+    .unwrap();
+    wait_for_state(&engine, "on the GPU", |s| s.placement.is_gpu()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(engine.state().borrow().placement.is_gpu());
+    assert_eq!(lease.held_count(), 1);
+    shutdown.cancel();
+}
