@@ -40,12 +40,17 @@ async fn the_old_systems_machine_refuses_then_revokes_for_a_higher_priority() {
     detector_lease.set_last_used(std::time::Instant::now());
     ocr_lease.set_last_used(std::time::Instant::now() - Duration::from_secs(60));
     let ocr_id = ocr_lease.id().to_owned();
-    eventually(&broker, Duration::from_secs(5), "idle times reported", |status| {
-        status
-            .leases
-            .iter()
-            .any(|lease| lease.lease_id == ocr_id && lease.idle_ms >= 60_000)
-    })
+    eventually(
+        &broker,
+        Duration::from_secs(5),
+        "idle times reported",
+        |status| {
+            status
+                .leases
+                .iter()
+                .any(|lease| lease.lease_id == ocr_id && lease.idle_ms >= 60_000)
+        },
+    )
     .await;
 
     // 8 GiB − 1 GiB reserve − 4 GiB leased = 3 GiB: 4 GiB does not fit.
