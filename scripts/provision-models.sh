@@ -25,3 +25,6 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 "$PY" "$ROOT/models/provision_ocr.py" --out "$ROOT/models/ocr/generated" "$@"
 
 # The YOLO detector (models/detector, trained by training/) is provisioned separately.
+
+# fp16 variants of the detector and the OCR models, verified against fp32 (idempotent).
+"$PY" "$ROOT/models/provision_variants.py" "$@"

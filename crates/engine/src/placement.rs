@@ -345,13 +345,18 @@ impl Placer {
         started: Instant,
     ) -> LetGo {
         let model = self.ctx.manifest.name.clone();
-        let reason = format!("offloaded to the CPU after {idle:.1?} idle");
-        publish(&self.ctx, Target::Cpu, &reason, true);
         if let Err(status) = guard.release().await {
             tracing::warn!(%model, %status, "release after offload failed; the broker will reclaim it");
         }
         // The working-memory lease goes with the weights: the model works on the CPU now.
-        self.work = None;
+        if let Some(work) = self.work.take()
+            && let Err(status) = work.release().await
+        {
+            tracing::warn!(%model, %status, "work lease release after offload failed; the broker will reclaim it");
+        }
+        // Said once the lease is given back, so whoever sees it can count on the memory.
+        let reason = format!("offloaded to the CPU after {idle:.1?} idle");
+        publish(&self.ctx, Target::Cpu, &reason, true);
         let took = started.elapsed();
         self.ctx.metrics.observe_move(Move::Offload, took);
         tracing::info!(%model, ?idle, ?took, "idle: offloaded to the CPU and released the lease");

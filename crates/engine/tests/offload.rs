@@ -1,7 +1,8 @@
 //! Idle offload and promotion with a real model (PP-OCRv4 recognition) and a real
 //! broker over two simulated GPUs: an unused model gives its lease back and moves to
 //! the CPU; the next request is served from the CPU and promotes it back to the
-//! device the broker grants.
+//! device the broker grants. And the lighter way to fit: the model's fp16 variant,
+//! which asks for half the VRAM and answers like fp32 within the provisioned tolerance.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use plenum_broker::ledger::LedgerConfig;
 use plenum_broker::{Broker, BrokerSettings};
 use plenum_engine::tch::{Device, Kind, Tensor};
 use plenum_engine::{
-    DeviceChoice, Engine, EngineMetrics, EngineSettings, EngineState, ModelManifest, Target,
+    DeviceChoice, Engine, EngineMetrics, EngineSettings, EngineState, ModelManifest, Precision,
+    Target,
 };
 use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseRequest, Priority, Purpose};
 use tokio::net::TcpListener;
@@ -144,4 +146,43 @@ async fn without_idle_offload_an_unused_model_keeps_its_lease() {
     assert!(engine.state().borrow().placement.is_gpu());
     assert_eq!(lease.held_count(), 1);
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fp16_variant_asks_for_half_and_answers_like_fp32() {
+    let manifest = rec_manifest();
+    let half = manifest
+        .with_precision(Precision::Fp16)
+        .expect("make setup provisions the fp16 variant");
+    assert_eq!(half.vram_estimate_bytes, manifest.vram_estimate_bytes / 2);
+    let start = |precision| {
+        Engine::start(
+            rec_manifest(),
+            EngineSettings {
+                device: DeviceChoice::Cpu,
+                precision,
+                ..EngineSettings::default()
+            },
+            None,
+            EngineMetrics::unregistered("rec"),
+        )
+    };
+    let (full, half) = (
+        start(Precision::Fp32).await.unwrap(),
+        start(Precision::Fp16).await.unwrap(),
+    );
+    let input = crops(5);
+    let expected = full.infer(input.shallow_clone()).await.unwrap();
+    let output = half.infer(input).await.unwrap();
+    assert_eq!(output.kind(), Kind::Float, "answers in f32");
+    let scale = expected.abs().max().double_value(&[]);
+    let diff = (&output - &expected).abs().max().double_value(&[]) / scale;
+    assert!(diff < 0.1, "fp16 differs from fp32 by {diff} of the range");
+    let same = output
+        .argmax(-1, false)
+        .eq_tensor(&expected.argmax(-1, false))
+        .to_kind(Kind::Float)
+        .mean(Kind::Float)
+        .double_value(&[]);
+    assert!(same >= 0.99, "arg-max agrees on {same}");
 }

@@ -36,6 +36,22 @@ async fn the_old_systems_machine_refuses_then_revokes_for_a_higher_priority() {
         .await
         .expect("ocr gets 2 GiB");
     ocr_lease.commit(2 * GIB).await.unwrap();
+    // The detector served a request just now, the OCR model a minute ago.
+    detector_lease.set_last_used(std::time::Instant::now());
+    ocr_lease.set_last_used(std::time::Instant::now() - Duration::from_secs(60));
+    let ocr_id = ocr_lease.id().to_owned();
+    eventually(
+        &broker,
+        Duration::from_secs(5),
+        "idle times reported",
+        |status| {
+            status
+                .leases
+                .iter()
+                .any(|lease| lease.lease_id == ocr_id && lease.idle_ms >= 60_000)
+        },
+    )
+    .await;
 
     // 8 GiB − 1 GiB reserve − 4 GiB leased = 3 GiB: 4 GiB does not fit.
     let refused = third
@@ -54,8 +70,8 @@ async fn the_old_systems_machine_refuses_then_revokes_for_a_higher_priority() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 
-    // The same ask at high priority: the broker revokes the lowest-priority idle
-    // holder (both are normal; the newest grant, ocr, goes first), which moves off
+    // The same ask at high priority: the broker revokes a lower-priority idle holder
+    // (both are normal; the least recently used, ocr, goes first), which moves off
     // the GPU and releases; then the ask is granted.
     let mut ocr_events = ocr.events();
     let revoked_holder = tokio::spawn(async move {

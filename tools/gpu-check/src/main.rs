@@ -1,7 +1,10 @@
 //! `plenum-gpu-check`: on a machine with an NVIDIA GPU, starts a broker on NVML,
-//! loads each provisioned model onto cuda:0 through a lease, and prints what the
-//! broker granted against what NVML measured, the committed size, and per-batch
-//! latency. Fails clearly (exit 2) without a GPU. Run by scripts/gpu-check.sh.
+//! loads each provisioned model onto cuda:0 through a lease, in every precision its
+//! manifest lists (fp32, and the fp16 variant once provisioned), and prints what the
+//! broker granted against what NVML measured, the committed size, per-batch
+//! latency, and one idle offload and promotion (GPU ⇄ CPU) with the latency of the
+//! first request after it. Fails clearly (exit 2) without a GPU. Run by
+//! scripts/gpu-check.sh.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -14,7 +17,9 @@ use plenum_broker::inventory::{Inventory, Nvml};
 use plenum_broker::ledger::LedgerConfig;
 use plenum_broker::{Broker, BrokerSettings};
 use plenum_engine::tch::{self, Kind, Tensor};
-use plenum_engine::{DeviceChoice, Engine, EngineMetrics, EngineSettings, ModelManifest};
+use plenum_engine::{
+    DeviceChoice, Engine, EngineMetrics, EngineSettings, ModelManifest, Move, Precision,
+};
 use plenum_lease::{LeaseClient, LeaseClientConfig, Priority};
 use plenum_proto::broker::v1 as pb;
 use plenum_runtime::bytes::format_bytes;
@@ -36,7 +41,8 @@ fn default_manifests() -> Vec<PathBuf> {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                if path.extension().is_some_and(|ext| ext == "toml") {
+                let provisioned_variants = path.to_string_lossy().ends_with(".variants.toml");
+                if path.extension().is_some_and(|ext| ext == "toml") && !provisioned_variants {
                     found.push(path);
                 }
             }
@@ -107,28 +113,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut status_client = pb::broker_client::BrokerClient::connect(url.clone()).await?;
     println!();
     println!(
-        "{:<22} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14}",
-        "model", "placement", "estimate", "granted", "committed", "batch 1 p50", "batch 8 p50"
+        "{:<27} {:>10} {:>12} {:>12} {:>12} {:>14} {:>14} {:>11} {:>11} {:>13}",
+        "model",
+        "placement",
+        "estimate",
+        "granted",
+        "committed",
+        "batch 1 p50",
+        "batch 8 p50",
+        "offload",
+        "promotion",
+        "1st after"
     );
     let mut engines = Vec::new();
+    let mut runs = Vec::new();
     for path in manifests {
         let manifest = ModelManifest::load(&path)?;
+        runs.push((manifest.clone(), Precision::Fp32));
+        for variant in &manifest.variants {
+            runs.push((manifest.clone(), variant.precision));
+        }
+    }
+    for (manifest, precision) in runs {
+        let manifest = manifest.with_precision(precision)?;
         let estimate = manifest.vram_estimate_bytes;
-        let name = manifest.name.clone();
+        let name = format!("{}/{precision}", manifest.name);
         let lease = LeaseClient::connect(LeaseClientConfig::new(url.clone(), name.clone()))?;
+        let metrics = EngineMetrics::unregistered(&manifest.name);
         let settings = EngineSettings {
             device: DeviceChoice::Cuda,
             lease_wait: Duration::from_secs(10),
             priority: Priority::Normal,
+            idle_after: Duration::from_millis(200),
+            // One idle offload and promotion is measured after the latencies.
+            idle_offload: Some(Duration::from_secs(1)),
             ..EngineSettings::default()
         };
-        let engine = Engine::start(
-            manifest.clone(),
-            settings,
-            Some(lease),
-            EngineMetrics::unregistered(&name),
-        )
-        .await?;
+        let engine =
+            Engine::start(manifest.clone(), settings, Some(lease), metrics.clone()).await?;
         let placement = engine.state().borrow().placement;
         let status = status_client
             .status(pb::StatusRequest {})
@@ -156,15 +178,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
             times.sort();
             latencies.push(times[times.len() / 2]);
         }
+        // Idle: offloaded to the CPU; one request promotes it back.
+        let mut state = engine.state();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            state.wait_for(|s| !s.placement.is_gpu()),
+        )
+        .await??;
+        shape[0] = 1;
+        let started = Instant::now();
+        let _output = engine
+            .infer(Tensor::rand(
+                shape.as_slice(),
+                (Kind::Float, tch::Device::Cpu),
+            ))
+            .await?;
+        let first_after = started.elapsed();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            state.wait_for(|s| s.placement.is_gpu()),
+        )
+        .await??;
+        let move_ms = |kind| {
+            let (count, sum) = metrics.moves(kind);
+            sum * 1e3 / count.max(1) as f64
+        };
         println!(
-            "{:<22} {:>10} {:>12} {:>12} {:>12} {:>11.2} ms {:>11.2} ms",
+            "{:<27} {:>10} {:>12} {:>12} {:>12} {:>11.2} ms {:>11.2} ms {:>8.1} ms {:>8.1} ms {:>10.1} ms",
             name,
             format!("{placement:?}"),
             format_bytes(estimate),
             format_bytes(granted),
             format_bytes(committed),
             latencies[0].as_secs_f64() * 1e3,
-            latencies[1].as_secs_f64() * 1e3
+            latencies[1].as_secs_f64() * 1e3,
+            move_ms(Move::Offload),
+            move_ms(Move::Promotion),
+            first_after.as_secs_f64() * 1e3
         );
         engines.push(engine);
     }

@@ -128,10 +128,10 @@ mod tests {
             lease("stale", 2, Priority::Normal, 300, now),
             lease("older", 2, Priority::Low, 60, now),
         ];
-        let plan = plan(0, 1, 3, leases.clone()).expect("enough");
+        let plan = plan(0, 0, 3, leases.clone()).expect("enough");
         assert_eq!(plan.leases, ["stale", "older"]);
         assert_eq!(plan.freshest_use, now - Duration::from_secs(60));
-        let plan = super::plan(0, 2, 3, leases.clone()).expect("enough");
+        let plan = super::plan(0, 1, 3, leases.clone()).expect("enough");
         assert_eq!(plan.leases, ["stale"], "one is enough");
         assert_eq!(super::plan(0, 0, 9, leases), None, "8 in all: not enough");
     }
