@@ -19,6 +19,7 @@ pub mod model;
 pub mod omp;
 mod placement;
 pub mod serving;
+pub mod status;
 pub mod worker;
 
 use std::sync::Arc;
