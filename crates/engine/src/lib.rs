@@ -25,6 +25,7 @@ pub mod omp;
 mod placement;
 pub mod serving;
 mod work_lease;
+pub mod status;
 pub mod worker;
 
 use std::sync::Arc;

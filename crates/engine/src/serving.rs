@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use plenum_runtime::grpc::GrpcServer;
 use plenum_runtime::listen::Listener;
+use plenum_runtime::service::{Service, ServiceConfig, Started};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -122,4 +123,18 @@ impl ModelService {
         (&mut self.server).await??;
         Ok(())
     }
+}
+
+/// The whole `main` of a model service: libgomp told to wait passively before
+/// libtorch loads (it reads its wait policy once), then the shared start-up of
+/// [`plenum_runtime::service`]; a model whose thread stopped ends the process with
+/// [`ModelStopped::EXIT_CODE`], for its supervisor to restart it.
+pub fn main<C, F, Fut>(service: &Service, serve: F) -> anyhow::Result<()>
+where
+    C: ServiceConfig,
+    F: FnOnce(Started<C>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    crate::omp::ensure_passive_wait_policy();
+    plenum_runtime::service::main_then(service, serve, crate::health::exit_if_stopped)
 }

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use plenum_vision::decode::Limits;
+
 use crate::connections::ConnectionLimits;
 use crate::listen::{ListenAddr, ListenError, Listener};
 
@@ -30,6 +32,28 @@ impl ServerArgs {
         Ok(Listener::bind(&self.listen)
             .await?
             .with_limits(self.connections))
+    }
+}
+
+/// How large an image a service accepts: the encoded bytes, and the pixels its
+/// header declares (checked before any pixel is decoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct ImageLimitsArgs {
+    /// Largest encoded image accepted, in bytes.
+    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = crate::bytes::parse_bytes)]
+    pub max_image_bytes: u64,
+    /// Largest image accepted, in pixels (read from its header, before decoding).
+    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+}
+
+impl ImageLimitsArgs {
+    /// The decoder's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: usize::try_from(self.max_image_bytes).unwrap_or(usize::MAX),
+            max_pixels: self.max_image_pixels,
+        }
     }
 }
 

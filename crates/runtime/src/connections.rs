@@ -1,6 +1,7 @@
 //! Connection hygiene for every gRPC server: how many connections it holds, how
-//! long a socket may take to speak HTTP/2, how dead peers are found, and what the
-//! accept loop does when the process runs out of file descriptors.
+//! long a socket may take to speak HTTP/2, how long it may sit idle (see
+//! [`crate::idle`]), how dead peers are found, and what the accept loop does when
+//! the process runs out of file descriptors.
 //!
 //! tonic's own accept loop retries a failed `accept` at once, so EMFILE (the
 //! pending connection stays in the backlog) would spin a core; and hyper waits
@@ -21,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::time::Sleep;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
+
+use crate::idle::{Calls, IdleTimer, Tracked};
 
 /// How long the accept loop pauses when the process or system is out of file
 /// descriptors (or socket buffers): long enough not to spin, short enough to
@@ -52,6 +55,10 @@ pub struct ConnectionLimits {
     /// How long a ping may go unanswered before the connection is closed.
     #[arg(long, env = "PLENUM_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub http2_keepalive_timeout: Duration,
+    /// How long a connection may go with no call in flight before it is closed
+    /// (keepalive pings do not count as calls); 0 keeps idle connections open.
+    #[arg(long, env = "PLENUM_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -65,6 +72,7 @@ impl Default for ConnectionLimits {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -73,6 +81,7 @@ struct Series {
     open: IntGauge,
     refused: IntCounter,
     handshake_timeouts: IntCounter,
+    idle_closed: IntCounter,
     accept_backoffs: IntCounter,
 }
 
@@ -92,6 +101,11 @@ static SERIES: LazyLock<Series> = LazyLock::new(|| {
         "Connections closed because they sent no HTTP/2 preface and SETTINGS within --handshake-timeout",
     )
     .expect("valid metric");
+    let idle_closed = IntCounter::new(
+        "plenum_grpc_server_idle_closed_total",
+        "Connections closed because no call was in flight on them for --idle-timeout",
+    )
+    .expect("valid metric");
     let accept_backoffs = IntCounter::new(
         "plenum_grpc_server_accept_backoffs_total",
         "Times accepting paused because file descriptors or socket buffers ran out",
@@ -102,6 +116,7 @@ static SERIES: LazyLock<Series> = LazyLock::new(|| {
         Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(refused.clone()),
         Box::new(handshake_timeouts.clone()),
+        Box::new(idle_closed.clone()),
         Box::new(accept_backoffs.clone()),
     ] {
         // Registering twice only fails when another copy already did it; ignore that.
@@ -111,6 +126,7 @@ static SERIES: LazyLock<Series> = LazyLock::new(|| {
         open,
         refused,
         handshake_timeouts,
+        idle_closed,
         accept_backoffs,
     }
 });
@@ -121,6 +137,7 @@ pub struct ConnectionStats {
     pub open: i64,
     pub refused: u64,
     pub handshake_timeouts: u64,
+    pub idle_closed: u64,
     pub accept_backoffs: u64,
 }
 
@@ -130,6 +147,7 @@ pub fn stats() -> ConnectionStats {
         open: SERIES.open.get(),
         refused: SERIES.refused.get(),
         handshake_timeouts: SERIES.handshake_timeouts.get(),
+        idle_closed: SERIES.idle_closed.get(),
         accept_backoffs: SERIES.accept_backoffs.get(),
     }
 }
@@ -221,7 +239,7 @@ impl<L: Accept> Stream for Incoming<L> {
                 }
                 continue;
             }
-            let guarded = Guarded::new(io, &this.open, this.limits.handshake_timeout);
+            let guarded = Guarded::new(io, &this.open, &this.limits);
             return Poll::Ready(Some(Ok(guarded)));
         }
         cx.waker().wake_by_ref();
@@ -257,19 +275,27 @@ impl Throttle {
     }
 }
 
-/// An accepted connection: counts as open until dropped, and fails its reads once
-/// the handshake deadline passes without a complete client preface.
+/// An accepted connection: counts as open until dropped, fails its reads once
+/// the handshake deadline passes without a complete client preface, and ends
+/// them (EOF) once it has been idle for the idle timeout.
 pub(crate) struct Guarded<IO> {
     io: IO,
     handshake: Option<Handshake>,
+    calls: Arc<Calls>,
+    idle: Option<IdleTimer>,
+    /// The idle timeout ended this connection: every later read is EOF too.
+    closed_idle: bool,
     _slot: Slot,
 }
 
 impl<IO> Guarded<IO> {
-    fn new(io: IO, open: &Arc<AtomicUsize>, handshake_timeout: Duration) -> Self {
+    fn new(io: IO, open: &Arc<AtomicUsize>, limits: &ConnectionLimits) -> Self {
         Self {
             io,
-            handshake: Some(Handshake::new(handshake_timeout)),
+            handshake: Some(Handshake::new(limits.handshake_timeout)),
+            calls: Calls::new(),
+            idle: IdleTimer::new(limits.idle_timeout),
+            closed_idle: false,
             _slot: Slot::take(open),
         }
     }
@@ -346,26 +372,43 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(handshake) = &mut this.handshake else {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        };
+        if this.closed_idle {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if handshake.observe(&buf.filled()[before..]) {
+                if let Some(handshake) = &mut this.handshake
+                    && handshake.observe(&buf.filled()[before..])
+                {
                     this.handshake = None;
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            // Nothing to read: the timers below are polled with hyper's waker, so
+            // its pending read wakes when one of them expires.
             Poll::Pending => {
-                // Polled with the same waker, so hyper's pending read wakes at the deadline.
-                ready!(handshake.deadline.as_mut().poll(cx));
-                SERIES.handshake_timeouts.inc();
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface and SETTINGS within the handshake timeout",
-                )))
+                if let Some(handshake) = &mut this.handshake {
+                    ready!(handshake.deadline.as_mut().poll(cx));
+                    SERIES.handshake_timeouts.inc();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface and SETTINGS within the handshake timeout",
+                    )));
+                }
+                if let Some(idle) = &mut this.idle
+                    && idle.expired(&this.calls, cx)
+                {
+                    // EOF (nothing read): hyper ends the connection and closes it.
+                    this.closed_idle = true;
+                    SERIES.idle_closed.inc();
+                    tracing::debug!(
+                        "closing a connection with no call in flight for the idle timeout"
+                    );
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
             }
         }
     }
@@ -401,11 +444,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 }
 
-/// Calls still see the socket's own peer info (`TcpConnectInfo`, `UdsConnectInfo`).
+/// Calls still see the socket's own peer info (`TcpConnectInfo`, `UdsConnectInfo`):
+/// [`crate::idle::CallTrackingLayer`] unwraps it as it counts the call.
 impl<IO: Connected> Connected for Guarded<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+    type ConnectInfo = Tracked<IO::ConnectInfo>;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        Tracked::new(self.io.connect_info(), Arc::clone(&self.calls))
     }
 }
 

@@ -17,6 +17,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::connections::{ConnectionLimits, Incoming};
 use crate::grpc_metrics::GrpcMetricsLayer;
+use crate::idle::{CallTrackingLayer, Tracked};
 use crate::listen::{Listener, Socket};
 use crate::propagation;
 
@@ -107,7 +108,7 @@ impl GrpcServer {
         }
     }
 
-    async fn serve_incoming<I, IO, IE>(
+    async fn serve_incoming<I, IO, IE, CI>(
         self,
         incoming: I,
         limits: ConnectionLimits,
@@ -116,8 +117,9 @@ impl GrpcServer {
     ) -> Result<(), tonic::transport::Error>
     where
         I: Stream<Item = Result<IO, IE>>,
-        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected<ConnectInfo = Tracked<CI>> + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+        CI: Clone + Send + Sync + 'static,
     {
         let health = self.health.clone();
         let services = self.services.clone();
@@ -128,6 +130,8 @@ impl GrpcServer {
             .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
             .max_concurrent_streams(limits.max_concurrent_streams)
             .trace_fn(propagation::server_span)
+            // Calls in flight per connection, for the idle timeout.
+            .layer(CallTrackingLayer::<CI>::new())
             // Requests and latency per RPC and code, for every service alike.
             .layer(GrpcMetricsLayer)
             .add_routes(self.into_routes())

@@ -6,11 +6,15 @@
 pub mod bytes;
 pub mod config;
 pub mod connections;
+pub mod deadline;
 pub mod grpc;
 pub mod grpc_metrics;
+pub mod health;
+mod idle;
 pub mod listen;
 pub mod metrics;
 pub mod propagation;
+pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -1,6 +1,8 @@
 //! Hostile connections against a real gRPC server over TCP: sockets that never
 //! finish the HTTP/2 handshake are closed, connections past the cap are closed at
-//! once and counted, and a well-behaved client is served once the flood is gone.
+//! once and counted, a well-behaved client is served once the flood is gone, and a
+//! connection with no call in flight is closed after the idle timeout (one with a
+//! long call in flight is not).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use plenum_runtime::listen::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::Bytes;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -127,5 +130,123 @@ async fn past_max_connections_new_sockets_are_closed_then_clients_are_served_aga
     })
     .await;
     assert!(served.is_ok(), "no client served after the flood closed");
+    shutdown.cancel();
+}
+
+/// An HTTP/2 connection made by hand, so the test sees when the server closes it.
+/// It pings the server every few milliseconds while it is open: pings are no calls.
+struct H2Client {
+    send: h2::client::SendRequest<Bytes>,
+    closed: tokio::task::JoinHandle<()>,
+    _pinging: tokio::task::JoinHandle<()>,
+}
+
+/// An empty `HealthCheckRequest` in gRPC's framing: not compressed, zero bytes.
+const EMPTY_MESSAGE: [u8; 5] = [0; 5];
+
+impl H2Client {
+    async fn connect(addr: SocketAddr) -> Self {
+        let socket = TcpStream::connect(addr).await.unwrap();
+        let (send, mut connection) = h2::client::handshake(socket).await.unwrap();
+        let mut pings = connection.ping_pong().expect("ping_pong is taken once");
+        let closed = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let pinging = tokio::spawn(async move {
+            while pings.ping(h2::Ping::opaque()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Self {
+            send,
+            closed,
+            _pinging: pinging,
+        }
+    }
+
+    /// Starts a health call: the response's body stays open as long as the call.
+    async fn call(&mut self, method: &str) -> h2::RecvStream {
+        let request =
+            http::Request::post(format!("http://localhost/grpc.health.v1.Health/{method}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+        let send = self.send.clone().ready().await.unwrap();
+        self.send = send;
+        let (response, mut body) = self.send.send_request(request, false).unwrap();
+        body.send_data(Bytes::from_static(&EMPTY_MESSAGE), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body()
+    }
+
+    /// A whole unary health check.
+    async fn check(&mut self) {
+        let mut body = self.call("Check").await;
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+        let trailers = body.trailers().await.unwrap().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.is_finished()
+    }
+
+    /// Waits (bounded) until the server has closed the connection.
+    async fn wait_closed(self, what: &str) {
+        tokio::time::timeout(PATIENCE, self.closed)
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+            .unwrap();
+    }
+}
+
+/// Short idle timeout, and keepalive pings from the server far more often than it.
+fn idle_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        idle_timeout: Duration::from_millis(300),
+        http2_keepalive_interval: Duration::from_millis(50),
+        ..ConnectionLimits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_connection_with_no_call_in_flight_is_closed_after_the_idle_timeout() {
+    let (addr, shutdown) = serve(idle_limits()).await;
+    let before = stats().idle_closed;
+    let mut client = H2Client::connect(addr).await;
+    client.check().await;
+    // Pings both ways meanwhile: they keep nothing open.
+    client
+        .wait_closed("a connection idle past the timeout was left open")
+        .await;
+    assert!(stats().idle_closed > before);
+    healthy(addr).await.expect("a new client is served");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_connection_with_a_long_call_in_flight_stays_open_until_it_ends() {
+    let (addr, shutdown) = serve(idle_limits()).await;
+    let mut client = H2Client::connect(addr).await;
+    // Watch answers with the status at once and then stays open.
+    let mut watch = client.call("Watch").await;
+    let first = watch.data().await.expect("a first status").unwrap();
+    assert!(first.len() > EMPTY_MESSAGE.len());
+    tokio::time::sleep(idle_limits().idle_timeout * 4).await;
+    assert!(
+        !client.is_closed(),
+        "the connection was closed with a call in flight"
+    );
+    // The call ends (the client resets its stream): the connection is idle now.
+    drop(watch);
+    client
+        .wait_closed("the connection stayed open after its last call ended")
+        .await;
     shutdown.cancel();
 }

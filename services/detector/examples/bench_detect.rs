@@ -76,7 +76,9 @@ async fn main() {
         .connect()
         .await
         .unwrap();
-    wait_serving(channel.clone()).await;
+    plenum_runtime::health::wait_serving(channel.clone(), Duration::from_secs(120))
+        .await
+        .expect("SERVING within two minutes");
     let client = DetectorClient::new(channel);
 
     let crop = std::fs::read(repo().join("tests/detector/images/case0_640x640.png")).unwrap();
@@ -196,28 +198,4 @@ async fn main() {
         );
     }
     shutdown.cancel();
-}
-
-/// Waits (at most two minutes) until the server reports SERVING: calls made while
-/// the models load are refused with UNAVAILABLE.
-async fn wait_serving(channel: tonic::transport::Channel) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut updates = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("health answers while the models load")
-        .into_inner();
-    let serving = tokio::time::timeout(std::time::Duration::from_secs(120), async {
-        while let Some(update) = updates.message().await.expect("the watch continues") {
-            if update.status == ServingStatus::Serving as i32 {
-                return;
-            }
-        }
-        panic!("the health watch ended before SERVING");
-    });
-    serving.await.expect("SERVING within two minutes");
 }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use plenum_engine::EngineArgs;
-use plenum_runtime::config::{BrokerClientArgs, ServerArgs, TelemetryArgs};
+use plenum_runtime::config::{BrokerClientArgs, ImageLimitsArgs, ServerArgs, TelemetryArgs};
+use plenum_runtime::service::{Service, ServiceConfig};
 
 /// plenum-detector: YOLO detection on tch, placed on a GPU under a broker lease.
 #[derive(Debug, clap::Parser)]
@@ -27,12 +28,8 @@ pub struct Config {
     /// Largest gRPC request accepted, in bytes.
     #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "64MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
     pub max_request_bytes: u64,
-    /// Largest encoded image accepted, in bytes.
-    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
-    pub max_image_bytes: u64,
-    /// Largest image accepted, in pixels (checked from the header, before decoding).
-    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
-    pub max_image_pixels: u64,
+    #[command(flatten)]
+    pub image_limits: ImageLimitsArgs,
     /// Most images in one Detect call.
     #[arg(long, env = "PLENUM_MAX_IMAGES", default_value_t = 16)]
     pub max_images: usize,
@@ -45,5 +42,15 @@ pub struct Config {
     pub max_single_pass: u32,
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7002";
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9102";
+/// The service's name and default addresses.
+pub const SERVICE: Service = Service {
+    name: "plenum-detector",
+    listen: "127.0.0.1:7002",
+    metrics_listen: "127.0.0.1:9102",
+};
+
+impl ServiceConfig for Config {
+    fn shared(&self) -> (&ServerArgs, &TelemetryArgs) {
+        (&self.server, &self.telemetry)
+    }
+}

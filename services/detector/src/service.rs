@@ -3,12 +3,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use plenum_engine::{AdmissionError, EngineError};
+use plenum_engine::status::models_loading;
 use plenum_proto::common::v1 as common;
 use plenum_proto::detector::v1::{self as pb, detector_server::Detector as DetectorApi};
-use plenum_runtime::status::invalid_field as bad;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use plenum_runtime::status::{internal, invalid_field as bad};
+use tonic::{Request, Response, Status};
 
 use crate::pipeline::{DetectOptions, Detector, PipelineError, Tiling};
 
@@ -30,9 +29,7 @@ impl DetectorService {
     }
 
     fn detector(&self) -> Result<&Detector, Status> {
-        self.detector
-            .get()
-            .ok_or_else(|| Status::unavailable("models loading; retry shortly"))
+        self.detector.get().ok_or_else(models_loading)
     }
 }
 
@@ -42,26 +39,8 @@ impl From<PipelineError> for Status {
             PipelineError::Decode { index, source } => {
                 bad(format!("images[{index}]"), source.to_string())
             }
-            // Retrying cannot help a page that alone exceeds the budget: no RetryInfo.
-            PipelineError::Engine(EngineError::Admission(AdmissionError::TooLarge { .. })) => {
-                Status::resource_exhausted(error.to_string())
-            }
-            PipelineError::Engine(
-                EngineError::Overloaded { .. }
-                | EngineError::Admission(AdmissionError::Busy { .. }),
-            ) => {
-                let details =
-                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
-                Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
-            }
-            PipelineError::Engine(EngineError::NotReady(_) | EngineError::Stopped(_)) => {
-                Status::unavailable(error.to_string())
-            }
-            PipelineError::Engine(EngineError::Inference(_) | EngineError::Load(_))
-            | PipelineError::Internal(_) => {
-                tracing::error!(%error, "detection failed");
-                Status::internal("detection failed; the details are in the detector's log")
-            }
+            PipelineError::Engine(error) => error.into_status("detection"),
+            PipelineError::Internal(_) => internal("detection", &error),
         }
     }
 }

@@ -199,6 +199,7 @@ fn main() {
         concurrency: 4 * args.concurrency,
         timeout: Duration::from_secs(10),
         discovery: Default::default(),
+        ejection: Default::default(),
     };
     let settings = GatewaySettings {
         detector: backend(detector.url()),

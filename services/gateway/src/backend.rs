@@ -2,9 +2,9 @@
 //! once and cloned per call (clones share the concurrency limit and the balancer).
 //!
 //! ```text
-//! trace context → load shed → concurrency limit → timeout → buffer → fail when empty
-//!   → p2c balance over the replicas discovery finds → replica (out while ejected
-//!     or not serving) → Channel
+//! trace context → deadline stamp → load shed → concurrency limit → timeout → buffer
+//!   → fail when empty → p2c balance over the replicas discovery finds → replica
+//!     (out while ejected or not serving) → Channel
 //! ```
 
 use std::future::Future;
@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::{Either, Ready};
+use plenum_runtime::deadline::grpc_timeout_of;
 use tokio_stream::wrappers::WatchStream;
 use tonic::body::Body;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::util::BoxCloneSyncService;
@@ -49,6 +49,32 @@ pub struct BackendSettings {
     pub timeout: Duration,
     /// How `dns://` entries are resolved, and how often.
     pub discovery: Discovery,
+    /// When a replica is taken out of the balancer, and for how long.
+    pub ejection: Ejection,
+}
+
+/// When a replica gets no new calls for a while: at once when a call to it fails
+/// at the transport level, and after `after_timeouts` calls in a row ran out their
+/// time without an answer (a hung process answers nothing; its connection stays up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// How long an ejected replica gets no new calls.
+    pub duration: Duration,
+    /// Calls in a row that reached their deadline unanswered before the replica
+    /// is ejected; 0 ejects on transport errors only. Once ejected for silence, a
+    /// replica is ejected again by its next unanswered call, until one is answered.
+    pub after_timeouts: u32,
+}
+
+impl Default for Ejection {
+    /// One second out; three silent calls in a row. Small, so a hung replica costs
+    /// a few callers their OCR, not half of all calls until it is restarted.
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(1),
+            after_timeouts: 3,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +126,12 @@ impl Backend {
         if resolves && settings.discovery.interval.is_zero() {
             return Err(BackendError::ZeroInterval { backend: name });
         }
-        let pool = Pool::new(name, service, metrics.backend_replicas.clone());
+        let pool = Pool::new(
+            name,
+            service,
+            settings.ejection,
+            metrics.backend_replicas.clone(),
+        );
         let changes =
             discovery::spawn(name, targets, settings.discovery.clone(), Arc::clone(&pool));
         let balance = FailWhenEmpty::new(name, Balance::new(changes), Arc::clone(&pool));
@@ -108,6 +139,7 @@ impl Backend {
         // never holds more than the concurrency limit lets through.
         let balanced = Buffer::new(balance, settings.concurrency + 1);
         let shed = metrics.backend_shed.with_label_values(&[name]);
+        let timeout = settings.timeout;
         let stack = ServiceBuilder::new()
             // Tower's own errors become statuses here, once, so every caller sees gRPC
             // codes: shed → RESOURCE_EXHAUSTED, elapsed → DEADLINE_EXCEEDED.
@@ -117,6 +149,10 @@ impl Backend {
                 }
                 to_status(name, &*error)
             })
+            // When the call must be over, stamped as it enters: the replica it
+            // reaches tells a call dropped at its deadline (silence) from one its
+            // caller gave up on.
+            .map_request(move |request: http::Request<Body>| CallDeadline::stamp(request, timeout))
             // Refuse at once when the limit below is reached: a queue in front of a
             // busy model only turns overload into timeouts and memory.
             .load_shed()
@@ -212,13 +248,31 @@ fn deadline_exceeded(backend: &str) -> Status {
     Status::deadline_exceeded(format!("the deadline passed while waiting for {backend}"))
 }
 
-/// RESOURCE_EXHAUSTED with a RetryInfo detail.
+/// When a backend call must be over: its `grpc-timeout`, within the backend's own
+/// timeout. Carried in the request's extensions from the top of the stack to the
+/// replica.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallDeadline(Instant);
+
+impl CallDeadline {
+    fn stamp(mut request: http::Request<Body>, backend_timeout: Duration) -> http::Request<Body> {
+        let budget = grpc_timeout_of(request.headers())
+            .map_or(backend_timeout, |timeout| timeout.min(backend_timeout));
+        if let Some(at) = Instant::now().checked_add(budget) {
+            request.extensions_mut().insert(CallDeadline(at));
+        }
+        request
+    }
+
+    /// The call ended now, at (or within a hair of) its deadline.
+    pub(crate) fn reached(&self) -> bool {
+        Instant::now() + DEADLINE_SLACK >= self.0
+    }
+}
+
+/// RESOURCE_EXHAUSTED with the gateway's retry hint.
 pub fn overloaded(message: String) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        message,
-        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-    )
+    plenum_runtime::status::overloaded(message, RETRY_AFTER)
 }
 
 fn to_status(backend: &'static str, error: &(dyn std::error::Error + 'static)) -> Status {

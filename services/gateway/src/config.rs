@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use plenum_runtime::config::{ServerArgs, TelemetryArgs};
+use plenum_runtime::config::{ImageLimitsArgs, ServerArgs, TelemetryArgs};
+use plenum_runtime::service::{Service, ServiceConfig};
 
 /// plenum-gateway: detect symbols, read the tag beside each, with every backend
 /// behind its own load shed and concurrency limit.
@@ -47,6 +48,15 @@ pub struct Config {
     /// Longest an OCR call may take; past it the symbols come back without tags.
     #[arg(long, env = "PLENUM_OCR_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ocr_timeout: Duration,
+    /// How long a backend replica gets no new calls once ejected: after a call to
+    /// it failed at the transport level, or after --eject-after-timeouts calls.
+    #[arg(long, env = "PLENUM_EJECT_FOR", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub eject_for: Duration,
+    /// Calls in a row to one backend replica that reach their deadline unanswered
+    /// (a hung process) before it is ejected like a failed one; 0 ejects on
+    /// transport errors only.
+    #[arg(long, env = "PLENUM_EJECT_AFTER_TIMEOUTS", default_value_t = 3)]
+    pub eject_after_timeouts: u32,
     /// Analyze calls worked on at once (streamed images included); one more is
     /// refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "PLENUM_MAX_CONCURRENT_ANALYZE", default_value_t = 64)]
@@ -57,14 +67,19 @@ pub struct Config {
     /// Largest gRPC request accepted, in bytes.
     #[arg(long, env = "PLENUM_MAX_REQUEST_BYTES", default_value = "24MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
     pub max_request_bytes: u64,
-    /// Largest encoded image accepted, in bytes.
-    #[arg(long, env = "PLENUM_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = plenum_runtime::bytes::parse_bytes)]
-    pub max_image_bytes: u64,
-    /// Largest image accepted, in pixels (read from the header; the gateway never
-    /// decodes pixels).
-    #[arg(long, env = "PLENUM_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
-    pub max_image_pixels: u64,
+    #[command(flatten)]
+    pub image_limits: ImageLimitsArgs,
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9100";
+/// The service's name and default addresses.
+pub const SERVICE: Service = Service {
+    name: "plenum-gateway",
+    listen: "127.0.0.1:7000",
+    metrics_listen: "127.0.0.1:9100",
+};
+
+impl ServiceConfig for Config {
+    fn shared(&self) -> (&ServerArgs, &TelemetryArgs) {
+        (&self.server, &self.telemetry)
+    }
+}

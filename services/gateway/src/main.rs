@@ -1,54 +1,51 @@
-use plenum_gateway::backend::BackendSettings;
-use plenum_gateway::config::{Config, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
+use plenum_gateway::backend::{BackendSettings, Ejection};
+use plenum_gateway::config::{Config, SERVICE};
 use plenum_gateway::discovery::{Discovery, Resolver};
 use plenum_gateway::{GatewaySettings, run};
-use plenum_runtime::config::parse_with_defaults;
-use plenum_runtime::{metrics, shutdown, telemetry};
-use plenum_vision::decode::Limits;
+use plenum_runtime::service::{self, Started};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config: Config = parse_with_defaults(&[
-        ("listen", DEFAULT_LISTEN),
-        ("metrics_listen", DEFAULT_METRICS_LISTEN),
-    ]);
-    let telemetry = telemetry::init("plenum-gateway", &config.telemetry)?;
-    tracing::info!(?config, "starting plenum-gateway");
-    let shutdown = shutdown::on_signal();
+fn main() -> anyhow::Result<()> {
+    service::main(&SERVICE, |started: Started<Config>| async move {
+        let settings = settings(&started.config);
+        tracing::info!(detector = ?settings.detector.urls, ocr = ?settings.ocr.urls, "gateway backends");
+        run(
+            settings,
+            &started.registry,
+            started.listener,
+            started.shutdown,
+        )
+        .await
+    })
+}
 
-    let registry = prometheus::Registry::new();
-    if let Some(addr) = config.server.metrics_listen {
-        metrics::spawn(addr, registry.clone(), shutdown.clone()).await?;
-    }
-    let listener = config.server.bind().await?;
+fn settings(config: &Config) -> GatewaySettings {
     let discovery = Discovery {
         resolver: Resolver::default(),
         interval: config.resolve_interval,
     };
-    let settings = GatewaySettings {
+    let ejection = Ejection {
+        duration: config.eject_for,
+        after_timeouts: config.eject_after_timeouts,
+    };
+    GatewaySettings {
         detector: BackendSettings {
             urls: config.detector.clone(),
             concurrency: config.detector_concurrency,
             timeout: config.detector_timeout,
             discovery: discovery.clone(),
+            ejection,
         },
         ocr: BackendSettings {
             urls: config.ocr.clone(),
             concurrency: config.ocr_concurrency,
             timeout: config.ocr_timeout,
             discovery,
+            ejection,
         },
-        limits: Limits {
-            max_bytes: config.max_image_bytes as usize,
-            max_pixels: config.max_image_pixels,
-        },
+        limits: config.image_limits.limits(),
         max_request_bytes: config.max_request_bytes as usize,
         max_concurrent_analyze: config.max_concurrent_analyze,
         stream_in_flight: config.stream_in_flight,
         drain_timeout: config.server.drain_timeout,
-    };
-    tracing::info!(addr = %listener.local_addr()?, detector = ?settings.detector.urls, ocr = ?settings.ocr.urls, "gateway listening");
-    run(settings, &registry, listener, shutdown).await?;
-    telemetry.shutdown();
-    Ok(())
+    }
 }

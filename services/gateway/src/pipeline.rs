@@ -10,7 +10,7 @@ use plenum_proto::detector::v1::{self as det, detector_client::DetectorClient};
 use plenum_proto::gateway::v1::{self as pb, TagMissingReason};
 use plenum_proto::ocr::v1::{self as ocr, ocr_client::OcrClient};
 use plenum_runtime::propagation::inject_trace_context;
-use plenum_runtime::status::invalid_field as bad;
+use plenum_runtime::status::{internal, invalid_field as bad};
 use plenum_vision::decode::{Limits, dimensions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
@@ -171,10 +171,7 @@ fn detector_status(status: Status) -> Status {
             status.message()
         )),
         Code::Cancelled => Status::cancelled(status.message()),
-        _ => {
-            tracing::error!(%status, "detector failed");
-            Status::internal("detection failed; the details are in the gateway's log")
-        }
+        _ => internal("detection", &status),
     }
 }
 

@@ -2,8 +2,9 @@
 //! replica is fit for calls, and the pool that knows them all.
 //!
 //! A replica is out while it is *ejected* (a call to it failed at the transport
-//! level, for [`EJECT_FOR`]) or while its health watch says it takes no work
-//! (NOT_SERVING, or the watch itself failed). An out replica reports not-ready,
+//! level, or several calls in a row reached their deadline unanswered: see
+//! [`Ejection`]) or while its health watch says it takes no work (NOT_SERVING, or
+//! the watch itself failed). An out replica reports not-ready,
 //! so the balancer sends calls to its siblings; when every replica is out they
 //! all report ready again, so callers get a fast UNAVAILABLE instead of waiting
 //! out their deadline.
@@ -11,7 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -20,17 +21,15 @@ use futures::StreamExt;
 use prometheus::IntGaugeVec;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 use tower::load::{CompleteOnResponse, PendingRequests};
 use tower::{BoxError, Service};
 
+use crate::backend::{CallDeadline, Ejection};
 use crate::discovery::{Membership, ReplicaUrl};
 use crate::health_watch::{self, Health};
-
-/// How long a replica that failed at the transport level gets no new calls.
-const EJECT_FOR: Duration = Duration::from_secs(1);
 
 /// What the balancer balances over: a replica whose load is its calls in flight
 /// (p2c sends the next call to the less busy of two replicas picked at random).
@@ -42,6 +41,7 @@ pub struct Pool {
     /// The gRPC service whose health is watched on every replica.
     service: &'static str,
     members: Mutex<HashMap<ReplicaUrl, Arc<ReplicaState>>>,
+    ejection: Ejection,
     /// Discovery has finished its first round.
     settled: AtomicBool,
     /// Ticks when a replica joins or leaves, or its health changes: an out
@@ -55,16 +55,14 @@ pub struct Pool {
 struct ReplicaState {
     ejected_until: Mutex<Option<Instant>>,
     health: Mutex<Health>,
+    /// Calls in a row that reached their deadline unanswered; an answer resets it.
+    silent_calls: AtomicU32,
 }
 
 impl ReplicaState {
     fn ejected_until(&self, now: Instant) -> Option<Instant> {
         let until = *lock(&self.ejected_until);
         until.filter(|&until| until > now)
-    }
-
-    fn eject(&self) {
-        *lock(&self.ejected_until) = Some(Instant::now() + EJECT_FOR);
     }
 
     fn health(&self) -> Health {
@@ -81,7 +79,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
-    pub fn new(backend: &'static str, service: &'static str, gauge: IntGaugeVec) -> Arc<Self> {
+    pub fn new(
+        backend: &'static str,
+        service: &'static str,
+        ejection: Ejection,
+        gauge: IntGaugeVec,
+    ) -> Arc<Self> {
         for health in Health::ALL {
             gauge.with_label_values(&[backend, health.label()]).set(0);
         }
@@ -89,6 +92,7 @@ impl Pool {
             backend,
             service,
             members: Mutex::new(HashMap::new()),
+            ejection,
             settled: AtomicBool::new(false),
             changed: watch::channel(()).0,
             gauge,
@@ -124,6 +128,39 @@ impl Pool {
         self.gauge
             .with_label_values(&[self.backend, health.label()])
             .add(delta);
+    }
+
+    /// Takes `state` out of the balancer for the ejection's duration. Its siblings
+    /// waiting for it to fail wake (when it was the last one in, they all serve).
+    fn eject(&self, state: &ReplicaState) {
+        *lock(&state.ejected_until) = Some(Instant::now() + self.ejection.duration);
+        self.tick();
+    }
+
+    /// A call to `url` failed at the transport level: out at once.
+    fn call_failed(&self, url: &ReplicaUrl, state: &ReplicaState, error: &BoxError) {
+        tracing::warn!(backend = self.backend, %url, %error, "backend replica failed; ejected for {:?}", self.ejection.duration);
+        self.eject(state);
+    }
+
+    /// A call to `url` reached its deadline unanswered: out once that happened
+    /// `after_timeouts` times in a row. A hung process keeps its connection (and,
+    /// until keepalive notices, its health watch), so silence is the only sign.
+    fn call_unanswered(&self, url: &ReplicaUrl, state: &ReplicaState) {
+        let in_a_row = state.silent_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let after = self.ejection.after_timeouts;
+        if after == 0 || in_a_row < after {
+            tracing::debug!(backend = self.backend, %url, in_a_row, "backend call reached its deadline unanswered");
+            return;
+        }
+        tracing::warn!(
+            backend = self.backend,
+            %url,
+            in_a_row,
+            "backend replica left {in_a_row} calls in a row unanswered at their deadline; ejected for {:?}",
+            self.ejection.duration
+        );
+        self.eject(state);
     }
 
     /// Records what `url`'s health watch heard, if `state` is still that member.
@@ -177,6 +214,7 @@ impl Membership for Arc<Pool> {
         let state = Arc::new(ReplicaState {
             ejected_until: Mutex::new(None),
             health: Mutex::new(Health::Unknown),
+            silent_calls: AtomicU32::new(0),
         });
         if let Some(old) = lock(&self.members).insert(url.clone(), Arc::clone(&state)) {
             self.gauge_add(old.health(), -1);
@@ -277,17 +315,82 @@ impl Service<http::Request<Body>> for Replica {
             ))
             .into())));
         }
+        let outcome = CallOutcome {
+            deadline: request.extensions().get::<CallDeadline>().copied(),
+            url,
+            state: Arc::clone(&self.state),
+            pool: Arc::clone(&self.pool),
+            ended: false,
+        };
         let call = self.channel.call(request);
-        let state = Arc::clone(&self.state);
         Box::pin(async move {
-            match call.await {
-                Ok(response) => Ok(response),
-                Err(error) => {
-                    tracing::warn!(%url, %error, "backend replica failed; ejected for {EJECT_FOR:?}");
-                    state.eject();
-                    Err(error.into())
-                }
-            }
+            let result = call.await.map_err(BoxError::from);
+            outcome.record(&result);
+            result
         })
+    }
+}
+
+/// Follows one call to a replica to its end and tells the pool how it went: an
+/// answer, a transport failure, or silence until the deadline. Silence is a call
+/// ended at its deadline by whichever timer fired first: the channel's own (it
+/// enforces `grpc-timeout`), the gateway's (the call is dropped), or the
+/// replica's (CANCELLED or DEADLINE_EXCEEDED with no body). A call its caller gave
+/// up on earlier says nothing about the replica.
+struct CallOutcome {
+    deadline: Option<CallDeadline>,
+    url: ReplicaUrl,
+    state: Arc<ReplicaState>,
+    pool: Arc<Pool>,
+    ended: bool,
+}
+
+impl CallOutcome {
+    fn record(mut self, result: &Result<http::Response<Body>, BoxError>) {
+        self.ended = true;
+        match result {
+            Err(error) if timer_expired(&**error) => {
+                self.pool.call_unanswered(&self.url, &self.state)
+            }
+            Err(error) => self.pool.call_failed(&self.url, &self.state, error),
+            Ok(response) if self.cut_at_deadline(response) => {
+                self.pool.call_unanswered(&self.url, &self.state)
+            }
+            Ok(_) => self.state.silent_calls.store(0, Ordering::SeqCst),
+        }
+    }
+
+    fn reached_deadline(&self) -> bool {
+        self.deadline.is_some_and(|deadline| deadline.reached())
+    }
+
+    /// The replica's own timer ended the call at its deadline (a trailers-only
+    /// answer whose status says so).
+    fn cut_at_deadline(&self, response: &http::Response<Body>) -> bool {
+        let cut = Status::from_header_map(response.headers()).is_some_and(|status| {
+            matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+        });
+        cut && self.reached_deadline()
+    }
+}
+
+/// The channel's timer for the call's `grpc-timeout` ended it: silence, not a
+/// transport failure.
+fn timer_expired(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+impl Drop for CallOutcome {
+    fn drop(&mut self) {
+        if !self.ended && self.reached_deadline() {
+            self.pool.call_unanswered(&self.url, &self.state);
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use plenum_proto::gateway::v1::{self as pb, gateway_server::Gateway};
+use plenum_runtime::deadline::grpc_timeout;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -43,20 +44,9 @@ impl GatewayService {
     }
 }
 
-/// The client's deadline from `grpc-timeout` (`<digits><H|M|S|m|u|n>`), less the margin.
+/// The client's deadline from its `grpc-timeout`, less the margin.
 fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    };
+    let timeout = grpc_timeout(metadata)?;
     Instant::now().checked_add(timeout.saturating_sub(DEADLINE_MARGIN))
 }
 

@@ -131,6 +131,7 @@ async fn recall_and_tag_accuracy_on_sample_pages() {
         concurrency: 5,
         timeout: Duration::from_secs(120),
         discovery: Default::default(),
+        ejection: Default::default(),
     };
     let settings = GatewaySettings {
         detector: backend(detector_url),

@@ -25,12 +25,14 @@ fn settings(detectors: Vec<String>, ocrs: Vec<String>) -> GatewaySettings {
             concurrency: 5,
             timeout: Duration::from_secs(10),
             discovery: Default::default(),
+            ejection: Default::default(),
         },
         ocr: BackendSettings {
             urls: ocrs,
             concurrency: 5,
             timeout: Duration::from_secs(10),
             discovery: Default::default(),
+            ejection: Default::default(),
         },
         limits: Limits {
             max_bytes: 1 << 20,

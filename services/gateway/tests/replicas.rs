@@ -1,6 +1,7 @@
 //! The real gateway on loopback against fake detectors: replicas found by DNS
 //! join and leave the balancer without a restart, a failed resolution keeps the
-//! pool, and a replica whose health says NOT_SERVING gets no calls.
+//! pool, a replica whose health says NOT_SERVING gets no calls, and one that
+//! leaves calls unanswered until their deadline is ejected.
 
 mod support;
 
@@ -9,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plenum_gateway::GatewaySettings;
-use plenum_gateway::backend::BackendSettings;
+use plenum_gateway::backend::{BackendSettings, Ejection};
 use plenum_gateway::discovery::{Discovery, Resolver};
-use plenum_proto::gateway::v1::{self as pb};
+use plenum_proto::detector::v1 as det;
+use plenum_proto::gateway::v1::{self as pb, TagMissingReason};
+use plenum_proto::ocr::v1 as ocr;
 use plenum_vision::decode::Limits;
-use support::{Behaviour, FakeDns, FakeServer, Gateway, png, start_gateway};
+use support::{Behaviour, FakeDns, FakeServer, Gateway, bx, png, start_gateway};
 use tonic::Code;
 
 /// Short, so replicas move within a test; every wait on it is bounded.
@@ -25,15 +28,25 @@ struct TestGateway(Gateway);
 
 impl TestGateway {
     async fn start(detector: Vec<String>, discovery: Discovery, ocr: &FakeServer) -> Self {
+        Self::start_with(detector, vec![ocr.url()], discovery, Ejection::default()).await
+    }
+
+    async fn start_with(
+        detector: Vec<String>,
+        ocr: Vec<String>,
+        discovery: Discovery,
+        ejection: Ejection,
+    ) -> Self {
         let backend = |urls: Vec<String>| BackendSettings {
             urls,
             concurrency: 5,
             timeout: Duration::from_secs(10),
             discovery: discovery.clone(),
+            ejection,
         };
         let settings = GatewaySettings {
             detector: backend(detector),
-            ocr: backend(vec![ocr.url()]),
+            ocr: backend(ocr),
             limits: Limits {
                 max_bytes: 1 << 20,
                 max_pixels: 4_000_000,
@@ -47,11 +60,31 @@ impl TestGateway {
     }
 
     async fn analyze(&self) -> Result<pb::AnalyzeResponse, tonic::Status> {
-        let request = pb::AnalyzeRequest {
+        self.analyze_request(Self::request()).await
+    }
+
+    /// One call the client gives `deadline`.
+    async fn analyze_within(
+        &self,
+        deadline: Duration,
+    ) -> Result<pb::AnalyzeResponse, tonic::Status> {
+        let mut request = Self::request();
+        request.set_timeout(deadline);
+        self.analyze_request(request).await
+    }
+
+    fn request() -> tonic::Request<pb::AnalyzeRequest> {
+        tonic::Request::new(pb::AnalyzeRequest {
             image: png(32, 32),
             options: Some(Default::default()),
             request_id: "r".into(),
-        };
+        })
+    }
+
+    async fn analyze_request(
+        &self,
+        request: tonic::Request<pb::AnalyzeRequest>,
+    ) -> Result<pb::AnalyzeResponse, tonic::Status> {
         self.0
             .client
             .clone()
@@ -69,10 +102,15 @@ impl TestGateway {
 
     /// The detector's replicas the gateway balances over, with `health` or any.
     fn detectors(&self, health: Option<&str>) -> i64 {
+        self.replicas("detector", health)
+    }
+
+    /// `backend`'s replicas the gateway balances over, with `health` or any.
+    fn replicas(&self, backend: &str, health: Option<&str>) -> i64 {
         plenum_runtime::metrics::render(&self.0.registry)
             .lines()
             .filter(|line| line.starts_with("plenum_gateway_backend_replicas{"))
-            .filter(|line| line.contains("backend=\"detector\""))
+            .filter(|line| line.contains(&format!("backend=\"{backend}\"")))
             .filter(|line| health.is_none_or(|h| line.contains(&format!("health=\"{h}\""))))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<i64>().ok())
             .sum()
@@ -263,4 +301,84 @@ async fn the_system_resolver_finds_a_replica_by_name() {
     until("localhost resolved", || gw.detectors(None) >= 1).await;
     gw.analyze_n(3).await;
     assert_eq!(a_calls.calls(), 3);
+}
+
+/// A symbol and its tag beside it: a call that OCR answered carries the tag.
+fn symbol_and_tag() -> (det::Detection, ocr::TextLine) {
+    (
+        det::Detection {
+            r#box: bx(100.0, 100.0, 122.0, 140.0),
+            class_name: "vav_box".into(),
+            score: 0.9,
+        },
+        ocr::TextLine {
+            quad: None,
+            r#box: bx(127.0, 115.0, 175.0, 125.0),
+            text: "VAV-203".into(),
+            score: 0.95,
+        },
+    )
+}
+
+/// A hung OCR replica (a stopped process) keeps its connection and its health
+/// stays SERVING: only its silence gives it away. The calls go one at a time, so
+/// the balancer never sees the hung replica busier than its sibling and keeps
+/// sending it about half of them, unless silence ejects it.
+#[tokio::test]
+async fn an_ocr_replica_that_leaves_calls_unanswered_is_ejected_after_a_few() {
+    let (symbol, tag) = symbol_and_tag();
+    let detector = FakeServer::detector(Behaviour::new(), vec![symbol]);
+    let (hung_calls, healthy_calls) = (Behaviour::new(), Behaviour::new());
+    hung_calls.set_delay(Duration::from_secs(3600));
+    let hung = FakeServer::ocr(hung_calls.clone(), vec![tag.clone()]);
+    let healthy = FakeServer::ocr(healthy_calls.clone(), vec![tag]);
+    // Out for longer than the test runs, so what follows does not depend on speed.
+    let ejection = Ejection {
+        duration: Duration::from_secs(3600),
+        after_timeouts: 3,
+    };
+    let gw = TestGateway::start_with(
+        vec![detector.url()],
+        vec![hung.url(), healthy.url()],
+        Discovery::default(),
+        ejection,
+    )
+    .await;
+    until("both OCR replicas serving", || {
+        gw.replicas("ocr", Some("serving")) == 2
+    })
+    .await;
+    let deadline = Duration::from_secs(1);
+
+    // Until the hung replica has had its three calls, each of those comes back
+    // without its tag, timed out, and every other call with it.
+    let mut timed_out = 0;
+    for _ in 0..200 {
+        if hung_calls.calls() == 3 {
+            break;
+        }
+        let [symbol] =
+            <[_; 1]>::try_from(gw.analyze_within(deadline).await.unwrap().symbols).unwrap();
+        if symbol.tag.is_empty() {
+            assert_eq!(symbol.tag_missing_reason(), TagMissingReason::OcrTimedOut);
+            timed_out += 1;
+        } else {
+            assert_eq!(symbol.tag, "VAV-203");
+        }
+    }
+    assert_eq!(hung_calls.calls(), 3, "the hung replica got too few calls");
+    assert_eq!(timed_out, 3);
+
+    // Ejected: every later call is read by the healthy replica and has its tag.
+    let healthy_before = healthy_calls.calls();
+    for call in 0..40 {
+        let response = gw.analyze_within(deadline).await.unwrap();
+        assert_eq!(
+            response.symbols[0].tag, "VAV-203",
+            "call {call} after the ejection: {:?}",
+            response.symbols[0]
+        );
+    }
+    assert_eq!(hung_calls.calls(), 3, "the ejected replica got calls");
+    assert_eq!(healthy_calls.calls(), healthy_before + 40);
 }

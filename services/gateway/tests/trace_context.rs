@@ -45,6 +45,7 @@ async fn the_callers_trace_reaches_every_backend() {
         concurrency: 5,
         timeout: Duration::from_secs(10),
         discovery: Default::default(),
+        ejection: Default::default(),
     };
     let settings = GatewaySettings {
         detector: backend(detector.url()),

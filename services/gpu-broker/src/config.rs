@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use plenum_runtime::config::{Secret, ServerArgs, TelemetryArgs};
+use plenum_runtime::service::{Service, ServiceConfig};
 
 use crate::ledger::LedgerConfig;
 
@@ -63,5 +64,15 @@ impl Config {
 }
 
 /// Default addresses: gRPC on 7001, metrics on 9101.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9101";
+/// The service's name and default addresses.
+pub const SERVICE: Service = Service {
+    name: "plenum-broker",
+    listen: "127.0.0.1:7001",
+    metrics_listen: "127.0.0.1:9101",
+};
+
+impl ServiceConfig for Config {
+    fn shared(&self) -> (&ServerArgs, &TelemetryArgs) {
+        (&self.server, &self.telemetry)
+    }
+}

@@ -80,7 +80,16 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(settings: BrokerSettings, shutdown: CancellationToken) -> Self {
-        let metrics = BrokerMetrics::new();
+        Self::with_registry(settings, shutdown, &prometheus::Registry::new())
+    }
+
+    /// A broker whose metrics are registered in `registry`.
+    pub fn with_registry(
+        settings: BrokerSettings,
+        shutdown: CancellationToken,
+        registry: &prometheus::Registry,
+    ) -> Self {
+        let metrics = BrokerMetrics::in_registry(registry.clone());
         let ledger = Ledger::new(
             settings.ledger,
             settings.inventory.devices(),

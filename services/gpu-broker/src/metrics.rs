@@ -60,7 +60,11 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 impl BrokerMetrics {
     pub fn new() -> Self {
-        let r = Registry::new();
+        Self::in_registry(Registry::new())
+    }
+
+    /// The broker's series, registered in `r` (the one `/metrics` serves).
+    pub fn in_registry(r: Registry) -> Self {
         let device = &["device", "name"];
         Self {
             device_total: gauge_vec(

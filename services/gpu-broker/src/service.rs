@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use plenum_proto::broker::v1::broker_server::Broker;
 use plenum_proto::broker::v1::{self as pb, session_event, session_request};
+use plenum_runtime::deadline::grpc_timeout;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -564,22 +565,6 @@ fn queue_wait(max_wait: Duration, deadline: Option<Duration>) -> Duration {
     }
 }
 
-/// The caller's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`).
-fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
 /// Checks `authorization: Bearer <token>` on every broker call when a token is set.
 #[derive(Clone)]
 pub struct TokenCheck {
@@ -621,17 +606,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_grpc_timeouts() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert("grpc-timeout", "250m".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(250)));
-        metadata.insert("grpc-timeout", "2S".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
-        metadata.insert("grpc-timeout", "soon".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), None);
-    }
 
     #[test]
     fn the_queue_wait_ends_before_the_deadline() {

@@ -3,13 +3,13 @@
 
 use std::sync::{Arc, OnceLock};
 
-use plenum_engine::{AdmissionError, EngineError};
+use plenum_engine::EngineError;
+use plenum_engine::status::models_loading;
 use plenum_proto::common::v1 as common;
 use plenum_proto::ocr::v1::{self as pb, ocr_server::Ocr};
 use plenum_runtime::status::invalid_field as bad;
 use plenum_vision::decode::{Limits, decode, dimensions};
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use crate::page::{Line, PageReader, ReadError};
 
@@ -30,31 +30,13 @@ impl OcrService {
     }
 
     fn reader(&self) -> Result<&PageReader, Status> {
-        self.reader
-            .get()
-            .ok_or_else(|| Status::unavailable("models loading; retry shortly"))
+        self.reader.get().ok_or_else(models_loading)
     }
 }
 
+/// What the caller hears when the models could not read: the engine's status.
 fn engine_status(error: EngineError) -> Status {
-    match error {
-        // Retrying cannot help a request that alone exceeds the budget: no RetryInfo.
-        EngineError::Admission(AdmissionError::TooLarge { .. }) => {
-            Status::resource_exhausted(error.to_string())
-        }
-        EngineError::Overloaded { .. } | EngineError::Admission(AdmissionError::Busy { .. }) => {
-            let details =
-                ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
-            Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
-        }
-        EngineError::NotReady(_) | EngineError::Stopped(_) => {
-            Status::unavailable(error.to_string())
-        }
-        EngineError::Inference(_) | EngineError::Load(_) => {
-            tracing::error!(%error, "recognition failed");
-            Status::internal("recognition failed; the details are in the OCR service's log")
-        }
-    }
+    error.into_status("recognition")
 }
 
 #[tonic::async_trait]

@@ -17,9 +17,6 @@ use plenum_proto::gateway::v1::gateway_client::GatewayClient;
 use plenum_tracing_tests::{OtlpReceiver, ReceivedSpan};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// OTLP span kinds.
 const SERVER: i32 = 2;
@@ -115,25 +112,10 @@ impl Service {
                 }
             }
         };
-        let mut health = HealthClient::new(channel);
-        let mut watch = health
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let serving = tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
-            while let Some(status) = watch.message().await.unwrap() {
-                if status.status == ServingStatus::Serving as i32 {
-                    return;
-                }
-            }
-            panic!("{} health stream ended before SERVING", self.name);
-        });
-        serving
-            .await
-            .unwrap_or_else(|_| panic!("{} not SERVING after 120 s", self.name));
+        let left = limit.saturating_sub(started.elapsed());
+        if let Err(error) = plenum_runtime::health::wait_serving(channel, left).await {
+            panic!("{}: {error}", self.name);
+        }
     }
 
     /// SIGTERM, then waits for a clean exit: the services flush spans on the way out.

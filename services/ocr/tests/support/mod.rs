@@ -49,30 +49,8 @@ pub async fn start() -> (OcrClient<Channel>, CancellationToken) {
         .connect()
         .await
         .unwrap();
-    wait_serving(channel.clone()).await;
-    (OcrClient::new(channel), shutdown)
-}
-
-/// Waits (at most two minutes) until the server reports SERVING: calls made while
-/// the models load are refused with UNAVAILABLE.
-async fn wait_serving(channel: Channel) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut updates = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
+    plenum_runtime::health::wait_serving(channel.clone(), Duration::from_secs(120))
         .await
-        .expect("health answers while the models load")
-        .into_inner();
-    let serving = tokio::time::timeout(std::time::Duration::from_secs(120), async {
-        while let Some(update) = updates.message().await.expect("the watch continues") {
-            if update.status == ServingStatus::Serving as i32 {
-                return;
-            }
-        }
-        panic!("the health watch ended before SERVING");
-    });
-    serving.await.expect("SERVING within two minutes");
+        .expect("SERVING within two minutes");
+    (OcrClient::new(channel), shutdown)
 }
