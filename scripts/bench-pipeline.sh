@@ -2,11 +2,13 @@
 # The whole pipeline (Analyze through the gateway of a `plenum up` stack) against
 # Ultralytics + RapidOCR in one Python process, same pages and thread count.
 # Needs release binaries (`make build`) and Ultralytics (python/requirements-train.txt,
-# installed here if missing). Usage: scripts/bench-pipeline.sh [PAGES] [ROUNDS]
+# installed here if missing). Usage: scripts/bench-pipeline.sh [PAGES] [ROUNDS] [--sweep]
+# (--sweep: also the baseline alone at imgsz 960, 1280 and 1600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PAGES=${1:-10}
+PAGES=${1:-12}
 ROUNDS=${2:-2}
+SWEEP=${3:-}
 export OMP_WAIT_POLICY=PASSIVE YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$PWD/training/runs/yolo-config"
 mkdir -p "$YOLO_CONFIG_DIR"
 .venv/bin/python -c 'import ultralytics' 2>/dev/null ||
@@ -25,5 +27,5 @@ until grep -q '^ready:' "$log"; do
     sleep 0.5
 done
 mapfile -t pages < <(ls tests/pages/page_*.png | head -n "$PAGES")
-echo "== $PAGES pages x $ROUNDS rounds, one call at a time; $(nproc) CPUs"
-.venv/bin/python scripts/bench-pipeline.py "$gateway" "$ROUNDS" "${pages[@]}"
+echo "== $PAGES pages x $ROUNDS rounds, interleaved page by page; $(nproc) CPUs; load $(cut -d" " -f1-3 /proc/loadavg)"
+.venv/bin/python scripts/bench-pipeline.py "$gateway" "$ROUNDS" $SWEEP "${pages[@]}"
