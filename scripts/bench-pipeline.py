@@ -17,7 +17,8 @@ falls on both alike. Both are scored against the generator's ground truth: recal
 (right class at IoU >= 0.5) and exact tags. Then throughput: Plenum with 4 callers at
 once against the baseline's one process.
 
-Usage: bench-pipeline.py GATEWAY_ADDR ROUNDS [--sweep] PAGE.png...
+Usage: bench-pipeline.py "NAME=GATEWAY_ADDR ..." ROUNDS [--sweep] PAGE.png...
+  one or more stacks (e.g. plenum-auto and plenum-torchscript), all interleaved.
   --sweep  also run the baseline alone at imgsz 960, 1280 and 1600 (recall, p50).
 """
 from __future__ import annotations
@@ -75,9 +76,8 @@ def percentile(values, q):
 class Plenum:
     """Analyze through the gateway."""
 
-    name = "plenum"
-
-    def __init__(self, addr):
+    def __init__(self, name, addr):
+        self.name = name
         import grpc
         from grpc_tools import protoc
 
@@ -197,7 +197,7 @@ def assign_tags(boxes, lines):
 
 
 def run_interleaved(systems, pages, rounds):
-    """Every page through each system in turn; the order flips from page to page."""
+    """Every page through each system in turn; the order reverses from page to page."""
     for system in systems:
         system.analyze(pages[0])  # warm
     latencies = {s.name: [] for s in systems}
@@ -249,18 +249,21 @@ def main():
     args = sys.argv[1:]
     do_sweep = "--sweep" in args
     args = [a for a in args if a != "--sweep"]
-    addr, rounds, pages = args[0], int(args[1]), [Path(p) for p in args[2:]]
-    plenum, baseline = Plenum(addr), Baseline()
-    latencies, stages, predictions = run_interleaved([plenum, baseline], pages, rounds)
-    ours = report(plenum.name, pages, latencies[plenum.name], stages[plenum.name],
-                  predictions[plenum.name], plenum.throughput(pages))
+    rounds, pages = int(args[1]), [Path(p) for p in args[2:]]
+    stacks = [Plenum(*spec.split("=", 1)) for spec in args[0].split()]
+    baseline = Baseline()
+    latencies, stages, predictions = run_interleaved(stacks + [baseline], pages, rounds)
     theirs = report(baseline.name, pages, latencies[baseline.name], stages[baseline.name],
                     predictions[baseline.name])
-    print(f"one page at a time: plenum {ours['p50_ms']} ms vs {theirs['p50_ms']} ms at p50 "
-          f"(plenum/baseline {ours['p50_ms'] / theirs['p50_ms']:.2f}; target <= 0.67)")
-    many = ours[f"pages_per_s_{CALLERS}_callers"]
-    print(f"throughput: plenum {many} pages/s with {CALLERS} callers vs {theirs['pages_per_s']} pages/s "
-          f"for the one-process baseline ({many / theirs['pages_per_s']:.2f}x; target >= 1.5x)")
+    for plenum in stacks:
+        ours = report(plenum.name, pages, latencies[plenum.name], stages[plenum.name],
+                      predictions[plenum.name], plenum.throughput(pages))
+        print(f"one page at a time: {plenum.name} {ours['p50_ms']} ms vs {theirs['p50_ms']} ms at p50 "
+              f"({plenum.name}/baseline {ours['p50_ms'] / theirs['p50_ms']:.2f}; target <= 0.67)")
+        many = ours[f"pages_per_s_{CALLERS}_callers"]
+        print(f"throughput: {plenum.name} {many} pages/s with {CALLERS} callers vs "
+              f"{theirs['pages_per_s']} pages/s for the one-process baseline "
+              f"({many / theirs['pages_per_s']:.2f}x; target >= 1.5x)", flush=True)
     if do_sweep:
         sweep(pages)
 

@@ -7,11 +7,13 @@
 //! revokes the lease. Moves happen between batches and never drop a request.
 //!
 //! Rooms: [`manifest`] describes a model file, [`model`] is what runs it (TorchScript),
+//! [`aoti`] runs its AOTInductor package on the CPU when one was provisioned,
 //! [`worker`] is the inference thread, [`placement`] follows the lease, [`health`] tells
 //! a service when a model's thread has stopped, [`serving`] is a model service's
 //! health from bind to exit, [`metrics`] reports, [`omp`] fixes
 //! libgomp.
 
+pub mod aoti;
 pub mod health;
 pub mod manifest;
 pub mod metrics;
@@ -30,6 +32,7 @@ use plenum_lease::{LeaseClient, Priority};
 use tch::Tensor;
 use tokio::sync::{oneshot, watch};
 
+pub use aoti::ModelFormat;
 pub use health::{ModelStopped, first_stopped};
 pub use manifest::ModelManifest;
 pub use metrics::EngineMetrics;
@@ -135,6 +138,10 @@ pub struct EngineArgs {
     /// libtorch intra-op threads (0 = libtorch's default, one per core).
     #[arg(long, env = "PLENUM_INTRA_OP_THREADS", default_value_t = 0)]
     pub intra_op_threads: i32,
+    /// What runs the model on the CPU: auto (its AOTInductor package when one was
+    /// provisioned for this TorchScript file) or torchscript (always).
+    #[arg(long, env = "PLENUM_MODEL_FORMAT", value_enum, default_value_t = ModelFormat::Auto)]
+    pub model_format: ModelFormat,
 }
 
 impl EngineArgs {
@@ -152,6 +159,7 @@ impl EngineArgs {
             warmup_timeout: self.warmup_timeout,
             lease_wait: self.lease_wait,
             stall_timeout: self.stall_timeout,
+            loader: ModelLoader::for_format(self.model_format),
             ..EngineSettings::default()
         }
     }
