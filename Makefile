@@ -81,4 +81,4 @@ bench: build
 
 clean:
 	cargo clean
-	rm -rf $(VENV) models/ocr/generated
+	rm -rf $(VENV) models/ocr/generated models/detector/*.pt2 models/detector/*.aoti.toml

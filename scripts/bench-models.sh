@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The OCR models on libtorch (Rust, tch) against onnxruntime (Python), in one run with the
-# same input shapes and thread budget, then recognition throughput through the engine.
+# The models on libtorch from Rust, as AOTInductor packages and as TorchScript, against
+# onnxruntime (Python) where an ONNX source exists (the OCR models), in one run with the same
+# input shapes and thread budget, then recognition throughput through the engine.
 #
 #   scripts/bench-models.sh [--threads 2] [--runs 10] [--warmup 3] [--rounds 2] [--requests 64]
 #
 # Each round runs both backends (in alternating order); the final table pools the samples
 # of all rounds, so its medians are of rounds x runs runs per model and backend.
 # Needs the project venv (.venv, `make setup`) and provisioned models
-# (scripts/provision-models.sh). Prints a final markdown table:
-# model | input | tch (Rust) ms | ORT ms | ratio (tch / ORT, < 1 means tch is faster).
+# and AOTInductor packages (scripts/provision-models.sh). Prints a final markdown table:
+# model | input | AOTI ms | TorchScript ms | ORT ms | AOTI / ORT (< 1: AOTI is faster).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +20,7 @@ RUNS=10
 WARMUP=3
 REQUESTS=64
 ROUNDS=2
-MODELS="det rec cls"
+MODELS="det rec cls det-page yolo-page"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
@@ -39,8 +40,14 @@ fi
 export OMP_WAIT_POLICY=PASSIVE
 
 cd "$ROOT"
-cargo build --release --quiet -p plenum-engine --example bench_models --example bench_batching
-EXAMPLES="$ROOT/target/release/examples"
+# PROFILE=debug uses a debug build (the models' time is libtorch's either way).
+PROFILE="${PROFILE:-release}"
+if [[ $PROFILE == release ]]; then
+    cargo build --release --quiet --workspace --example bench_models --example bench_batching
+else
+    cargo build --quiet --workspace --example bench_models --example bench_batching
+fi
+EXAMPLES="$ROOT/target/$PROFILE/examples"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -55,8 +62,10 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 threads, runs, warmup, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-SHAPES = {"det": (1, 3, 960, 960), "rec": (8, 3, 48, 320), "cls": (6, 3, 48, 192)}
-SHAPES = {key: SHAPES[key] for key in sys.argv[5].split(",")}
+SHAPES = {"det": (1, 3, 960, 960), "rec": (8, 3, 48, 320), "cls": (6, 3, 48, 192),
+          "det-page": (1, 3, 1216, 1600)}
+SOURCE = {"det-page": "det"}
+SHAPES = {key: SHAPES[key] for key in sys.argv[5].split(",") if key in SHAPES}
 sources = P.check_sources()
 rng = np.random.default_rng(0)
 print(f"onnxruntime {ort.__version__} on CPU, intra-op {threads} / inter-op 1 threads, "
@@ -68,7 +77,7 @@ for key, shape in SHAPES.items():
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(str(sources[key]), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(sources[SOURCE.get(key, key)]), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     x = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
     for _ in range(warmup):
@@ -87,26 +96,27 @@ for key, shape in SHAPES.items():
 out.write_text(json.dumps({"backend": "ort", "threads": threads, "models": models}))
 PY
 
-run_tch() { # round model
-    echo "== round $1, $2: tch (Rust)"
-    "$EXAMPLES/bench_models" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --model "$2" \
-        | tee "$TMP/tch.out" | grep -v '^BENCH_JSON '
-    grep '^BENCH_JSON ' "$TMP/tch.out" | sed 's/^BENCH_JSON //' >"$TMP/tch.$1.$2.json"
+run_rust() { # format round model
+    echo "== round $2, $3: $1 (Rust)"
+    "$EXAMPLES/bench_models" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --model "$3" \
+        --format "$1" | tee "$TMP/$1.out" | grep -v '^BENCH_JSON '
+    grep '^BENCH_JSON ' "$TMP/$1.out" | sed 's/^BENCH_JSON //' >"$TMP/$1.$2.$3.json"
 }
 run_ort() { # round model
+    [[ $2 == yolo-page ]] && return  # no ONNX source for the detector
     echo "== round $1, $2: onnxruntime (Python)"
     "$PY" "$TMP/ort_bench.py" "$THREADS" "$RUNS" "$WARMUP" "$TMP/ort.$1.$2.json" "$2"
 }
 
-# The VM is shared and its load drifts by 2-4x within a minute: go model by model, alternate
-# which backend runs first (tch, ORT, then ORT, tch, ...), and pool every round's samples,
-# so neither side always gets the quieter moment.
+# The VM is shared and its load drifts by 2-4x within a minute: go model by model, reverse
+# the backends' order every round (AOTI, TorchScript, ORT, then ORT, TorchScript, AOTI, ...),
+# and pool every round's samples, so no side always gets the quieter moment.
 for ((round = 1; round <= ROUNDS; round++)); do
     for model in $MODELS; do
         if ((round % 2)); then
-            run_tch "$round" "$model"; run_ort "$round" "$model"
+            run_rust aoti "$round" "$model"; run_rust ts "$round" "$model"; run_ort "$round" "$model"
         else
-            run_ort "$round" "$model"; run_tch "$round" "$model"
+            run_ort "$round" "$model"; run_rust ts "$round" "$model"; run_rust aoti "$round" "$model"
         fi
     done
 done
@@ -116,7 +126,7 @@ echo "== recognition through the engine (tch, batching)"
 "$EXAMPLES/bench_batching" --threads "$THREADS" --requests "$REQUESTS"
 
 echo
-echo "== tch (Rust) vs onnxruntime: medians of $((ROUNDS * RUNS)) runs each ($ROUNDS alternating rounds of $RUNS), $THREADS threads"
+echo "== AOTInductor and TorchScript (Rust) vs onnxruntime: medians of $((ROUNDS * RUNS)) runs each ($ROUNDS alternating rounds of $RUNS), $THREADS threads"
 "$PY" - "$TMP" <<'PY'
 import json, statistics, sys
 from pathlib import Path
@@ -130,13 +140,16 @@ def pooled(backend):
             models.setdefault(m["model"], {"input": m["input"], "samples": []})["samples"] += m["samples_ms"]
     return models
 
-tch, ort = pooled("tch"), pooled("ort")
-print("| model | input | tch (Rust) ms | ORT ms | ratio |")
-print("|---|---|---:|---:|---:|")
-for key in ("det", "rec", "cls"):
-    t = tch[key]
-    o = ort[key]
-    assert t["input"] == o["input"], (t, o)
-    a, b = statistics.median(t["samples"]), statistics.median(o["samples"])
-    print(f"| {key} | {t['input']} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+aoti, ts, ort = pooled("aoti"), pooled("tch"), pooled("ort")
+print("| model | input | AOTInductor ms | TorchScript ms | ORT ms | AOTI / TorchScript | AOTI / ORT |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for key in ("det", "rec", "cls", "det-page", "yolo-page"):
+    if key not in ts:
+        continue
+    a, t = statistics.median(aoti[key]["samples"]), statistics.median(ts[key]["samples"])
+    o = statistics.median(ort[key]["samples"]) if key in ort else None
+    if key in ort:
+        assert ts[key]["input"] == ort[key]["input"], (ts[key], ort[key])
+    orts, ratio = (f"{o:.1f}", f"{a / o:.2f}") if o else ("", "")
+    print(f"| {key} | {ts[key]['input']} | {a:.1f} | {t:.1f} | {orts} | {a / t:.2f} | {ratio} |")
 PY

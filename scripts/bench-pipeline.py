@@ -1,19 +1,30 @@
-"""The whole pipeline on sample pages, Plenum against the shape of the system it
-replaces, on the same pages and thread count, one run (BENCHMARKS.md "Pipeline"):
+"""The whole pipeline on sample pages, Plenum against the best configuration of the
+Python system it replaces, in one run, page by page (BENCHMARKS.md "Pipeline"):
 
   plenum     Analyze through the gateway of a running stack (`plenum up`), called by
-             grpcio; per-stage timings come from the response.
-  reference  Ultralytics `predict` + RapidOCR 1.4.4 in one Python process, as the old
-             Ray Serve workers ran them: detect at the page's own size (what Plenum's
-             detector does for a 1600x1200 page), read the page, give each symbol the
-             nearest text line beside it.
+             grpcio; its stage timings come from the response.
+  baseline   Ultralytics + RapidOCR 1.4.4 in one Python process, tuned as well as we
+             know how (issue 13): `predict(page, imgsz=1280, conf=0.5, iou=0.7)` with
+             Ultralytics' NUM_THREADS = 2 and torch set back to 2 threads after the first
+             predict (its select_device drops torch to 1 thread on 2-core machines);
+             `RapidOCR(intra_op_num_threads=2, inter_op_num_threads=1)` once on a copy of
+             the page with every detected box, padded 2 px, painted white; then whitespace
+             is removed from each line and each line goes to its nearest symbol, greedy,
+             nearest pair first, at most 60 px apart (the gap between the boxes).
 
-Both are scored against the generator's ground truth: recall (IoU >= 0.5) and exact
-tags. Usage: bench-pipeline.py GATEWAY_ADDR PAGE.png... (see scripts/bench-pipeline.sh)
+The two sides alternate page by page (and which goes first), so load on a shared machine
+falls on both alike. Both are scored against the generator's ground truth: recall
+(right class at IoU >= 0.5) and exact tags. Then throughput: Plenum with 4 callers at
+once against the baseline's one process.
+
+Usage: bench-pipeline.py "NAME=GATEWAY_ADDR ..." ROUNDS [--sweep] PAGE.png...
+  one or more stacks (e.g. plenum-auto and plenum-torchscript), all interleaved.
+  --sweep  also run the baseline alone at imgsz 960, 1280 and 1600 (recall, p50).
 """
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -22,6 +33,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
+CALLERS = 4
+BASELINE_IMGSZ = 1280
+MASK_PAD = 2
+TAG_REACH = 60.0
 
 
 def iou(a, b):
@@ -58,105 +73,147 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def run_plenum(addr, pages, rounds):
-    import grpc
-    from grpc_tools import protoc
+class Plenum:
+    """Analyze through the gateway."""
 
-    out = tempfile.mkdtemp()
-    include = str(Path(protoc.__file__).parent / "_proto")
-    protos = ["plenum/common/v1/common.proto", "plenum/gateway/v1/gateway.proto"]
-    args = ["protoc", f"-I{REPO / 'proto'}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
-    assert protoc.main(args + protos) == 0
-    sys.path.insert(0, out)
-    from plenum.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+    def __init__(self, name, addr):
+        self.name = name
+        import grpc
+        from grpc_tools import protoc
 
-    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    stub = gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(addr, options=options))
-    images = [page.read_bytes() for page in pages]
-    stub.Analyze(gateway_pb2.AnalyzeRequest(image=images[0]), timeout=300)  # warm
+        out = tempfile.mkdtemp()
+        include = str(Path(protoc.__file__).parent / "_proto")
+        protos = ["plenum/common/v1/common.proto", "plenum/gateway/v1/gateway.proto"]
+        args = ["protoc", f"-I{REPO / 'proto'}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
+        assert protoc.main(args + protos) == 0
+        sys.path.insert(0, out)
+        from plenum.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-    latencies, stages, predictions = [], {"detect": [], "ocr": []}, []
-    for round_ in range(rounds):
-        for image in images:
-            start = time.perf_counter()
-            response = stub.Analyze(gateway_pb2.AnalyzeRequest(image=image), timeout=300)
-            latencies.append(time.perf_counter() - start)
-            stages["detect"].append(response.timings.detect_us / 1e3)
-            stages["ocr"].append(response.timings.ocr_us / 1e3)
-            if round_ == 0:
-                predictions.append([
-                    (s.class_name, [s.box.x_min, s.box.y_min, s.box.x_max, s.box.y_max], s.tag)
-                    for s in response.symbols
-                ])
-    return latencies, stages, predictions, throughput(stub, gateway_pb2, images)
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        self.pb = gateway_pb2
+        self.stub = gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(addr, options=options))
 
+    def call(self, image):
+        return self.stub.Analyze(self.pb.AnalyzeRequest(image=image), timeout=600)
 
-def throughput(stub, gateway_pb2, images, callers=4):
-    """Pages per second with `callers` clients at once: the stack overlaps one
-    page's detection with another's reading, which one Python process cannot."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    work = images * 2
-    start = time.perf_counter()
-    with ThreadPoolExecutor(callers) as pool:
-        list(pool.map(lambda image: stub.Analyze(gateway_pb2.AnalyzeRequest(image=image), timeout=600), work))
-    return round(len(work) / (time.perf_counter() - start), 3)
-
-
-def run_reference(pages, rounds):
-    import os
-
-    import torch
-
-    torch.set_num_threads(THREADS)
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    from rapidocr_onnxruntime import RapidOCR
-    from ultralytics import YOLO
-
-    model = YOLO(str(REPO / "models/detector/hvac-yolov8n.torchscript"), task="detect")
-    ocr = RapidOCR()  # ONNX Runtime defaults to every core: the same 2 here
-
-    def analyze(path):
-        t0 = time.perf_counter()
-        result = model.predict(str(path), imgsz=1600, device="cpu", verbose=False)[0]
-        t1 = time.perf_counter()
-        lines, _ = ocr(str(path))
-        t2 = time.perf_counter()
-        lines = lines or []
-        text_boxes = [
-            ([min(p[0] for p in q), min(p[1] for p in q), max(p[0] for p in q), max(p[1] for p in q)], text)
-            for q, text, _ in lines
+    def analyze(self, path):
+        image = path.read_bytes()
+        response = self.call(image)
+        symbols = [
+            (s.class_name, [s.box.x_min, s.box.y_min, s.box.x_max, s.box.y_max], s.tag)
+            for s in response.symbols
         ]
-        symbols = []
-        taken = set()
-        for box, cls in zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist()):
-            pad = max(box[2] - box[0], box[3] - box[1]) / 2
-            best, best_gap = None, None
-            for index, (tb, _) in enumerate(text_boxes):
-                if index in taken:
-                    continue
-                dx = max(tb[0] - box[2], box[0] - tb[2], 0)
-                dy = max(tb[1] - box[3], box[1] - tb[3], 0)
-                if dx <= pad and dy <= pad and (best_gap is None or dx + dy < best_gap):
-                    best, best_gap = index, dx + dy
-            tag = ""
-            if best is not None:
-                taken.add(best)
-                tag = text_boxes[best][1]
-            symbols.append((model.names[int(cls)], box, tag))
-        return symbols, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        t = response.timings
+        stages = {"decode": t.decode_us / 1e3, "detect": t.detect_us / 1e3, "ocr": t.ocr_us / 1e3,
+                  "gateway_total": t.total_us / 1e3}
+        return symbols, stages
 
-    analyze(pages[0])  # warm
-    latencies, stages, predictions = [], {"detect": [], "ocr": []}, []
+    def throughput(self, pages, callers=CALLERS):
+        """Pages per second with `callers` clients at once: the stack overlaps one
+        page's detection with another's reading, which one Python process cannot."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        work = [page.read_bytes() for page in pages] * 2
+        start = time.perf_counter()
+        with ThreadPoolExecutor(callers) as pool:
+            list(pool.map(self.call, work))
+        return round(len(work) / (time.perf_counter() - start), 3)
+
+
+class Baseline:
+    """Ultralytics + RapidOCR in this process, the best configuration (module doc)."""
+
+    name = "ultralytics+rapidocr"
+
+    def __init__(self, imgsz=BASELINE_IMGSZ):
+        import torch
+        import ultralytics.utils.torch_utils as torch_utils
+
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        from rapidocr_onnxruntime import RapidOCR
+        from ultralytics import YOLO
+
+        torch_utils.NUM_THREADS = THREADS
+        torch.set_num_threads(THREADS)
+        self.torch = torch
+        self.imgsz = imgsz
+        self.model = YOLO(str(REPO / "models/detector/hvac-yolov8n.torchscript"), task="detect")
+        self.ocr = RapidOCR(intra_op_num_threads=THREADS, inter_op_num_threads=1)
+        self.threads_restored = False
+
+    def analyze(self, path):
+        import cv2
+
+        t0 = time.perf_counter()
+        page = cv2.imread(str(path))  # BGR, as both libraries take it
+        t1 = time.perf_counter()
+        result = self.model.predict(page, imgsz=self.imgsz, conf=0.5, iou=0.7, device="cpu", verbose=False)[0]
+        if not self.threads_restored:
+            # select_device set torch to 1 thread on this 2-core machine; put 2 back.
+            self.torch.set_num_threads(THREADS)
+            self.threads_restored = True
+        boxes = result.boxes.xyxy.tolist()
+        classes = [self.model.names[int(c)] for c in result.boxes.cls.tolist()]
+        t2 = time.perf_counter()
+        masked = page.copy()
+        height, width = masked.shape[:2]
+        for x0, y0, x1, y1 in boxes:
+            masked[max(0, int(y0) - MASK_PAD):min(height, int(y1) + 1 + MASK_PAD),
+                   max(0, int(x0) - MASK_PAD):min(width, int(x1) + 1 + MASK_PAD)] = 255
+        t3 = time.perf_counter()
+        lines, _ = self.ocr(masked)
+        t4 = time.perf_counter()
+        tags = assign_tags(boxes, lines or [])
+        t5 = time.perf_counter()
+        symbols = [(cls, box, tag) for cls, box, tag in zip(classes, boxes, tags)]
+        stages = {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "mask": (t3 - t2) * 1e3,
+                  "ocr": (t4 - t3) * 1e3, "tags": (t5 - t4) * 1e3}
+        return symbols, stages
+
+
+def assign_tags(boxes, lines):
+    """Each line (whitespace removed) to its nearest symbol, nearest pair first, each
+    symbol and line used once, at most TAG_REACH px between the boxes."""
+    texts = []
+    for quad, text, _ in lines:
+        xs, ys = [p[0] for p in quad], [p[1] for p in quad]
+        texts.append(([min(xs), min(ys), max(xs), max(ys)], "".join(text.split())))
+    pairs = []
+    for s, box in enumerate(boxes):
+        for t, (tb, _) in enumerate(texts):
+            dx = max(tb[0] - box[2], box[0] - tb[2], 0)
+            dy = max(tb[1] - box[3], box[1] - tb[3], 0)
+            gap = (dx * dx + dy * dy) ** 0.5
+            if gap <= TAG_REACH:
+                pairs.append((gap, s, t))
+    tags = [""] * len(boxes)
+    taken_symbols, taken_lines = set(), set()
+    for _, s, t in sorted(pairs):
+        if s not in taken_symbols and t not in taken_lines:
+            taken_symbols.add(s)
+            taken_lines.add(t)
+            tags[s] = texts[t][1]
+    return tags
+
+
+def run_interleaved(systems, pages, rounds):
+    """Every page through each system in turn; the order reverses from page to page."""
+    for system in systems:
+        system.analyze(pages[0])  # warm
+    latencies = {s.name: [] for s in systems}
+    stages = {s.name: {} for s in systems}
+    predictions = {s.name: [] for s in systems}
     for round_ in range(rounds):
-        for page in pages:
-            start = time.perf_counter()
-            symbols, detect_ms, ocr_ms = analyze(page)
-            latencies.append(time.perf_counter() - start)
-            stages["detect"].append(detect_ms)
-            stages["ocr"].append(ocr_ms)
-            if round_ == 0:
-                predictions.append(symbols)
+        for index, page in enumerate(pages):
+            order = systems if (index + round_) % 2 == 0 else systems[::-1]
+            for system in order:
+                start = time.perf_counter()
+                symbols, times = system.analyze(page)
+                latencies[system.name].append(time.perf_counter() - start)
+                for stage, ms in times.items():
+                    stages[system.name].setdefault(stage, []).append(ms)
+                if round_ == 0:
+                    predictions[system.name].append(symbols)
     return latencies, stages, predictions
 
 
@@ -169,9 +226,8 @@ def report(name, pages, latencies, stages, predictions, concurrent_pages_per_s=N
         "p50_ms": round(statistics.median(latencies) * 1e3, 1),
         "p99_ms": round(percentile(latencies, 0.99) * 1e3, 1),
         "pages_per_s": round(len(latencies) / sum(latencies), 3),
-        "pages_per_s_4_callers": concurrent_pages_per_s,
-        "detect_p50_ms": round(statistics.median(stages["detect"]), 1),
-        "ocr_p50_ms": round(statistics.median(stages["ocr"]), 1),
+        f"pages_per_s_{CALLERS}_callers": concurrent_pages_per_s,
+        "stages_p50_ms": {stage: round(statistics.median(ms), 1) for stage, ms in stages.items()},
         "recall": round(recall, 3),
         "tag_accuracy": round(tags, 3),
         "symbols": total,
@@ -180,15 +236,36 @@ def report(name, pages, latencies, stages, predictions, concurrent_pages_per_s=N
     return row
 
 
+def sweep(pages, sizes=(960, 1280, 1600)):
+    """The baseline alone at several detector input sizes: is 1280 its best?"""
+    for imgsz in sizes:
+        baseline = Baseline(imgsz)
+        latencies, stages, predictions = run_interleaved([baseline], pages, 1)
+        report(f"baseline imgsz {imgsz}", pages, latencies[baseline.name],
+               stages[baseline.name], predictions[baseline.name])
+
+
 def main():
-    addr, rounds, pages = sys.argv[1], int(sys.argv[2]), [Path(p) for p in sys.argv[3:]]
-    plenum = report("plenum", pages, *run_plenum(addr, pages, rounds))
-    reference = report("ultralytics+rapidocr", pages, *run_reference(pages, rounds))
-    print(f"one page at a time: plenum {plenum['p50_ms']} ms vs {reference['p50_ms']} ms at p50 "
-          f"({reference['p50_ms'] / plenum['p50_ms']:.2f}x)")
-    print(f"throughput: plenum {plenum['pages_per_s_4_callers']} pages/s with 4 callers vs "
-          f"{reference['pages_per_s']} pages/s for the one-process reference "
-          f"({plenum['pages_per_s_4_callers'] / reference['pages_per_s']:.2f}x)")
+    args = sys.argv[1:]
+    do_sweep = "--sweep" in args
+    args = [a for a in args if a != "--sweep"]
+    rounds, pages = int(args[1]), [Path(p) for p in args[2:]]
+    stacks = [Plenum(*spec.split("=", 1)) for spec in args[0].split()]
+    baseline = Baseline()
+    latencies, stages, predictions = run_interleaved(stacks + [baseline], pages, rounds)
+    theirs = report(baseline.name, pages, latencies[baseline.name], stages[baseline.name],
+                    predictions[baseline.name])
+    for plenum in stacks:
+        ours = report(plenum.name, pages, latencies[plenum.name], stages[plenum.name],
+                      predictions[plenum.name], plenum.throughput(pages))
+        print(f"one page at a time: {plenum.name} {ours['p50_ms']} ms vs {theirs['p50_ms']} ms at p50 "
+              f"({plenum.name}/baseline {ours['p50_ms'] / theirs['p50_ms']:.2f}; target <= 0.67)")
+        many = ours[f"pages_per_s_{CALLERS}_callers"]
+        print(f"throughput: {plenum.name} {many} pages/s with {CALLERS} callers vs "
+              f"{theirs['pages_per_s']} pages/s for the one-process baseline "
+              f"({many / theirs['pages_per_s']:.2f}x; target >= 1.5x)", flush=True)
+    if do_sweep:
+        sweep(pages)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,13 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # OCR: PP-OCRv4 mobile (det/rec) + ppocr mobile v2 angle classifier -> TorchScript + manifests.
 "$PY" "$ROOT/models/provision_ocr.py" --out "$ROOT/models/ocr/generated" "$@"
 
-# The YOLO detector (models/detector, trained by training/) is provisioned separately.
-
 # fp16 variants of the detector and the OCR models, verified against fp32 (idempotent).
 "$PY" "$ROOT/models/provision_variants.py" "$@"
+# AOTInductor packages for the CPU, compiled here for this machine (~30-100 s per model,
+# once): what the engine runs on the CPU when present; TorchScript stays the fallback. The
+# detector's needs Ultralytics (python/requirements-train.txt) and is skipped without it.
+export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$ROOT/training/runs/yolo-config}"
+mkdir -p "$YOLO_CONFIG_DIR"
+"$PY" "$ROOT/models/provision_aoti.py" "$@"
+
+# The YOLO detector's TorchScript (models/detector, trained by training/) is provisioned separately.

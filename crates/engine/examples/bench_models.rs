@@ -1,8 +1,9 @@
-//! CPU speed of the converted OCR models on tch (libtorch from Rust), without the
-//! engine: each model's TorchScript called directly on fixed inputs.
+//! CPU speed of the models on libtorch from Rust, without the engine: each model's
+//! TorchScript (tch `CModule`) or its AOTInductor package (`plenum_engine::aoti`, as
+//! provisioned by models/provision_aoti.py) called directly on fixed inputs.
 //!
-//!   OMP_WAIT_POLICY=PASSIVE cargo run --release -p plenum-engine --example bench_models \
-//!       -- [--threads 2] [--warmup 3] [--runs 10] [--model det,rec,cls]
+//!   OMP_WAIT_POLICY=PASSIVE cargo run --release --workspace --example bench_models \
+//!       -- [--threads 2] [--warmup 3] [--runs 10] [--model det,rec,cls] [--format ts|aoti]
 //!
 //! Prints a table (median and p90 per model) and one line starting with `BENCH_JSON `
 //! (the same, plus every sample) for scripts: `scripts/bench-models.sh` puts it beside
@@ -12,14 +13,57 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use plenum_engine::ModelManifest;
+use plenum_engine::aoti::{AotiPackage, PackageManifest};
 use plenum_engine::tch::{self, CModule, Device, Kind, Tensor};
 
-/// Model key, manifest file, input shape: the shapes of models/bench_ocr_models.py.
-const MODELS: [(&str, &str, [i64; 4]); 3] = [
-    ("det", "ppocr-v4-det.toml", [1, 3, 960, 960]),
-    ("rec", "ppocr-v4-rec.toml", [8, 3, 48, 320]),
-    ("cls", "ppocr-mobile-v2-cls.toml", [6, 3, 48, 192]),
+/// Model key, manifest (under models/), input shape: the shapes of
+/// models/bench_ocr_models.py, then a 1600x1200 page as the pipeline feeds it.
+const MODELS: [(&str, &str, [i64; 4]); 5] = [
+    ("det", "ocr/generated/ppocr-v4-det.toml", [1, 3, 960, 960]),
+    ("rec", "ocr/generated/ppocr-v4-rec.toml", [8, 3, 48, 320]),
+    (
+        "cls",
+        "ocr/generated/ppocr-mobile-v2-cls.toml",
+        [6, 3, 48, 192],
+    ),
+    (
+        "det-page",
+        "ocr/generated/ppocr-v4-det.toml",
+        [1, 3, 1216, 1600],
+    ),
+    (
+        "yolo-page",
+        "detector/hvac-yolov8n.toml",
+        [1, 3, 1216, 1600],
+    ),
 ];
+
+/// One way of running a model.
+enum Runner {
+    TorchScript(CModule),
+    Aoti(AotiPackage),
+}
+
+impl Runner {
+    fn load(manifest: &ModelManifest, aoti: bool) -> Result<Self, Box<dyn std::error::Error>> {
+        manifest.verify()?;
+        if aoti {
+            let sidecar = PackageManifest::beside(manifest)?
+                .ok_or_else(|| format!("{}: no AOTInductor package provisioned", manifest.name))?;
+            return Ok(Self::Aoti(AotiPackage::load(&sidecar.path())?));
+        }
+        let mut module = CModule::load_on_device(manifest.model_path(), Device::Cpu)?;
+        module.f_set_eval()?;
+        Ok(Self::TorchScript(module))
+    }
+
+    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        match self {
+            Self::TorchScript(module) => module.forward_ts(&[input]).map_err(|e| e.to_string()),
+            Self::Aoti(package) => package.run(input),
+        }
+    }
+}
 
 struct Options {
     threads: i32,
@@ -28,6 +72,7 @@ struct Options {
     dir: PathBuf,
     /// Model keys to run, in `MODELS` order.
     only: Vec<String>,
+    aoti: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -35,8 +80,9 @@ fn options() -> Result<Options, String> {
         threads: 2,
         warmup: 3,
         runs: 10,
-        dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/ocr/generated"),
+        dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"),
         only: MODELS.iter().map(|(key, _, _)| (*key).to_owned()).collect(),
+        aoti: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,6 +97,13 @@ fn options() -> Result<Options, String> {
             "--warmup" => options.warmup = number()?,
             "--runs" => options.runs = number()?.max(1),
             "--models" => options.dir = PathBuf::from(&value),
+            "--format" => {
+                options.aoti = match value.as_str() {
+                    "ts" => false,
+                    "aoti" => true,
+                    _ => return Err(format!("--format {value}: ts or aoti")),
+                }
+            }
             "--model" => {
                 options.only = value.split(',').map(str::to_owned).collect();
                 if let Some(bad) = options
@@ -58,12 +111,14 @@ fn options() -> Result<Options, String> {
                     .iter()
                     .find(|key| !MODELS.iter().any(|(k, _, _)| k == key))
                 {
-                    return Err(format!("--model {bad}: not one of det, rec, cls"));
+                    return Err(format!(
+                        "--model {bad}: not one of det, rec, cls, det-page, yolo-page"
+                    ));
                 }
             }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; use --threads N --warmup N --runs N --model det,rec,cls --models DIR"
+                    "unknown flag {flag}; use --threads N --warmup N --runs N --model det,rec,cls --models DIR --format ts|aoti"
                 ));
             }
         }
@@ -96,19 +151,19 @@ struct Timing {
 }
 
 fn bench(
-    module: &CModule,
+    runner: &mut Runner,
     input: &Tensor,
     warmup: usize,
     runs: usize,
-) -> Result<Vec<f64>, tch::TchError> {
+) -> Result<Vec<f64>, String> {
     tch::no_grad(|| {
         for _ in 0..warmup {
-            let _ = module.forward_ts(&[input])?;
+            let _ = runner.forward(input)?;
         }
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {
             let started = Instant::now();
-            let output = module.forward_ts(&[input])?;
+            let output = runner.forward(input)?;
             samples.push(started.elapsed().as_secs_f64() * 1000.0);
             drop(output);
         }
@@ -120,8 +175,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     plenum_engine::omp::ensure_passive_wait_policy();
     let options = options()?;
     tch::set_num_threads(options.threads);
+    let backend = if options.aoti { "aoti" } else { "tch" };
     println!(
-        "tch (libtorch) on CPU, {} threads, median of {} runs after {} warm-up",
+        "{} (libtorch) on CPU, {} threads, median of {} runs after {} warm-up",
+        if options.aoti {
+            "AOTInductor"
+        } else {
+            "TorchScript"
+        },
         tch::get_num_threads(),
         options.runs,
         options.warmup
@@ -132,12 +193,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let manifest = ModelManifest::load(&options.dir.join(manifest))?;
-        manifest.verify()?;
-        let mut module = CModule::load_on_device(manifest.model_path(), Device::Cpu)?;
-        module.f_set_eval()?;
+        let mut runner = Runner::load(&manifest, options.aoti)?;
         tch::manual_seed(0);
         let input = Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-        let samples = bench(&module, &input, options.warmup, options.runs)?;
+        let samples = bench(&mut runner, &input, options.warmup, options.runs)?;
         let mut sorted = samples.clone();
         sorted.sort_by(f64::total_cmp);
         timings.push(Timing {
@@ -150,12 +209,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!(
-        "{:<5} {:<14} {:>10} {:>10}",
+        "{:<9} {:<14} {:>10} {:>10}",
         "model", "input", "median ms", "p90 ms"
     );
     for t in &timings {
         println!(
-            "{:<5} {:<14} {:>10.1} {:>10.1}",
+            "{:<9} {:<14} {:>10.1} {:>10.1}",
             t.key, t.input, t.median_ms, t.p90_ms
         );
     }
@@ -174,7 +233,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     println!(
-        r#"BENCH_JSON {{"backend":"tch","threads":{},"runs":{},"warmup":{},"models":[{}]}}"#,
+        r#"BENCH_JSON {{"backend":"{}","threads":{},"runs":{},"warmup":{},"models":[{}]}}"#,
+        backend,
         tch::get_num_threads(),
         options.runs,
         options.warmup,

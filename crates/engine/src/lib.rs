@@ -7,6 +7,7 @@
 //! revokes the lease. Moves happen between batches and never drop a request.
 //!
 //! Rooms: [`manifest`] describes a model file, [`model`] is what runs it (TorchScript),
+//! [`aoti`] runs its AOTInductor package on the CPU when one was provisioned,
 //! [`worker`] is the inference thread, [`placement`] follows the lease, [`health`] tells
 //! a service when a model's thread has stopped, [`serving`] is a model service's
 //! health from bind to exit, [`metrics`] reports, [`omp`] fixes
@@ -15,6 +16,7 @@
 //! admits a service's requests against its working-memory budget.
 
 pub mod admission;
+pub mod aoti;
 pub mod health;
 pub mod manifest;
 pub mod memory_profile;
@@ -38,6 +40,7 @@ use tch::Tensor;
 use tokio::sync::{oneshot, watch};
 
 pub use admission::{AdmissionError, WorkBudget, WorkPermit};
+pub use aoti::ModelFormat;
 pub use health::{ModelStopped, first_stopped};
 pub use manifest::{ModelManifest, Precision};
 pub use memory_profile::MemoryProfile;
@@ -193,6 +196,10 @@ pub struct EngineArgs {
     /// Measure each model's working memory at load (a few passes at several sizes).
     #[arg(long, env = "PLENUM_MEMORY_PROFILE", default_value_t = true, action = clap::ArgAction::Set)]
     pub memory_profile: bool,
+    /// What runs the model on the CPU: auto (its AOTInductor package when one was
+    /// provisioned for this TorchScript file) or torchscript (always).
+    #[arg(long, env = "PLENUM_MODEL_FORMAT", value_enum, default_value_t = ModelFormat::Auto)]
+    pub model_format: ModelFormat,
 }
 
 impl EngineArgs {
@@ -216,6 +223,7 @@ impl EngineArgs {
             idle_offload: self.idle_offload,
             demand_boost_depth: self.demand_boost_depth,
             precision: self.precision,
+            loader: ModelLoader::for_format(self.model_format),
             ..EngineSettings::default()
         }
     }

@@ -1,5 +1,6 @@
-//! What the inference thread drives: a [`Model`] (the TorchScript one here, fakes in
-//! tests) and the [`ModelLoader`] that makes it from a manifest.
+//! What the inference thread drives: a [`Model`] (the TorchScript one here, the
+//! AOTInductor one in [`crate::aoti`], fakes in tests) and the [`ModelLoader`] that
+//! makes it from a manifest.
 //!
 //! A model returns errors it understands (`Err`) and the batch fails; a panic that
 //! escapes it stops the model's thread for good, because its weights may be half moved
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use tch::{CModule, Device, Kind, Tensor};
 
+use crate::aoti::ModelFormat;
 use crate::{EngineError, ModelManifest};
 
 /// One loaded model, called only from its engine's thread.
@@ -23,7 +25,8 @@ pub trait Model: Send + 'static {
 type Load = dyn Fn(&ModelManifest) -> Result<Box<dyn Model>, EngineError> + Send + Sync;
 
 /// Makes the model a manifest names; called once per engine, on a blocking thread.
-/// The default loads the TorchScript file after checking its checksum.
+/// The default loads the TorchScript file after checking its checksum, and on the CPU
+/// runs the AOTInductor package provisioned for it, if any ([`crate::aoti`]).
 #[derive(Clone)]
 pub struct ModelLoader(Arc<Load>);
 
@@ -34,6 +37,12 @@ impl ModelLoader {
         Self(Arc::new(load))
     }
 
+    /// The product's loader: TorchScript, or its AOTInductor package on the CPU when
+    /// `format` allows and one was provisioned.
+    pub fn for_format(format: ModelFormat) -> Self {
+        Self::new(move |manifest| crate::aoti::load(manifest, format))
+    }
+
     pub(crate) fn load(&self, manifest: &ModelManifest) -> Result<Box<dyn Model>, EngineError> {
         (self.0)(manifest)
     }
@@ -41,7 +50,7 @@ impl ModelLoader {
 
 impl Default for ModelLoader {
     fn default() -> Self {
-        Self::new(|manifest| Ok(Box::new(TorchScript::load(manifest)?)))
+        Self::for_format(ModelFormat::Auto)
     }
 }
 

@@ -1,0 +1,273 @@
+//! AOTInductor packages: the model compiled ahead of time into fused kernels for this
+//! machine's CPU (models/provision_aoti.py), 1.3-2x faster than TorchScript on small
+//! CPUs. A package is used when provisioning left one beside the manifest
+//! (`<model>.aoti.toml`, naming the package and the TorchScript file it was checked
+//! against) and that TorchScript file is still the manifest's; otherwise, and on a GPU,
+//! the model runs as TorchScript.
+//!
+//! The package is loaded by libtorch's `AOTIModelPackageLoader` through a small C++
+//! shim (cpp/aoti_shim.cpp, built by build.rs); tensors cross as tch's tensors.
+
+// Calling the shim is this module's job; every unsafe block says what it relies on.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tch::{Device, Tensor};
+
+use crate::model::{Model, TorchScript};
+use crate::{EngineError, ModelManifest};
+
+unsafe extern "C" {
+    fn plenum_aoti_load(path: *const c_char, error: *mut *mut c_char) -> *mut c_void;
+    fn plenum_aoti_free(package: *mut c_void);
+    fn plenum_aoti_run(
+        package: *mut c_void,
+        input: *const c_void,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
+    fn plenum_aoti_free_error(error: *mut c_char);
+}
+
+/// Which model file the engine runs on the CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelFormat {
+    /// The AOTInductor package when one was provisioned for this TorchScript file, else
+    /// TorchScript.
+    #[default]
+    Auto,
+    /// Always TorchScript (the portable format; for comparisons and as an escape hatch).
+    Torchscript,
+}
+
+/// The sidecar manifest provisioning writes beside a model's manifest.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PackageManifest {
+    /// The package, relative to the sidecar.
+    pub file: PathBuf,
+    pub sha256: String,
+    /// Where the package runs: "cpu" (the only kind provisioned so far).
+    pub device: String,
+    /// The TorchScript file the package was checked against.
+    pub source_sha256: String,
+    /// The intra-op threads its kernels were compiled for.
+    #[serde(default)]
+    pub threads: i32,
+    /// The input sizes the kernels were compiled for, per axis (-1: unbounded).
+    #[serde(default)]
+    pub min_input: Vec<i64>,
+    #[serde(default)]
+    pub max_input: Vec<i64>,
+    #[serde(skip)]
+    dir: PathBuf,
+}
+
+impl PackageManifest {
+    /// The sidecar of `manifest` (`<name>.aoti.toml` in its folder), if provisioning
+    /// wrote one.
+    pub fn beside(manifest: &ModelManifest) -> Result<Option<Self>, String> {
+        let path = manifest.dir.join(format!("{}.aoti.toml", manifest.name));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+        };
+        let mut package: Self = toml::from_str(&text)
+            .map_err(|error| format!("{} is not a valid manifest: {error}", path.display()))?;
+        package.dir = manifest.dir.clone();
+        Ok(Some(package))
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.file)
+    }
+
+    /// Why this package cannot stand in for `manifest`'s model, if it cannot.
+    fn unusable(&self, manifest: &ModelManifest) -> Option<String> {
+        if self.device != "cpu" {
+            return Some(format!("it is for {}, not the CPU", self.device));
+        }
+        if self.source_sha256 != manifest.sha256 {
+            return Some("it was built from another TorchScript file; re-provision".into());
+        }
+        None
+    }
+}
+
+/// A loaded AOTInductor package; runs on the CPU only.
+pub struct AotiPackage {
+    raw: *mut c_void,
+}
+
+// SAFETY: the loader owns its runner and buffers and has no thread affinity; the engine
+// calls it from one thread at a time (`&mut self`).
+unsafe impl Send for AotiPackage {}
+
+impl AotiPackage {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: c_path lives across the call; the shim sets either the result or error.
+        let raw = unsafe { plenum_aoti_load(c_path.as_ptr(), &mut error) };
+        if raw.is_null() {
+            return Err(format!("{}: {}", path.display(), take_error(error)));
+        }
+        Ok(Self { raw })
+    }
+
+    /// Runs the package on `input` (on the CPU); returns its one output.
+    pub fn run(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        // The kernels were compiled for contiguous float inputs.
+        let input = input.f_contiguous().map_err(|error| error.to_string())?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: `input` outlives the call and is an at::Tensor* as the shim expects; a
+        // non-null result is a new at::Tensor* whose ownership passes to tch.
+        unsafe {
+            let output = plenum_aoti_run(self.raw, input.as_ptr().cast(), &mut error);
+            if output.is_null() {
+                return Err(take_error(error));
+            }
+            Ok(Tensor::from_ptr(output.cast()))
+        }
+    }
+}
+
+impl Drop for AotiPackage {
+    fn drop(&mut self) {
+        // SAFETY: raw came from plenum_aoti_load and is freed once.
+        unsafe { plenum_aoti_free(self.raw) }
+    }
+}
+
+fn take_error(error: *mut c_char) -> String {
+    if error.is_null() {
+        return "the AOTInductor shim failed without a message".into();
+    }
+    // SAFETY: the shim hands over a NUL-terminated malloc'd string; freed here once.
+    unsafe {
+        let message = CStr::from_ptr(error).to_string_lossy().into_owned();
+        plenum_aoti_free_error(error);
+        message
+    }
+}
+
+/// The package on the CPU, the TorchScript module wherever else the model is placed
+/// (a CUDA package would have to be compiled on the GPU host) and for inputs outside the
+/// sizes the package was compiled for (the compiled code does not check them itself).
+pub struct Compiled {
+    package: AotiPackage,
+    torchscript: TorchScript,
+    device: Device,
+    min_input: Vec<i64>,
+    max_input: Vec<i64>,
+}
+
+impl Compiled {
+    /// Whether the package was compiled for this input's sizes, batch aside.
+    fn fits(&self, size: &[i64]) -> bool {
+        if !self.min_input.is_empty() && size.len() != self.min_input.len() {
+            return false;
+        }
+        size.iter().enumerate().skip(1).all(|(axis, &dim)| {
+            let low = self.min_input.get(axis).copied().unwrap_or(-1);
+            let high = self.max_input.get(axis).copied().unwrap_or(-1);
+            dim >= low && (high < 0 || dim <= high)
+        })
+    }
+
+    /// Runs the package, in chunks of its largest batch.
+    fn run_package(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        let max_batch = self.max_input.first().copied().unwrap_or(-1);
+        let rows = input.size().first().copied().unwrap_or(0);
+        if max_batch < 1 || rows <= max_batch {
+            return self.package.run(input);
+        }
+        let chunks = input
+            .f_split(max_batch, 0)
+            .map_err(|error| error.to_string())?;
+        let outputs = chunks
+            .iter()
+            .map(|chunk| self.package.run(chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        Tensor::f_cat(&outputs, 0).map_err(|error| error.to_string())
+    }
+}
+
+impl Model for Compiled {
+    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        if self.device == Device::Cpu && self.fits(&input.size()) {
+            tch::no_grad(|| self.run_package(input))
+        } else {
+            self.torchscript.forward(input)
+        }
+    }
+
+    fn move_to(&mut self, device: Device) -> Result<(), String> {
+        self.torchscript.move_to(device)?;
+        self.device = device;
+        Ok(())
+    }
+}
+
+/// Loads `manifest`'s model as `format` asks: its checked TorchScript file, and the
+/// AOTInductor package beside it when there is a usable one (checksum first). A package
+/// that is stale or fails to load is logged and skipped: TorchScript still serves.
+pub fn load(manifest: &ModelManifest, format: ModelFormat) -> Result<Box<dyn Model>, EngineError> {
+    let torchscript = TorchScript::load(manifest)?;
+    if format == ModelFormat::Torchscript {
+        return Ok(Box::new(torchscript));
+    }
+    match load_package(manifest) {
+        Ok(Some((package, sidecar))) => Ok(Box::new(Compiled {
+            package,
+            torchscript,
+            device: Device::Cpu,
+            min_input: sidecar.min_input,
+            max_input: sidecar.max_input,
+        })),
+        Ok(None) => Ok(Box::new(torchscript)),
+        Err(why) => {
+            tracing::warn!(model = %manifest.name, "not using the AOTInductor package: {why}; running TorchScript");
+            Ok(Box::new(torchscript))
+        }
+    }
+}
+
+/// The package provisioned for `manifest`'s TorchScript file: `None` when none was,
+/// `Err` (why) when the one beside it is stale, changed or does not load.
+pub fn load_package(
+    manifest: &ModelManifest,
+) -> Result<Option<(AotiPackage, PackageManifest)>, String> {
+    let Some(sidecar) = PackageManifest::beside(manifest)? else {
+        return Ok(None);
+    };
+    if let Some(why) = sidecar.unusable(manifest) {
+        return Err(why);
+    }
+    let path = sidecar.path();
+    let bytes =
+        std::fs::read(&path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let actual = format!("{:x}", Sha256::digest(&bytes));
+    if actual != sidecar.sha256 {
+        return Err(format!(
+            "{}: sha256 is {actual}, its manifest says {}; re-provision",
+            path.display(),
+            sidecar.sha256
+        ));
+    }
+    let threads = tch::get_num_threads();
+    if sidecar.threads > 0 && sidecar.threads != threads {
+        tracing::warn!(
+            model = %manifest.name,
+            "the AOTInductor package was compiled for {} threads; this process runs {threads} (re-provision with --threads {threads} to use them all)",
+            sidecar.threads
+        );
+    }
+    let package = AotiPackage::load(&path)?;
+    tracing::info!(model = %manifest.name, package = %path.display(), "running the AOTInductor package on the CPU");
+    Ok(Some((package, sidecar)))
+}
