@@ -231,11 +231,11 @@ async fn a_burst_of_large_pages_stays_within_the_card_and_every_budget() {
     let mut calls = Vec::new();
     for _ in 0..CALLERS {
         let mut client = det_client.clone();
-        let page = page.clone();
+        let det_page = page.clone();
         calls.push(tokio::spawn(async move {
             client
                 .detect(det::DetectRequest {
-                    images: vec![page],
+                    images: vec![det_page],
                     options: None,
                 })
                 .await

@@ -126,8 +126,9 @@ async fn a_row_over_the_work_memory_is_refused_naming_its_bytes() {
     assert!(refused.to_string().contains("bytes"));
     assert!(calls.lock().unwrap().is_empty(), "the model never saw it");
     // Smaller work still goes through.
-    engine
+    let small = engine
         .infer(pages(1, 320))
         .await
         .expect("a small page fits");
+    assert_eq!(small.size(), [1, 2]);
 }
