@@ -6,8 +6,13 @@ default settings (`RapidOCR()(path)`: det, cls and rec) on rendered HVAC labels.
 Images (tests/ocr/read/*.png), drawn with DejaVu Sans from the system fonts:
 tags on white, a wide line (RapidOCR letterboxes pages wider than 8:1), a label too short
 for RapidOCR's 30 px minimum side (it upscales first), a page of tags and small text,
-labels turned 90 degrees and tilted 7 degrees, text crossing drawing lines, and a drawing
-sheet (tests/pages/page_0000.png cropped to 1280x960).
+labels turned 90 degrees and tilted 7 degrees, text crossing drawing lines, a drawing
+sheet (tests/pages/page_0000.png cropped to 1280x960), tags in each orientation RapidOCR
+handles (90 degrees clockwise: top-to-bottom, which its tall-crop turn puts upright; 90
+degrees counter-clockwise: bottom-to-top, which that turn leaves upside down for the angle
+classifier to flip; 180 degrees: the classifier alone), each alone and all on one sheet, and
+an independent-renderer page with vertical tags (tests/pages-independent/page_0011.png
+cropped to 1280x960).
 """
 import json
 from pathlib import Path
@@ -85,6 +90,31 @@ def images() -> dict[str, Image.Image]:
 
     sheet = Image.open(ROOT / "tests" / "pages" / "page_0000.png").convert("RGB")
     out["sheet"] = sheet.crop((0, 0, 1280, 960))
+
+    # PIL turns counter-clockwise: 90 = bottom-to-top, -90 = top-to-bottom (clockwise).
+    for name, text, angle in (("tag_cw", "VAV-117", -90), ("tag_ccw", "SD-42", 90),
+                              ("tag_180", "FD-305", 180)):
+        image, _ = page(140, 200) if abs(angle) == 90 else page(220, 90)
+        tile = label(text, 26, angle)
+        image.paste(tile, ((image.width - tile.width) // 2, (image.height - tile.height) // 2), tile)
+        out[name] = image
+
+    image, draw = page(900, 600)
+    draw.rectangle((120, 150, 180, 190), outline="black", width=2)
+    draw.line((120, 150, 180, 190), fill="black", width=2)
+    image.paste(tile := label("VAV-21", 18, -90), (190, 130), tile)
+    draw.ellipse((420, 140, 470, 190), outline="black", width=2)
+    image.paste(tile := label("RD-8", 18, 90), (480, 130), tile)
+    draw.rectangle((300, 380, 330, 410), outline="black", width=2)
+    image.paste(tile := label("MD-66", 18, 180), (340, 380), tile)
+    image.paste(tile := label("TS-404", 20, 90), (720, 300), tile)
+    image.paste(tile := label("CD-19", 20, -90), (780, 300), tile)
+    draw.text((600, 520), "MECHANICAL PLAN", font=font(22), fill="black")
+    draw.line((0, 470, 900, 470), fill="black", width=3)
+    out["sheet_turned"] = image
+
+    independent = Image.open(ROOT / "tests" / "pages-independent" / "page_0011.png").convert("RGB")
+    out["sheet_independent"] = independent.crop((0, 0, 1280, 960))
     return out
 
 

@@ -143,6 +143,11 @@ pub struct Labels {
     pub classes: Vec<String>,
     /// A file with one entry per line, relative to the manifest.
     pub dictionary: Option<PathBuf>,
+    /// Detectors: per class, a regular expression its tags match as a whole
+    /// (`vav_box = 'VAV-\d+'`). Sent with each Detect reply; the gateway ranks
+    /// candidate text lines by it.
+    #[serde(default)]
+    pub tag_patterns: std::collections::BTreeMap<String, String>,
 }
 
 impl ModelManifest {

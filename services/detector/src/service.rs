@@ -182,6 +182,14 @@ impl DetectorApi for DetectorService {
             model: detector.engine().manifest().name.clone(),
             placement: placement as i32,
             known_classes: classes.to_vec(),
+            tag_patterns: detector
+                .engine()
+                .manifest()
+                .labels
+                .tag_patterns
+                .iter()
+                .map(|(class, pattern)| (class.clone(), pattern.clone()))
+                .collect(),
         }))
     }
 }

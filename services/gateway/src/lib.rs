@@ -4,7 +4,8 @@
 //! Rooms: [`backend`] is one backend's stack (shed, limit, timeout, p2c over its
 //! replicas), [`discovery`] finds the replicas (fixed URLs, DNS names), `replica`
 //! keeps one out of the balancer while it is ejected or its `health_watch` says
-//! it takes no work, [`assign`] the pure tag rule, [`pipeline`] one image through
+//! it takes no work, [`assign`] the pure tag rule ([`tag_patterns`] its per-class
+//! text check), [`pipeline`] one image through
 //! both backends, [`service`] the gRPC face (admission, deadline, stream window),
 //! [`metrics`] and [`config`] the rest.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod pipeline;
 mod replica;
 pub mod service;
+pub mod tag_patterns;
 
 use std::time::Duration;
 

@@ -16,8 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
 use tracing::Instrument;
 
-use crate::assign::{Padding, Rect, assign};
+use crate::assign::{self, Fit, Padding, Rect, assign};
 use crate::backend::{Backend, overloaded};
+use crate::tag_patterns::TagPatterns;
 
 /// Largest `tag_search_padding_px` accepted.
 const MAX_PADDING_PX: u32 = 1000;
@@ -121,6 +122,8 @@ struct Detected {
     /// Every class the detector's model knows (empty from a detector older than the
     /// field).
     known_classes: Vec<String>,
+    /// The model's tag pattern per class, from its manifest (often none).
+    tag_patterns: std::collections::HashMap<String, String>,
 }
 
 /// A text line as OCR returned it.
@@ -257,6 +260,7 @@ impl Pipeline {
         let Detected {
             detections,
             known_classes,
+            tag_patterns,
         } = detections?;
         // Checked before OCR runs, so a refused request costs no page read.
         check_classes_to_read(&options.classes_to_read, &known_classes)?;
@@ -282,6 +286,7 @@ impl Pipeline {
                     || options.classes_to_read.contains(&d.class_name)
             })
             .collect();
+        let patterns = TagPatterns::new(&tag_patterns);
         let mut symbols: Vec<pb::Symbol> = detections
             .into_iter()
             .map(|d| pb::Symbol {
@@ -299,11 +304,25 @@ impl Pipeline {
                     .into_iter()
                     .filter(|line| !tag_text(&line.text).is_empty())
                     .collect();
-                let symbol_rects: Vec<Rect> = symbols.iter().map(|s| rect(s.r#box)).collect();
+                let candidates: Vec<assign::Symbol> = symbols
+                    .iter()
+                    .zip(&wants_tag)
+                    .map(|(s, &wants_tag)| assign::Symbol {
+                        rect: rect(s.r#box),
+                        score: s.score,
+                        wants_tag,
+                    })
+                    .collect();
                 let line_rects: Vec<Rect> = lines.iter().map(|l| l.rect).collect();
-                let assignment = assign(&symbol_rects, &wants_tag, &line_rects, options.padding);
-                for ((symbol, tag), wants) in
-                    symbols.iter_mut().zip(&assignment.tag_of).zip(&wants_tag)
+                let tags: Vec<String> = lines.iter().map(|l| tag_text(&l.text)).collect();
+                let fit =
+                    |s: usize, l: usize| -> Fit { patterns.fit(&symbols[s].class_name, &tags[l]) };
+                let assignment = assign(&candidates, &line_rects, options.padding, fit);
+                for (((symbol, tag), wants), outbid) in symbols
+                    .iter_mut()
+                    .zip(&assignment.tag_of)
+                    .zip(&wants_tag)
+                    .zip(&assignment.outbid)
                 {
                     match tag {
                         Some(l) => {
@@ -311,6 +330,9 @@ impl Pipeline {
                             symbol.tag = tag_text(&line.text);
                             symbol.tag_score = line.score;
                             symbol.tag_box = Some(to_box(line.rect));
+                        }
+                        None if *wants && *outbid => {
+                            symbol.set_tag_missing_reason(TagMissingReason::TextTaken);
                         }
                         None if *wants => {
                             symbol.set_tag_missing_reason(TagMissingReason::NoTextNearby);
@@ -393,6 +415,7 @@ impl Pipeline {
             Ok([result]) => Ok(Detected {
                 detections: result.detections,
                 known_classes: response.known_classes,
+                tag_patterns: response.tag_patterns,
             }),
             Err(results) => {
                 tracing::error!(
@@ -420,9 +443,13 @@ impl Pipeline {
                 async move {
                     let mut client = OcrClient::with_interceptor(stack, inject_trace_context)
                         .max_decoding_message_size(MAX_BACKEND_RESPONSE_BYTES);
+                    // With the angle classifier, as RapidOCR reads by default: a tall
+                    // text box is turned 90° counter-clockwise before it is read, so
+                    // text written bottom-to-top comes out upside down and only the
+                    // classifier's 180° turn makes it readable.
                     let mut request = tonic::Request::new(ocr::ReadTextRequest {
                         image,
-                        classify_angle: false,
+                        classify_angle: true,
                         ignore_regions,
                     });
                     if let Some(timeout) = timeout {

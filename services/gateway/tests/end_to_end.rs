@@ -1,9 +1,13 @@
 //! The real pipeline: plenum-detector and plenum-ocr binaries (built by cargo, on
-//! CPU) behind the gateway, on 30 sample pages with ground truth. Measures symbol
-//! recall (same class, IoU ≥ 0.5) and exact-tag accuracy.
+//! CPU) behind the gateway, on pages with ground truth from two renderers: 30 of the
+//! generator's sample pages (tests/pages, the drawing style the model was trained on)
+//! and the 12 pages of the independent renderer (tests/pages-independent, same spec,
+//! different drawing code, never trained on). Per class: recall (same class,
+//! IoU ≥ 0.5), precision (detections matched / detections) and exact tags (of all
+//! true symbols).
 //!
-//! `cargo build -p plenum-detector -p plenum-ocr && cargo test -p plenum-gateway
-//! --test end_to_end -- --ignored --nocapture` (add `--release` to both for speed).
+//! `cargo build --workspace --bins && cargo test --workspace --test end_to_end --
+//! --ignored --nocapture` (add `--release` to both for speed).
 
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
@@ -17,8 +21,11 @@ use plenum_vision::decode::Limits;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
-const PAGES: usize = 30;
+const SAMPLE_PAGES: usize = 30;
+const INDEPENDENT_PAGES: usize = 12;
+const CLASSES: [&str; 4] = ["diffuser", "vav_box", "thermostat", "damper"];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -116,9 +123,138 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     inter / (area(a) + area(b) - inter)
 }
 
+/// Counts for one class (or all of them).
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    symbols: usize,
+    found: usize,
+    detections: usize,
+    tags_right: usize,
+}
+
+impl Counts {
+    fn recall(&self) -> f64 {
+        self.found as f64 / self.symbols.max(1) as f64
+    }
+    fn precision(&self) -> f64 {
+        self.found as f64 / self.detections.max(1) as f64
+    }
+    fn tags(&self) -> f64 {
+        self.tags_right as f64 / self.symbols.max(1) as f64
+    }
+    fn add(&mut self, other: &Counts) {
+        self.symbols += other.symbols;
+        self.found += other.found;
+        self.detections += other.detections;
+        self.tags_right += other.tags_right;
+    }
+}
+
+/// One page set through Analyze.
+struct Scores {
+    per_class: Vec<Counts>,
+    misread: Vec<String>,
+    timings: Vec<pb::StageTimings>,
+}
+
+impl Scores {
+    fn all(&self) -> Counts {
+        let mut all = Counts::default();
+        for counts in &self.per_class {
+            all.add(counts);
+        }
+        all
+    }
+
+    fn table(&self, title: &str) -> String {
+        let mut out = format!(
+            "{title}\n| class | symbols | recall | precision | exact tags |\n|---|---:|---:|---:|---:|\n"
+        );
+        let rows = CLASSES
+            .iter()
+            .map(|c| c.to_string())
+            .zip(self.per_class.iter().copied())
+            .chain([("**all**".to_owned(), self.all())]);
+        for (name, c) in rows {
+            out += &format!(
+                "| {name} | {} | {:.3} | {:.3} | {:.3} |\n",
+                c.symbols,
+                c.recall(),
+                c.precision(),
+                c.tags()
+            );
+        }
+        out
+    }
+}
+
+async fn score(client: &mut GatewayClient<Channel>, set: &str, pages: usize) -> Scores {
+    let mut per_class = vec![Counts::default(); CLASSES.len()];
+    let class_index = |name: &str| CLASSES.iter().position(|c| *c == name);
+    let mut misread = Vec::new();
+    let mut timings = Vec::new();
+    for index in 0..pages {
+        let stem = repo().join(format!("tests/{set}/page_{index:04}"));
+        let truth: Truth =
+            serde_json::from_str(&std::fs::read_to_string(stem.with_extension("json")).unwrap())
+                .unwrap();
+        let image = std::fs::read(stem.with_extension("png")).unwrap();
+        let response = client
+            .analyze(pb::AnalyzeRequest {
+                image,
+                options: None,
+                request_id: format!("{set}/page_{index:04}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        timings.push(response.timings.unwrap());
+        for symbol in &response.symbols {
+            let class = class_index(&symbol.class_name).expect("a known class");
+            per_class[class].detections += 1;
+        }
+        let mut used = vec![false; response.symbols.len()];
+        for expected in &truth.symbols {
+            let counts = &mut per_class[class_index(&expected.class).expect("a known class")];
+            counts.symbols += 1;
+            let best = response
+                .symbols
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| !used[*i] && s.class_name == expected.class)
+                .map(|(i, s)| {
+                    let b = s.r#box.unwrap();
+                    (i, iou(expected.bbox, [b.x_min, b.y_min, b.x_max, b.y_max]))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((i, overlap)) = best
+                && overlap >= 0.5
+            {
+                used[i] = true;
+                counts.found += 1;
+                if response.symbols[i].tag == expected.tag {
+                    counts.tags_right += 1;
+                } else {
+                    misread.push(format!(
+                        "{set} page {index}: {} read as `{}` ({:?})",
+                        expected.tag,
+                        response.symbols[i].tag,
+                        response.symbols[i].tag_missing_reason()
+                    ));
+                }
+            }
+        }
+    }
+    Scores {
+        per_class,
+        misread,
+        timings,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "slow (the real models on 30 pages); needs the provisioned models and the plenum-detector and plenum-ocr binaries of this profile"]
-async fn recall_and_tag_accuracy_on_sample_pages() {
+#[ignore = "slow (the real models on 42 pages); needs the provisioned models and the plenum-detector and plenum-ocr binaries of this profile"]
+async fn recall_precision_and_tags_on_both_renderers_pages() {
     let (_detector, detector_url) = spawn("plenum-detector");
     let (_ocr, ocr_url) = spawn("plenum-ocr");
     bound(&detector_url).await;
@@ -151,81 +287,63 @@ async fn recall_and_tag_accuracy_on_sample_pages() {
     });
     let mut client = GatewayClient::connect(url).await.unwrap();
 
-    let (mut total, mut found, mut tags_right) = (0usize, 0usize, 0usize);
-    let mut misread = Vec::new();
-    let mut timings = Vec::new();
-    for index in 0..PAGES {
-        let stem = repo().join(format!("tests/pages/page_{index:04}"));
-        let truth: Truth =
-            serde_json::from_str(&std::fs::read_to_string(stem.with_extension("json")).unwrap())
-                .unwrap();
-        let image = std::fs::read(stem.with_extension("png")).unwrap();
-        let response = client
-            .analyze(pb::AnalyzeRequest {
-                image,
-                options: None,
-                request_id: format!("page_{index:04}"),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        timings.push(response.timings.unwrap());
-        let mut used = vec![false; response.symbols.len()];
-        for expected in &truth.symbols {
-            total += 1;
-            let best = response
-                .symbols
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| !used[*i] && s.class_name == expected.class)
-                .map(|(i, s)| {
-                    let b = s.r#box.unwrap();
-                    (i, iou(expected.bbox, [b.x_min, b.y_min, b.x_max, b.y_max]))
-                })
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            if let Some((i, overlap)) = best
-                && overlap >= 0.5
-            {
-                used[i] = true;
-                found += 1;
-                if response.symbols[i].tag == expected.tag {
-                    tags_right += 1;
-                } else {
-                    misread.push(format!(
-                        "page {index}: {} read as `{}` ({:?})",
-                        expected.tag,
-                        response.symbols[i].tag,
-                        response.symbols[i].tag_missing_reason()
-                    ));
-                }
-            }
-        }
-    }
-    let recall = found as f64 / total as f64;
-    let accuracy = tags_right as f64 / total as f64;
-    println!(
-        "{PAGES} pages, {total} symbols: recall {:.1}%, exact tags {:.1}%",
-        100.0 * recall,
-        100.0 * accuracy
-    );
-    let p50 = |f: fn(&pb::StageTimings) -> u64| {
+    let own = score(&mut client, "pages", SAMPLE_PAGES).await;
+    let independent = score(&mut client, "pages-independent", INDEPENDENT_PAGES).await;
+    shutdown.cancel();
+
+    let p50 = |timings: &[pb::StageTimings], f: fn(&pb::StageTimings) -> u64| {
         let mut v: Vec<u64> = timings.iter().map(f).collect();
         v.sort_unstable();
         v[v.len() / 2] as f64 / 1000.0
     };
-    println!(
-        "p50 per page: detect {:.0} ms, ocr {:.0} ms, total {:.0} ms (one page at a time)",
-        p50(|t| t.detect_us),
-        p50(|t| t.ocr_us),
-        p50(|t| t.total_us)
-    );
-    for line in misread.iter().take(20) {
-        println!("  {line}");
+    for (name, scores) in [
+        (
+            format!("{SAMPLE_PAGES} generator pages (tests/pages)"),
+            &own,
+        ),
+        (
+            format!("{INDEPENDENT_PAGES} independent pages (tests/pages-independent)"),
+            &independent,
+        ),
+    ] {
+        println!("{}", scores.table(&name));
+        println!(
+            "p50 per page: detect {:.0} ms, ocr {:.0} ms, total {:.0} ms (one page at a time)",
+            p50(&scores.timings, |t| t.detect_us),
+            p50(&scores.timings, |t| t.ocr_us),
+            p50(&scores.timings, |t| t.total_us)
+        );
+        for line in scores.misread.iter().take(25) {
+            println!("  {line}");
+        }
+        println!();
     }
-    shutdown.cancel();
-    assert!(recall >= 0.95, "recall {recall:.3}");
-    // Measured 2026-11-27: recall 0.980, exact tags 0.953 of all 790 symbols (0.972
-    // of those found) with the symbols painted out before reading; 0.828 when the
-    // page was read at the same time as detection, without the mask.
-    assert!(accuracy >= 0.93, "exact-tag accuracy {accuracy:.3}");
+
+    // The generator's pages: measured 2026-11-29, recall 0.980, precision 0.838 and
+    // exact tags 0.965 of all 790 symbols (0.953 before the tag rule of issue 12);
+    // 0.828 when the page was read at the same time as detection, without the mask.
+    let own = own.all();
+    assert!(own.recall() >= 0.95, "recall {:.3}", own.recall());
+    assert!(own.tags() >= 0.93, "exact-tag accuracy {:.3}", own.tags());
+
+    // The independent pages: floors at what the shipped model reaches (BENCHMARKS.md
+    // "Generalization"), so a regression fails; the goal is 0.97 / 0.97 / 0.93.
+    let independent = independent.all();
+    for (what, value, floor) in [
+        ("recall", independent.recall(), INDEPENDENT_FLOOR.0),
+        ("precision", independent.precision(), INDEPENDENT_FLOOR.1),
+        ("exact tags", independent.tags(), INDEPENDENT_FLOOR.2),
+    ] {
+        assert!(
+            value >= floor,
+            "independent pages: {what} {value:.3} < {floor}"
+        );
+    }
 }
+
+/// Recall, precision and exact tags the independent pages must keep: measured
+/// 2026-11-29 with the shipped hvac-yolov8n, 202 symbols: recall 0.693, precision 0.569,
+/// exact tags 0.609 (0.421 before the tag rule reached 1.6 symbol sizes, weighed scores
+/// and patterns, and OCR used the angle classifier). A little slack for BLAS; the goal
+/// is 0.97 / 0.97 / 0.93 and needs a detector that generalizes (issue 12).
+const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.68, 0.55, 0.59);

@@ -195,6 +195,7 @@ impl detector_server::Detector for FakeDetector {
             model: "fake".into(),
             placement: common::Placement::Cpu as i32,
             known_classes: KNOWN_CLASSES.map(String::from).to_vec(),
+            tag_patterns: Default::default(),
         };
         self.behaviour
             .serve(request.metadata(), answer)
