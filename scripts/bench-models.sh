@@ -20,7 +20,7 @@ RUNS=10
 WARMUP=3
 REQUESTS=64
 ROUNDS=2
-MODELS="det rec cls det-page yolo-page"
+MODELS="${MODELS:-det rec cls det-page yolo-page}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
