@@ -20,7 +20,7 @@ RUNS=10
 WARMUP=3
 REQUESTS=64
 ROUNDS=2
-MODELS="det rec cls det-page yolo-page"
+MODELS="${MODELS:-det rec cls det-page yolo-page}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
@@ -140,7 +140,7 @@ def pooled(backend):
             models.setdefault(m["model"], {"input": m["input"], "samples": []})["samples"] += m["samples_ms"]
     return models
 
-aoti, ts, ort = pooled("aoti"), pooled("tch"), pooled("ort")
+aoti, ts, ort = pooled("aoti"), pooled("ts"), pooled("ort")
 print("| model | input | AOTInductor ms | TorchScript ms | ORT ms | AOTI / TorchScript | AOTI / ORT |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for key in ("det", "rec", "cls", "det-page", "yolo-page"):
