@@ -26,8 +26,8 @@ mod offload;
 pub mod omp;
 mod placement;
 pub mod serving;
-mod work_lease;
 pub mod status;
+mod work_lease;
 pub mod worker;
 
 use std::sync::Arc;
