@@ -131,12 +131,6 @@ pub fn peak_growth(pass: impl FnOnce() -> Result<(), String>) -> Result<Option<u
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
     release_free_heap();
-    let growth = measure_growth(pass);
-    restore_mmap_threshold();
-    growth
-}
-
-fn measure_growth(pass: impl FnOnce() -> Result<(), String>) -> Result<Option<u64>, String> {
     let Some(before) = status_kib("VmRSS") else {
         pass()?;
         return Ok(None);
@@ -150,13 +144,15 @@ fn measure_growth(pass: impl FnOnce() -> Result<(), String>) -> Result<Option<u6
     Ok(status_kib("VmHWM").map(|peak| peak.saturating_sub(before) * 1024))
 }
 
-/// Serving must not keep the measuring threshold: with every block over 128 KiB mapped
-/// fresh and unmapped when freed, each tensor pays its page faults again, and the
-/// detector under the chaos suite's load answered too late (6 of 20 calls past a 3 s
-/// deadline). 32 MiB is the highest threshold glibc's own adjustment reaches, so
-/// serving reuses freed activations as it did before profiles existed.
+/// Called once a profile's passes are done (not between them: an input allocated from
+/// the heap between passes hides the next pass's growth). Serving must not keep the
+/// measuring threshold: with every block over 128 KiB mapped fresh and unmapped when
+/// freed, each tensor pays its page faults again, and the detector under the chaos
+/// suite's load answered too late (6 of 20 calls past a 3 s deadline). 32 MiB is the
+/// highest threshold glibc's own adjustment reaches, so serving reuses freed
+/// activations as it did before profiles existed.
 #[allow(unsafe_code)]
-fn restore_mmap_threshold() {
+pub fn restore_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt changes allocator policy only; thread-safe.
     unsafe {
@@ -169,7 +165,7 @@ fn restore_mmap_threshold() {
 /// raises its mmap threshold after each large free, up to 32 MiB, so later large
 /// blocks come from retained heap): the threshold is pinned at 128 KiB instead, so
 /// every large block (libtorch's tensors) is mapped fresh and unmapped when freed.
-/// It is set back for serving after each pass ([`restore_mmap_threshold`]).
+/// It is set back for serving once the profile is done ([`restore_mmap_threshold`]).
 #[allow(unsafe_code)]
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

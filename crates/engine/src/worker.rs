@@ -239,6 +239,17 @@ fn profile(
     if matches!(target, Target::Cuda(_)) {
         return Ok(None);
     }
+    let measured = measure_samples(model, target, shapes, call_started);
+    memory_profile::restore_mmap_threshold();
+    measured
+}
+
+fn measure_samples(
+    model: &mut dyn Model,
+    target: Target,
+    shapes: &[Vec<i64>],
+    call_started: &AtomicU64,
+) -> Result<Option<MemoryProfile>, String> {
     let mut samples = Vec::new();
     for shape in shapes {
         let input = Tensor::f_zeros(shape.as_slice(), (Kind::Float, target.device()))
