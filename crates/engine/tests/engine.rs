@@ -1,34 +1,15 @@
 //! The engine with a real converted model (PP-OCRv4 recognition, provisioned by
 //! `make setup`) on the CPU, and a real broker with a simulated GPU.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use plenum_broker::inventory::Simulated;
-use plenum_broker::ledger::LedgerConfig;
-use plenum_broker::{Broker, BrokerSettings};
 use plenum_engine::tch::{CModule, Device, Kind, Tensor};
-use plenum_engine::{
-    DeviceChoice, Engine, EngineError, EngineMetrics, EngineSettings, EngineState, ModelManifest,
-    Target,
-};
+use plenum_engine::{DeviceChoice, Engine, EngineError, EngineMetrics, EngineSettings, Target};
 use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseRequest, Priority};
-use tokio::net::TcpListener;
+use support::{GIB, rec_manifest, start_broker, wait_for_state};
 use tokio_util::sync::CancellationToken;
-
-const GIB: u64 = 1 << 30;
-
-fn rec_manifest() -> ModelManifest {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/ocr/generated/ppocr-v4-rec.toml");
-    assert!(
-        path.exists(),
-        "{} is missing: run `make setup` to provision the models",
-        path.display()
-    );
-    ModelManifest::load(&path).expect("valid manifest")
-}
 
 fn crops(batch: i64, width: i64, seed: i64) -> Tensor {
     plenum_engine::tch::manual_seed(seed);
@@ -46,46 +27,6 @@ fn settings(device: DeviceChoice) -> EngineSettings {
         priority: Priority::Low,
         idle_after: Duration::from_millis(200),
         ..EngineSettings::default()
-    }
-}
-
-async fn start_broker() -> (String, CancellationToken) {
-    start_broker_with("GTX 1070:8GiB").await
-}
-
-/// A real broker over simulated devices (`--simulate` syntax), 1 GiB reserved on each.
-async fn start_broker_with(devices: &str) -> (String, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let broker = Broker::new(
-        BrokerSettings {
-            ledger: LedgerConfig {
-                reserve_bytes: GIB,
-                revoke_deadline: Duration::from_secs(5),
-                ..LedgerConfig::default()
-            },
-            inventory: Arc::new(Simulated::parse(devices).unwrap()),
-            token: None,
-            poll_interval: Duration::from_millis(20),
-            drain_timeout: Duration::from_millis(200),
-        },
-        shutdown.clone(),
-    );
-    tokio::spawn(async move { broker.serve(listener).await.unwrap() });
-    (url, shutdown)
-}
-
-async fn wait_for_state(
-    engine: &Engine,
-    what: &str,
-    check: impl Fn(&EngineState) -> bool,
-) -> EngineState {
-    let mut state = engine.state();
-    let reached = tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| check(s))).await;
-    match reached {
-        Ok(Ok(state)) => state.clone(),
-        _ => panic!("{what}: engine state stayed {:?}", engine.state().borrow()),
     }
 }
 
@@ -255,7 +196,7 @@ async fn a_model_file_that_fails_its_checksum_is_not_loaded() {
 async fn the_model_goes_to_the_device_its_lease_was_granted_on() {
     // Best fit: the 2 GiB card (1 GiB leasable) is left with less after the grant
     // than the 8 GiB one, so the broker places the lease on device 1, not device 0.
-    let (url, shutdown) = start_broker_with("big:8GiB,small:2GiB").await;
+    let (url, shutdown) = start_broker("big:8GiB,small:2GiB").await;
     let lease = LeaseClient::connect(LeaseClientConfig::new(url, "ocr")).unwrap();
     let engine = Engine::start(
         rec_manifest(),
@@ -274,7 +215,7 @@ async fn the_model_goes_to_the_device_its_lease_was_granted_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_follows_the_lease_through_revocation_without_failing_a_request() {
-    let (url, shutdown) = start_broker().await;
+    let (url, shutdown) = start_broker("GTX 1070:8GiB").await;
     let lease = LeaseClient::connect(LeaseClientConfig::new(url.clone(), "ocr")).unwrap();
     let engine = Engine::start(
         rec_manifest(),
@@ -336,7 +277,7 @@ async fn placement_follows_the_lease_through_revocation_without_failing_a_reques
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_at_start_it_serves_from_the_cpu_and_moves_up_when_room_appears() {
-    let (url, shutdown) = start_broker().await;
+    let (url, shutdown) = start_broker("GTX 1070:8GiB").await;
     let hog = LeaseClient::connect(LeaseClientConfig::new(url.clone(), "hog")).unwrap();
     let mut held = hog
         .acquire(LeaseRequest::weights("hog", 7 * GIB))

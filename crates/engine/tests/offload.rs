@@ -4,73 +4,18 @@
 //! device the broker grants. And the lighter way to fit: the model's fp16 variant,
 //! which asks for half the VRAM and answers like fp32 within the provisioned tolerance.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use plenum_broker::inventory::Simulated;
-use plenum_broker::ledger::LedgerConfig;
-use plenum_broker::{Broker, BrokerSettings};
 use plenum_engine::tch::{Device, Kind, Tensor};
-use plenum_engine::{
-    DeviceChoice, Engine, EngineMetrics, EngineSettings, EngineState, ModelManifest, Precision,
-    Target,
-};
+use plenum_engine::{DeviceChoice, Engine, EngineMetrics, EngineSettings, Precision, Target};
 use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseRequest, Priority, Purpose};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-const GIB: u64 = 1 << 30;
-
-fn rec_manifest() -> ModelManifest {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/ocr/generated/ppocr-v4-rec.toml");
-    assert!(
-        path.exists(),
-        "{} is missing: run `make setup` to provision the models",
-        path.display()
-    );
-    ModelManifest::load(&path).expect("valid manifest")
-}
+use support::{GIB, rec_manifest, start_broker, wait_for_state};
 
 fn crops(seed: i64) -> Tensor {
     plenum_engine::tch::manual_seed(seed);
     Tensor::rand([1, 3, 48, 64], (Kind::Float, Device::Cpu))
-}
-
-/// A real broker over simulated devices, 1 GiB reserved on each.
-async fn start_broker(devices: &str) -> (String, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let broker = Broker::new(
-        BrokerSettings {
-            ledger: LedgerConfig {
-                reserve_bytes: GIB,
-                ..LedgerConfig::default()
-            },
-            inventory: Arc::new(Simulated::parse(devices).unwrap()),
-            token: None,
-            poll_interval: Duration::from_millis(20),
-            drain_timeout: Duration::from_millis(200),
-        },
-        shutdown.clone(),
-    );
-    tokio::spawn(async move { broker.serve(listener).await.unwrap() });
-    (url, shutdown)
-}
-
-async fn wait_for_state(
-    engine: &Engine,
-    what: &str,
-    check: impl Fn(&EngineState) -> bool,
-) -> EngineState {
-    let mut state = engine.state();
-    let reached = tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| check(s))).await;
-    match reached {
-        Ok(Ok(state)) => state.clone(),
-        _ => panic!("{what}: engine state stayed {:?}", engine.state().borrow()),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,63 +1,17 @@
 //! The detector over real gRPC with the real trained model: parity with
 //! Ultralytics' own `predict`, any class count, tiling of large pages, bad input.
 
-use std::path::PathBuf;
-use std::time::Duration;
+mod support;
 
-use plenum_detector::{DetectorSettings, load_manifest, run};
-use plenum_engine::{DeviceChoice, EngineSettings};
 use plenum_proto::detector::v1::{self as pb, detector_client::DetectorClient};
-use plenum_vision::decode::Limits;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use support::repo;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 async fn start(model: &str) -> (DetectorClient<Channel>, CancellationToken) {
-    let manifest = load_manifest(&repo().join("models"), model).expect("committed model");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let settings = DetectorSettings {
-        manifest,
-        engine: EngineSettings {
-            device: DeviceChoice::Cpu,
-            max_queue_delay: Duration::from_millis(2),
-            ..EngineSettings::default()
-        },
-        lease: None,
-        limits: Limits {
-            max_bytes: 4 << 20,
-            max_pixels: 12_000_000,
-        },
-        max_images: 8,
-        max_request_bytes: 16 << 20,
-        tile_overlap: 128,
-        max_single_pass: 2048,
-        drain_timeout: Duration::from_millis(200),
-    };
-    let registry = prometheus::Registry::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        run(settings, &registry, listener, stop)
-            .await
-            .expect("detector runs")
-    });
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    plenum_runtime::health::wait_serving(channel.clone(), Duration::from_secs(120))
-        .await
-        .expect("SERVING within two minutes");
-    let client = DetectorClient::new(channel);
-    (client.max_decoding_message_size(64 << 20), shutdown)
+    support::start(model, support::cpu_engine(), 12_000_000).await
 }
 
 #[derive(Deserialize)]

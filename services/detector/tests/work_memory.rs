@@ -3,15 +3,13 @@
 //! RESOURCE_EXHAUSTED with RetryInfo), and a page that alone exceeds `--work-memory`
 //! is refused naming its bytes, while smaller pages still go through.
 
-use std::path::PathBuf;
+mod support;
+
 use std::time::Duration;
 
 use image::{ImageEncoder, Rgb, RgbImage};
-use plenum_detector::{DetectorSettings, load_manifest, run};
-use plenum_engine::{DeviceChoice, EngineSettings};
+use plenum_engine::EngineSettings;
 use plenum_proto::detector::v1::{self as pb, detector_client::DetectorClient};
-use plenum_vision::decode::Limits;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -24,54 +22,13 @@ async fn start(
     work_memory: Option<u64>,
     work_wait: Duration,
 ) -> (DetectorClient<Channel>, CancellationToken) {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let manifest = load_manifest(&repo.join("models"), "test-2class").expect("committed model");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let settings = DetectorSettings {
-        manifest,
-        engine: EngineSettings {
-            device: DeviceChoice::Cpu,
-            max_queue_delay: Duration::from_millis(2),
-            memory_profile: true,
-            work_memory,
-            work_wait,
-            ..EngineSettings::default()
-        },
-        lease: None,
-        limits: Limits {
-            max_bytes: 4 << 20,
-            max_pixels: MAX_PIXELS,
-        },
-        max_images: 8,
-        max_request_bytes: 16 << 20,
-        tile_overlap: 128,
-        max_single_pass: 2048,
-        drain_timeout: Duration::from_millis(200),
+    let engine = EngineSettings {
+        memory_profile: true,
+        work_memory,
+        work_wait,
+        ..support::cpu_engine()
     };
-    let registry = prometheus::Registry::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        run(settings, &registry, listener, stop)
-            .await
-            .expect("detector runs")
-    });
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    let mut client = DetectorClient::new(channel);
-    // The service answers UNAVAILABLE until its model has loaded and been profiled.
-    for _ in 0..600 {
-        match client.detect(request(page(64, 64))).await {
-            Err(status) if status.code() == Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            _ => break,
-        }
-    }
-    (client, shutdown)
+    support::start("test-2class", engine, MAX_PIXELS).await
 }
 
 /// A white page with a few dark lines, PNG-encoded (small on the wire, large decoded).
