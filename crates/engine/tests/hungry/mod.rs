@@ -1,0 +1,86 @@
+//! A fake model whose passes allocate (and touch) a known number of bytes per input
+//! element, for the working-memory tests.
+//!
+//! Each of those tests is its own test binary, so its own process: the profile
+//! measures the whole process's resident memory, and an engine from another test
+//! (its model thread is detached and winds down on its own time) freeing a page batch
+//! mid-pass would hide the growth being measured.
+
+// Each binary uses part of this module.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use plenum_engine::tch::{Device, Kind, Tensor};
+use plenum_engine::{
+    DeviceChoice, Engine, EngineMetrics, EngineSettings, Model, ModelLoader, ModelManifest,
+};
+
+/// Bytes the fake's pass takes per input element.
+pub const BYTES_PER_ELEMENT: usize = 16;
+pub const MIB: u64 = 1 << 20;
+
+/// Allocates and touches `BYTES_PER_ELEMENT` per input element on every pass, and
+/// records the rows of each call.
+struct HungryModel {
+    calls: Arc<Mutex<Vec<i64>>>,
+}
+
+impl Model for HungryModel {
+    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        let elements = input.numel();
+        let scratch = vec![1u8; elements * BYTES_PER_ELEMENT];
+        std::hint::black_box(&scratch);
+        let rows = input.size()[0];
+        self.calls.lock().unwrap().push(rows);
+        Ok(Tensor::zeros([rows, 2], (Kind::Float, Device::Cpu)))
+    }
+
+    fn move_to(&mut self, _device: Device) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A 640-px model with dynamic sides; the fake ignores its file.
+fn manifest() -> ModelManifest {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/detector/test-2class.toml");
+    ModelManifest::load(&path).expect("committed manifest")
+}
+
+/// An engine over the fake, profiled at load, and the rows of each model call after
+/// the profile's passes.
+pub async fn start(work_memory: Option<u64>) -> (Engine, Arc<Mutex<Vec<i64>>>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let for_model = Arc::clone(&calls);
+    let settings = EngineSettings {
+        device: DeviceChoice::Cpu,
+        max_batch: 16,
+        max_queue_delay: Duration::from_millis(1),
+        memory_profile: true,
+        work_memory,
+        loader: ModelLoader::new(move |_| {
+            Ok(Box::new(HungryModel {
+                calls: Arc::clone(&for_model),
+            }))
+        }),
+        ..EngineSettings::default()
+    };
+    let engine = Engine::start(
+        manifest(),
+        settings,
+        None,
+        EngineMetrics::unregistered("hungry"),
+    )
+    .await
+    .expect("the fake loads");
+    calls.lock().unwrap().clear();
+    (engine, calls)
+}
+
+/// `rows` blank pages of `side`² pixels.
+pub fn pages(rows: i64, side: i64) -> Tensor {
+    Tensor::zeros([rows, 3, side, side], (Kind::Float, Device::Cpu))
+}
