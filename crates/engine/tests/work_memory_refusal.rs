@@ -8,13 +8,13 @@ use plenum_engine::{AdmissionError, EngineError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_over_the_work_memory_is_refused_naming_its_bytes() {
-    let (engine, calls) = start(Some(48 * MIB)).await;
-    // 2048² × 3 elements × 16 bytes ≈ 192 MiB for one row.
+    let (engine, calls) = start(Some(192 * MIB)).await;
+    // 2048² × 3 elements × 64 bytes = 768 MiB for one row.
     let refused = engine.infer(pages(1, 2048)).await.unwrap_err();
     match &refused {
         EngineError::Admission(AdmissionError::TooLarge { bytes, budget }) => {
-            assert!(*bytes > 150 * MIB, "{refused}");
-            assert_eq!(*budget, 48 * MIB);
+            assert!(*bytes > 600 * MIB, "{refused}");
+            assert_eq!(*budget, 192 * MIB);
         }
         other => panic!("expected a refusal by bytes, got {other:?}"),
     }

@@ -7,8 +7,8 @@ use hungry::{MIB, pages, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_the_work_memory_runs_in_smaller_calls() {
-    // One 640² row takes ~19 MiB here: two fit in 48 MiB, three do not.
-    let (engine, calls) = start(Some(48 * MIB)).await;
+    // One 640² row takes 75 MiB here: two fit in 192 MiB, three do not.
+    let (engine, calls) = start(Some(192 * MIB)).await;
     let output = engine.infer(pages(5, 640)).await.expect("answered");
     assert_eq!(output.size(), [5, 2]);
     let calls = calls.lock().unwrap().clone();

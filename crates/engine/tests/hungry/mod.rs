@@ -18,8 +18,10 @@ use plenum_engine::{
     DeviceChoice, Engine, EngineMetrics, EngineSettings, Model, ModelLoader, ModelManifest,
 };
 
-/// Bytes the fake's pass takes per input element.
-pub const BYTES_PER_ELEMENT: usize = 16;
+/// Bytes the fake's pass takes per input element. Large enough that the smallest
+/// profiled pass takes megabytes: the kernel updates a process's RSS counters in
+/// per-thread batches, so a figure read from /proc may lag by a few hundred KiB.
+pub const BYTES_PER_ELEMENT: usize = 64;
 pub const MIB: u64 = 1 << 20;
 
 /// Allocates and touches `BYTES_PER_ELEMENT` per input element on every pass, and
