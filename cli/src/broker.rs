@@ -263,6 +263,7 @@ fn print_status(status: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
                 } else {
                     "-".into()
                 },
+                l.used_bytes.map_or_else(|| "-".into(), format_bytes),
                 purpose_name(l.purpose).to_owned(),
                 state,
                 priority_name(l.priority).to_owned(),
@@ -278,8 +279,8 @@ fn print_status(status: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
             "{}",
             table::render(
                 &[
-                    "LEASE", "HOLDER", "GPU", "GRANTED", "MEASURED", "FOR", "STATE", "PRIORITY",
-                    "MODEL", "AGE"
+                    "LEASE", "HOLDER", "GPU", "GRANTED", "MEASURED", "USED", "FOR", "STATE",
+                    "PRIORITY", "MODEL", "AGE"
                 ],
                 &leases
             )
@@ -309,6 +310,41 @@ fn print_status(status: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
             table::render(
                 &["QUEUE", "HOLDER", "BYTES", "PRIORITY", "WAITED", "LEFT"],
                 &queue
+            )
+        );
+    }
+    if !status.overruns.is_empty() {
+        println!();
+        let overruns: Vec<Vec<String>> = status
+            .overruns
+            .iter()
+            .map(|o| {
+                vec![
+                    o.holder
+                        .as_ref()
+                        .map(|h| format!("{} (pid {})", h.name, h.pid))
+                        .unwrap_or_default(),
+                    o.device_index.to_string(),
+                    if o.lease_id.is_empty() {
+                        "(process)".into()
+                    } else {
+                        short(&o.lease_id)
+                    },
+                    format_bytes(o.granted_bytes),
+                    format_bytes(o.used_bytes),
+                    format_bytes(o.used_bytes.saturating_sub(o.granted_bytes)),
+                    o.model_keys.join(", "),
+                    format!("{:.1}s", o.since_ms as f64 / 1000.0),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "OVERRUN", "GPU", "LEASE", "GRANTED", "USED", "OVER", "MODELS", "FOR"
+                ],
+                &overruns
             )
         );
     }
@@ -379,6 +415,7 @@ fn status_json(status: &pb::StatusResponse) -> serde_json::Value {
             "lease_id": l.lease_id, "session_id": l.session_id, "holder": holder(&l.holder),
             "device_index": l.device_index, "device_uuid": l.device_uuid,
             "granted_bytes": l.granted_bytes, "measured_bytes": l.measured_bytes,
+            "used_bytes": l.used_bytes,
             "state": state_name(l.state), "priority": priority_name(l.priority),
             "purpose": purpose_name(l.purpose),
             "model_key": l.model_key, "age_ms": l.age_ms, "revoke_overdue": l.revoke_overdue,
@@ -391,6 +428,11 @@ fn status_json(status: &pb::StatusResponse) -> serde_json::Value {
         "sessions": status.sessions.iter().map(|s| json!({
             "session_id": s.session_id, "holder": holder(&s.holder),
             "last_heartbeat_ms_ago": s.last_heartbeat_ms_ago, "lease_count": s.lease_count,
+        })).collect::<Vec<_>>(),
+        "overruns": status.overruns.iter().map(|o| json!({
+            "holder": holder(&o.holder), "device_index": o.device_index, "lease_id": o.lease_id,
+            "granted_bytes": o.granted_bytes, "used_bytes": o.used_bytes,
+            "model_keys": o.model_keys, "since_ms": o.since_ms,
         })).collect::<Vec<_>>(),
     })
 }

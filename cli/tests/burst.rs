@@ -6,7 +6,8 @@
 //! unbounded. Asserted: the granted leases (weights and work) never exceed the card;
 //! every call is answered or refused cleanly with RESOURCE_EXHAUSTED; no process dies;
 //! each service's peak resident memory stays within its documented budget (at rest
-//! plus `--work-memory`, with a stated tolerance).
+//! plus `--work-memory`, with a stated tolerance); the card, which measures what the
+//! services report their passes allocate on it, never sees a service past its leases.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -214,6 +215,8 @@ async fn a_burst_of_large_pages_stays_within_the_card_and_every_budget() {
     let watching = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut purposes = std::collections::BTreeSet::new();
+        let mut overruns = Vec::new();
+        let mut most_work_used = 0;
         while !stopped.is_cancelled() {
             let status = books
                 .status(pb::StatusRequest {})
@@ -222,9 +225,11 @@ async fn a_burst_of_large_pages_stays_within_the_card_and_every_budget() {
                 .into_inner();
             seen.extend(over_booked(&status));
             purposes.extend(status.leases.iter().map(|lease| lease.purpose));
+            overruns.extend(status.overruns.iter().map(|overrun| format!("{overrun:?}")));
+            most_work_used = most_work_used.max(work_used(&status));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        (seen, purposes)
+        (seen, purposes, overruns, most_work_used)
     });
 
     let page = large_page();
@@ -265,8 +270,22 @@ async fn a_burst_of_large_pages_stays_within_the_card_and_every_budget() {
         }
     }
     stop.cancel();
-    let (over, purposes) = watching.await.unwrap();
+    let (over, purposes, overruns, most_work_used) = watching.await.unwrap();
+    eprintln!(
+        "most working memory reported on the card at once: {} MiB",
+        most_work_used / MIB
+    );
     assert!(over.is_empty(), "the card was over-booked: {over:?}");
+    // The simulated card measures what the services report their passes allocate
+    // there: the work showed on it, and never outside the leases.
+    assert!(
+        most_work_used > 0,
+        "the passes' working memory never showed on the simulated card"
+    );
+    assert!(
+        overruns.is_empty(),
+        "a service used more of the card than its leases: {overruns:?}"
+    );
     assert!(
         purposes.contains(&(pb::LeasePurpose::Work as i32)),
         "the work is leased beside the weights: {purposes:?}"
@@ -295,6 +314,16 @@ async fn a_burst_of_large_pages_stays_within_the_card_and_every_budget() {
             RSS_TOLERANCE * 100.0
         );
     }
+}
+
+/// The working memory the services last reported their passes taking on the card.
+fn work_used(status: &pb::StatusResponse) -> u64 {
+    status
+        .leases
+        .iter()
+        .filter(|lease| lease.purpose == pb::LeasePurpose::Work as i32)
+        .filter_map(|lease| lease.used_bytes)
+        .sum()
 }
 
 /// Devices whose granted leases exceed what may be leased (total − reserve).

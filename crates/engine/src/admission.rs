@@ -35,6 +35,13 @@ pub enum AdmissionError {
         budget: u64,
         waited: Duration,
     },
+    /// A single row ran out of device (or host) memory inside the model, after the
+    /// batch was halved down to it: the memory others hold may be free later.
+    #[error(
+        "the model ran out of memory on this input even alone ({detail}); retry shortly or \
+         send a smaller image"
+    )]
+    OutOfMemory { detail: String },
 }
 
 /// A service's working-memory budget; cheap to clone (clones share it).

@@ -306,11 +306,13 @@ impl Engine {
             Arc::clone(&state_tx),
         );
         let profile = memory_profile::SharedProfile::default();
+        let device_work_peak = worker::DeviceWorkPeak::default();
         let worker_settings = worker::WorkerSettings {
             max_batch: settings.max_batch,
             max_queue_delay: settings.max_queue_delay,
             work_memory: settings.work_memory,
             profile: Arc::clone(&profile),
+            device_work_peak: Arc::clone(&device_work_peak),
         };
         let worker_metrics = metrics.clone();
         let worker_busy = Arc::clone(&last_busy);
@@ -354,6 +356,7 @@ impl Engine {
             last_busy,
             demand: demand.clone(),
             metrics: metrics.clone(),
+            device_work_peak,
         });
         // Placement waits on the model's thread (moves, warmup): a thread that stops
         // or sticks meanwhile must end the start, not hang it.

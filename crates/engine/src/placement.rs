@@ -5,6 +5,7 @@
 //! when a request asks for it (`offload`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use plenum_lease::{AcquireError, LeaseClient, LeaseEvent, LeaseGuard, LeaseRequest};
@@ -28,6 +29,8 @@ pub(crate) struct PlacementContext {
     pub(crate) demand: Demand,
     /// The queue depth, for asking with a higher priority under load.
     pub(crate) metrics: EngineMetrics,
+    /// The working memory passes took on a simulated GPU, reported to the broker.
+    pub(crate) device_work_peak: crate::worker::DeviceWorkPeak,
 }
 
 /// Why a held lease was given up.
@@ -286,6 +289,24 @@ impl Placer {
         }
     }
 
+    /// On a simulated GPU, tells the broker what the model's allocations there reach:
+    /// its weights on the weights lease, the passes' working memory on the work lease
+    /// (or on the weights lease when there is none: work no lease covers, which the
+    /// broker reports as an overrun). On CUDA NVML measures the process itself.
+    fn report_use(&self, weights: &LeaseGuard) {
+        if self.accelerator != Accelerator::Simulated {
+            return;
+        }
+        let work = self.ctx.device_work_peak.swap(0, Ordering::Relaxed);
+        match &self.work {
+            Some(work_lease) => {
+                weights.report_use(weights.granted_bytes());
+                work_lease.report_use(work);
+            }
+            None => weights.report_use(weights.granted_bytes() + work),
+        }
+    }
+
     /// Holds the lease until the broker wants it back, or until the model has been
     /// idle for `--idle-offload`; then moves to the CPU and releases.
     async fn hold(&mut self, guard: LeaseGuard) -> LetGo {
@@ -296,6 +317,7 @@ impl Placer {
                     let idle = offload::idle_for(&self.ctx.last_busy, self.placed_at);
                     guard.set_busy(idle < self.ctx.settings.idle_after);
                     guard.set_last_used(Instant::now().checked_sub(idle).unwrap_or(self.placed_at));
+                    self.report_use(&guard);
                     if self.ctx.settings.idle_offload.is_some_and(|limit| idle >= limit) {
                         // Requests from here on wake the promotion, even one that
                         // arrives during the move.

@@ -72,7 +72,13 @@ pub(crate) struct WorkerSettings {
     /// that would take more is run in smaller chunks, a row that alone would is refused.
     pub(crate) work_memory: Option<u64>,
     pub(crate) profile: SharedProfile,
+    /// The most working memory a pass on a simulated GPU took since placement last
+    /// read it, by the profile: what the model would have allocated on the device.
+    pub(crate) device_work_peak: DeviceWorkPeak,
 }
+
+/// Bytes, reset by the reader (placement reports it to the broker).
+pub(crate) type DeviceWorkPeak = Arc<AtomicU64>;
 
 /// Unix millis of the last batch, read by placement to tell busy from idle.
 pub(crate) type LastBusy = Arc<AtomicU64>;
@@ -400,16 +406,88 @@ fn forward(
             .f_narrow(0, start, len)
             .and_then(|chunk| chunk.f_to_device(target.device()))
             .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let output = timed(call_started, || model.forward(&chunk))
-            .and_then(|output| output.f_to_device(Device::Cpu).map_err(|e| e.to_string()))
-            .map_err(EngineError::Inference)?;
-        outputs.push(output);
+        record_device_work(settings, target, &chunk);
+        outputs.push(forward_or_halve(model, &chunk, call_started)?);
         start += len;
     }
     match outputs.len() {
         0 => Err(EngineError::Inference("an input without rows".into())),
         1 => Ok(outputs.pop().expect("one output")),
         _ => Tensor::f_cat(&outputs, 0).map_err(|e| EngineError::Inference(e.to_string())),
+    }
+}
+
+/// One model call on `chunk`, its output on the CPU. A call that runs out of memory
+/// (CUDA's caching allocator past what the device has, or the CPU allocator) is tried
+/// again in two halves, down to single rows: the allocator frees its cache before it
+/// reports out of memory, so smaller calls may fit where the whole did not. A single
+/// row that still does not fit is refused with `RESOURCE_EXHAUSTED`; the process,
+/// the model and the other requests carry on.
+fn forward_or_halve(
+    model: &mut dyn Model,
+    chunk: &Tensor,
+    call_started: &AtomicU64,
+) -> Result<Tensor, EngineError> {
+    let outcome = timed(call_started, || model.forward(chunk))
+        .and_then(|output| output.f_to_device(Device::Cpu).map_err(|e| e.to_string()));
+    let error = match outcome {
+        Ok(output) => return Ok(output),
+        Err(error) if is_out_of_memory(&error) => error,
+        Err(error) => return Err(EngineError::Inference(error)),
+    };
+    let rows = chunk.size().first().copied().unwrap_or(0);
+    if rows <= 1 {
+        return Err(AdmissionError::OutOfMemory {
+            detail: first_line(&error).to_owned(),
+        }
+        .into());
+    }
+    tracing::warn!(
+        rows,
+        error = first_line(&error),
+        "a model call ran out of memory; trying it in halves"
+    );
+    let half = rows / 2;
+    let halves = [(0, half), (half, rows - half)]
+        .into_iter()
+        .map(|(start, len)| {
+            let part = chunk
+                .f_narrow(0, start, len)
+                .map_err(|e| EngineError::Inference(e.to_string()))?;
+            forward_or_halve(model, &part, call_started)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Tensor::f_cat(&halves, 0).map_err(|e| EngineError::Inference(e.to_string()))
+}
+
+/// libtorch's out-of-memory errors: CUDA's ("CUDA out of memory. Tried to allocate
+/// …", `OutOfMemoryError`) and the CPU allocator's ("can't allocate memory").
+fn is_out_of_memory(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("out of memory") || error.contains("can't allocate memory")
+}
+
+/// libtorch errors carry a C++ backtrace after their first line.
+fn first_line(error: &str) -> &str {
+    error.lines().next().unwrap_or(error)
+}
+
+/// On a simulated GPU, what the pass about to run would allocate there: the broker's
+/// simulated device measures what holders report, so work outside the leases shows
+/// as an overrun. A real GPU is measured by NVML instead.
+fn record_device_work(settings: &WorkerSettings, target: Target, chunk: &Tensor) {
+    if !matches!(target, Target::SimulatedGpu(_)) {
+        return;
+    }
+    let profile = settings
+        .profile
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner());
+    if let Some(profile) = profile.as_ref() {
+        let bytes = profile.bytes(memory_profile::elements(&chunk.size()));
+        settings
+            .device_work_peak
+            .fetch_max(bytes, Ordering::Relaxed);
     }
 }
 

@@ -4,17 +4,19 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use plenum_engine::tch::{Device, Kind, Tensor};
 use plenum_engine::{
-    DeviceChoice, Engine, EngineError, EngineMetrics, EngineSettings, Model, ModelLoader,
-    ModelManifest, first_stopped,
+    AdmissionError, DeviceChoice, Engine, EngineError, EngineMetrics, EngineSettings, Model,
+    ModelLoader, ModelManifest, first_stopped,
 };
 
-/// Answers zeros `[n, 2]`; fails or panics on the next forward, or blocks while
-/// `hang` is set, when told.
+/// Answers `[n, 2]`, each row's first input value twice; fails or panics on the next
+/// forward, blocks while `hang` is set, or runs out of memory on calls of more than
+/// `out_of_memory_from` rows or more, when told.
 struct FakeModel {
     orders: Arc<Orders>,
 }
@@ -24,6 +26,10 @@ struct Orders {
     fail_next: AtomicBool,
     panic_next: AtomicBool,
     hang: AtomicBool,
+    /// 0: never.
+    out_of_memory_from: AtomicI64,
+    /// Rows of each call.
+    calls: Mutex<Vec<i64>>,
 }
 
 impl Model for FakeModel {
@@ -37,10 +43,18 @@ impl Model for FakeModel {
         if self.orders.fail_next.swap(false, Ordering::SeqCst) {
             return Err("the fake model was told to fail".into());
         }
-        Ok(Tensor::zeros(
-            [input.size()[0], 2],
-            (Kind::Float, Device::Cpu),
-        ))
+        let rows = input.size()[0];
+        self.orders.calls.lock().unwrap().push(rows);
+        let limit = self.orders.out_of_memory_from.load(Ordering::SeqCst);
+        if limit > 0 && rows >= limit {
+            // libtorch's words, with the C++ backtrace that follows them.
+            return Err(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.93 GiB \
+                 total capacity)\nException raised from malloc at CUDACachingAllocator.cpp"
+                    .into(),
+            );
+        }
+        Ok(input.reshape([rows, -1]).narrow(1, 0, 1).repeat([1, 2]))
     }
 
     fn move_to(&mut self, _device: Device) -> Result<(), String> {
@@ -160,4 +174,69 @@ async fn a_model_call_that_never_returns_stops_the_engine_and_later_calls_are_re
     }
     orders.hang.store(false, Ordering::SeqCst);
     let _ = stuck.await;
+}
+
+/// `rows` rows of 3×4×4, row `i` filled with `i`.
+fn numbered(rows: i64) -> Tensor {
+    Tensor::arange(rows, (Kind::Float, Device::Cpu))
+        .reshape([rows, 1, 1, 1])
+        .repeat([1, 3, 4, 4])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_runs_out_of_memory_is_run_again_in_halves_in_order() {
+    let (engine, orders) = start_fake(Duration::from_secs(60)).await;
+    orders.calls.lock().unwrap().clear();
+    orders.out_of_memory_from.store(3, Ordering::SeqCst);
+    let output = engine.infer(numbered(5)).await.expect("answered in halves");
+    let firsts: Vec<f64> = (0..5).map(|row| output.double_value(&[row, 0])).collect();
+    assert_eq!(
+        firsts,
+        [0.0, 1.0, 2.0, 3.0, 4.0],
+        "rows back in their order"
+    );
+    assert_eq!(
+        *orders.calls.lock().unwrap(),
+        [5, 2, 3, 1, 2],
+        "5 failed, then 2 and 3; 3 failed, then 1 and 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_alone_runs_out_of_memory_is_refused_with_a_retry_hint_and_the_engine_serves_on()
+{
+    let (engine, orders) = start_fake(Duration::from_secs(60)).await;
+    orders.calls.lock().unwrap().clear();
+    orders.out_of_memory_from.store(1, Ordering::SeqCst);
+    let refused = engine.infer(numbered(2)).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            EngineError::Admission(AdmissionError::OutOfMemory { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        *orders.calls.lock().unwrap(),
+        [2, 1],
+        "halved once, then refused"
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("CUDA out of memory") && !message.contains("Exception raised"),
+        "names the error without its backtrace: {message}"
+    );
+    let status = refused.into_status("detection");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        !status.details().is_empty(),
+        "memory others hold may free up: a retry hint"
+    );
+
+    orders.out_of_memory_from.store(0, Ordering::SeqCst);
+    let output = engine
+        .infer(numbered(2))
+        .await
+        .expect("the engine serves on");
+    assert_eq!(output.size(), [2, 2]);
 }

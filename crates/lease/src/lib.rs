@@ -155,6 +155,9 @@ pub(crate) struct HeldLease {
     /// When the model under it last served a request, if the holder says; sent
     /// as idle time with each heartbeat so the broker revokes the stalest first.
     pub(crate) last_used: Option<std::time::Instant>,
+    /// The most device bytes the holder said this lease's allocations reached since
+    /// the last heartbeat; sent and cleared with the next one.
+    pub(crate) used_peak: Option<u64>,
 }
 
 type Client = BrokerClient<InterceptedService<Channel, Authorize>>;
@@ -343,6 +346,7 @@ impl LeaseClient {
                 },
                 busy: false,
                 last_used: None,
+                used_peak: None,
             },
         );
         Ok(LeaseGuard {
@@ -457,6 +461,16 @@ impl LeaseGuard {
     pub fn set_last_used(&self, at: std::time::Instant) {
         if let Some(held) = self.client.inner.held().get_mut(&self.lease_id) {
             held.last_used = Some(at);
+        }
+    }
+
+    /// Says how many device bytes this lease's allocations reach now (weights, or a
+    /// pass's working memory). The broker hears the peak since the last heartbeat;
+    /// on a simulated device that is what it measures, so using more than the lease
+    /// grants shows as an overrun.
+    pub fn report_use(&self, bytes: u64) {
+        if let Some(held) = self.client.inner.held().get_mut(&self.lease_id) {
+            held.used_peak = Some(held.used_peak.map_or(bytes, |peak| peak.max(bytes)));
         }
     }
 

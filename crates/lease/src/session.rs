@@ -109,9 +109,10 @@ async fn run_session(inner: &Arc<Inner>) -> Result<(), tonic::Status> {
     }
 }
 
-/// Which leases are busy, and how long the idle ones have been idle.
+/// Which leases are busy, how long the idle ones have been idle, and the device
+/// bytes each reached since the last heartbeat (reported once, then cleared).
 fn beat_report(inner: &Inner) -> pb::Heartbeat {
-    let held = inner.held();
+    let mut held = inner.held();
     let busy_lease_ids = held
         .iter()
         .filter(|(_, held)| held.busy)
@@ -128,9 +129,14 @@ fn beat_report(inner: &Inner) -> pb::Heartbeat {
             )
         })
         .collect();
+    let used_bytes = held
+        .iter_mut()
+        .filter_map(|(id, held)| Some((id.clone(), held.used_peak.take()?)))
+        .collect();
     pb::Heartbeat {
         busy_lease_ids,
         idle_ms,
+        used_bytes,
     }
 }
 

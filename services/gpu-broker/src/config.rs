@@ -40,6 +40,12 @@ pub struct Config {
     /// A lease loading for longer than this without a commit stops blocking its device.
     #[arg(long, env = "PLENUM_LOADING_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub loading_timeout: Duration,
+    /// A holder process measured using more of a device than its leases grant, by
+    /// more than this, is reported as an overrun (warning, metric, status). Default:
+    /// 512MiB on NVML, whose per-process usage includes the CUDA context no lease
+    /// books; 0 on simulated devices, whose usage is what the holders report.
+    #[arg(long, env = "PLENUM_OVERRUN_TOLERANCE", value_parser = plenum_runtime::bytes::parse_bytes)]
+    pub overrun_tolerance: Option<u64>,
     /// How often devices are measured.
     #[arg(long, env = "PLENUM_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
@@ -59,6 +65,13 @@ impl Config {
             revoke_deadline: self.revoke_deadline,
             recovery_window: self.recovery_window,
             loading_timeout: self.loading_timeout,
+            overrun_tolerance: self
+                .overrun_tolerance
+                .unwrap_or(if self.simulate.is_some() {
+                    0
+                } else {
+                    512 << 20
+                }),
         }
     }
 }

@@ -5,8 +5,8 @@ use plenum_proto::broker::v1 as pb;
 
 use crate::error::BrokerError;
 use crate::ledger::{
-    DeviceView, Holder, LeaseClaim, LeaseState, LeaseView, Priority, Purpose, QueuedView,
-    ReclaimOutcome, SessionEvent, SessionView, StatusSnapshot,
+    DeviceView, Holder, LeaseClaim, LeaseState, LeaseView, OverrunView, Priority, Purpose,
+    QueuedView, ReclaimOutcome, SessionEvent, SessionView, StatusSnapshot,
 };
 
 impl Priority {
@@ -130,6 +130,7 @@ pub fn lease_to_proto(lease: LeaseView) -> pb::Lease {
         revoke_overdue: lease.revoke_overdue,
         from_measured_estimate: lease.from_measured_estimate,
         idle_ms: lease.idle_ms,
+        used_bytes: lease.used_bytes,
     }
 }
 
@@ -205,5 +206,18 @@ pub fn status_to_proto(
         broker_instance_id: broker_instance_id.to_owned(),
         inventory: inventory.to_owned(),
         unconfirmed_releases: status.unconfirmed_releases,
+        overruns: status.overruns.into_iter().map(overrun_to_proto).collect(),
+    }
+}
+
+fn overrun_to_proto(overrun: OverrunView) -> pb::Overrun {
+    pb::Overrun {
+        holder: Some(holder_to_proto(&overrun.holder)),
+        device_index: overrun.device_index,
+        lease_id: overrun.lease_id.unwrap_or_default(),
+        granted_bytes: overrun.granted_bytes,
+        used_bytes: overrun.used_bytes,
+        model_keys: overrun.model_keys,
+        since_ms: overrun.since_ms,
     }
 }

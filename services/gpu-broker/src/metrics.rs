@@ -32,6 +32,8 @@ pub struct BrokerMetrics {
     releases_unconfirmed: IntCounter,
     sessions_expired: IntCounter,
     sessions_unresponsive: IntCounter,
+    overruns: IntCounter,
+    holder_overrun: IntGaugeVec,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -164,6 +166,17 @@ impl BrokerMetrics {
                 "plenum_broker_sessions_unresponsive_total",
                 "Sessions that missed their heartbeats while their process still held device memory",
             ),
+            overruns: counter(
+                &r,
+                "plenum_broker_overruns_total",
+                "Times a holder process started using more of a device than its leases grant",
+            ),
+            holder_overrun: gauge_vec(
+                &r,
+                "plenum_broker_holder_overrun_bytes",
+                "Measured usage above the holder's leases, while it overruns them",
+                &["holder", "device"],
+            ),
             registry: r,
         }
     }
@@ -184,9 +197,11 @@ impl BrokerMetrics {
                 self.sessions_expired.inc();
                 self.sessions_unresponsive.inc();
             }
+            Notice::Overrun { .. } => self.overruns.inc(),
             Notice::OrphansReleased { .. }
             | Notice::LoadingTimedOut { .. }
-            | Notice::UnresponsiveFreed { .. } => {}
+            | Notice::UnresponsiveFreed { .. }
+            | Notice::OverrunEnded { .. } => {}
         }
     }
 
@@ -231,6 +246,18 @@ impl BrokerMetrics {
                 .add(gauge(lease.measured_bytes));
             let state = pb::LeaseState::try_from(lease.state).unwrap_or_default();
             self.leases.with_label_values(&[state_label(state)]).inc();
+        }
+        self.holder_overrun.reset();
+        for overrun in &status.overruns {
+            let holder = overrun
+                .holder
+                .as_ref()
+                .map_or("", |holder| holder.name.as_str());
+            self.holder_overrun
+                .with_label_values(&[holder, &overrun.device_index.to_string() as &str])
+                .set(gauge(
+                    overrun.used_bytes.saturating_sub(overrun.granted_bytes),
+                ));
         }
         self.queue_length.set(status.queue.len() as i64);
         self.sessions.set(status.sessions.len() as i64);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use plenum_proto::broker::v1::broker_server::Broker;
 use plenum_proto::broker::v1::{self as pb, session_event, session_request};
+use plenum_runtime::bytes::format_bytes;
 use plenum_runtime::deadline::grpc_timeout;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -199,6 +200,37 @@ fn log_notice(notice: &Notice) {
         Notice::LoadingTimedOut { lease } => {
             tracing::warn!(%lease, "lease loaded for too long without a commit; it no longer blocks its device");
         }
+        Notice::Overrun {
+            holder,
+            pid,
+            device,
+            lease,
+            granted,
+            used,
+            model_keys,
+        } => {
+            let over = format_bytes(used.saturating_sub(*granted));
+            let models = model_keys.join(",");
+            match lease {
+                Some(lease) => tracing::warn!(
+                    %holder, pid, device, %lease, granted, used, %models,
+                    "holder reports a lease's allocations past its grant: {over} over"
+                ),
+                None => tracing::warn!(
+                    %holder, pid, device, granted, used, %models,
+                    "holder uses more of the device than its leases grant: {over} over"
+                ),
+            }
+        }
+        Notice::OverrunEnded {
+            holder,
+            pid,
+            device,
+            lease,
+            lasted,
+        } => {
+            tracing::info!(%holder, pid, device, ?lease, ?lasted, "overrun ended: back within the lease");
+        }
     }
 }
 
@@ -305,6 +337,7 @@ impl Broker for BrokerService {
                             let alive = shared.with_ledger(|ledger, now| {
                                 ledger.heartbeat(&session_id, beat.busy_lease_ids, now)?;
                                 ledger.report_idle(&session_id, idle_for, now);
+                                ledger.report_use(&session_id, beat.used_bytes);
                                 Ok::<_, BrokerError>(())
                             });
                             if alive.is_err() {

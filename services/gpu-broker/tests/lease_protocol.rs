@@ -663,3 +663,107 @@ async fn the_metrics_endpoint_serves_the_books_per_device_and_holder() {
     shutdown.cancel();
     broker.stop().await;
 }
+
+/// The value of a counter in the broker's registry.
+fn counter(broker: &common::RunningBroker, name: &str) -> f64 {
+    broker
+        .metrics
+        .gather()
+        .iter()
+        .find(|family| family.name() == name)
+        .and_then(|family| family.get_metric().first())
+        .map_or(0.0, |metric| metric.get_counter().get_value())
+}
+
+#[tokio::test]
+async fn a_holder_using_more_than_its_leases_is_reported_as_an_overrun_until_it_stops() {
+    let broker = start(gtx_1070()).await;
+    let client = holder(&broker.url(), "detector");
+    let mut weights = client
+        .acquire(LeaseRequest::weights("detector/yolo", GIB))
+        .await
+        .unwrap();
+    weights.commit(GIB).await.unwrap();
+    let mut work = client
+        .acquire(LeaseRequest::weights("detector/work", 2 * GIB))
+        .await
+        .unwrap();
+    work.commit(2 * GIB).await.unwrap();
+    weights.report_use(GIB);
+    work.report_use(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        broker.status().await.overruns.is_empty(),
+        "within its leases is no overrun"
+    );
+
+    // The model allocates twice its lease while the work lease is idle: the process
+    // is within its 3 GiB, the lease is not.
+    weights.report_use(2 * GIB);
+    let status = eventually(
+        &broker,
+        Duration::from_secs(3),
+        "a lease's overrun reported",
+        |status| !status.overruns.is_empty(),
+    )
+    .await;
+    assert_eq!(status.overruns.len(), 1, "{:?}", status.overruns);
+    let overrun = &status.overruns[0];
+    assert_eq!(overrun.holder.as_ref().unwrap().name, "detector");
+    assert_eq!(overrun.lease_id, weights.id());
+    assert_eq!(overrun.granted_bytes, GIB);
+    assert_eq!(overrun.used_bytes, 2 * GIB);
+    assert_eq!(overrun.model_keys, ["detector/yolo"]);
+    let reported = status
+        .leases
+        .iter()
+        .find(|lease| lease.lease_id == weights.id());
+    assert_eq!(
+        reported.unwrap().used_bytes,
+        Some(2 * GIB),
+        "status shows what the holder reported"
+    );
+
+    // Now the process as a whole: 5 GiB measured against 3 GiB of leases.
+    work.report_use(2 * GIB);
+    weights.report_use(3 * GIB);
+    let status = eventually(
+        &broker,
+        Duration::from_secs(3),
+        "the process's overrun reported",
+        |status| {
+            status
+                .overruns
+                .iter()
+                .any(|overrun| overrun.lease_id.is_empty())
+        },
+    )
+    .await;
+    let process = status
+        .overruns
+        .iter()
+        .find(|overrun| overrun.lease_id.is_empty())
+        .unwrap();
+    assert_eq!(process.granted_bytes, 3 * GIB);
+    assert_eq!(process.used_bytes, 5 * GIB);
+    assert_eq!(process.model_keys.len(), 2);
+    assert_eq!(
+        status.devices[0].free_for_lease_bytes,
+        2 * GIB,
+        "what it took beyond its leases is not free for others"
+    );
+    assert_eq!(counter(&broker, "plenum_broker_overruns_total"), 2.0);
+
+    // Back within the leases: both end, and each counted once.
+    weights.report_use(GIB);
+    work.report_use(0);
+    eventually(
+        &broker,
+        Duration::from_secs(3),
+        "overruns ended",
+        |status| status.overruns.is_empty(),
+    )
+    .await;
+    assert_eq!(counter(&broker, "plenum_broker_overruns_total"), 2.0);
+    broker.stop().await;
+}

@@ -150,6 +150,7 @@ impl World {
             revoke_deadline: Duration::from_secs(2),
             recovery_window: Duration::from_secs(1),
             loading_timeout: Duration::from_secs(10),
+            overrun_tolerance: 0,
         };
         let now = Instant::now();
         let ledger = Ledger::new(config.clone(), sim.devices(), now);
@@ -305,6 +306,22 @@ impl World {
                     .heartbeat(&session, busy.clone(), now)
                     .expect("live session");
                 self.ledger.report_idle(&session, idle_for, now);
+                // What each lease's allocations reached: nothing, its grant, or half as
+                // much again (an overrun the books must absorb without double booking).
+                let used = self.holders[index]
+                    .held
+                    .values()
+                    .map(|claim| {
+                        let granted = claim.bytes.max(0) as u64;
+                        let used = match idle_s % 3 {
+                            0 => 0,
+                            1 => granted,
+                            _ => granted + granted / 2,
+                        };
+                        (claim.lease_id.clone(), used)
+                    })
+                    .collect();
+                self.ledger.report_use(&session, used);
                 self.holders[index].busy = Some((session, busy.into_iter().collect()));
             }
             Op::Offload {
@@ -516,6 +533,11 @@ impl World {
                 ));
             }
             booked[lease.device_index as usize] += lease.granted_bytes;
+        }
+        for overrun in &status.overruns {
+            if overrun.used_bytes <= overrun.granted_bytes {
+                return Err(format!("an overrun within its leases: {overrun:?}"));
+            }
         }
         for (device, booked) in status.devices.iter().zip(&booked) {
             if device.leased_bytes != *booked {

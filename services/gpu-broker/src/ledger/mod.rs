@@ -6,6 +6,7 @@
 //! Capacity per device: `free = total − reserve − Σ granted − external`, where
 //! `external` is measured usage not covered by any lease.
 
+mod overrun;
 mod placement;
 mod revocation;
 mod types;
@@ -17,8 +18,10 @@ use plenum_runtime::bytes::format_bytes;
 
 use crate::error::{BrokerError, Refusal};
 use crate::inventory::{DeviceInfo, DeviceUsage, HeldBytes};
+use overrun::{OverrunEntry, OverrunKey};
 use placement::{Candidate, best_fit};
 
+pub use overrun::OverrunView;
 pub use types::{
     AcquireOutcome, AcquireSpec, DeviceView, Holder, LeaseClaim, LeaseState, LeaseView, Notice,
     Outgoing, Priority, Purpose, QueuedView, ReclaimOutcome, SessionEvent, SessionView,
@@ -42,6 +45,9 @@ pub struct LedgerConfig {
     pub recovery_window: Duration,
     /// A lease still loading after this long stops blocking its device.
     pub loading_timeout: Duration,
+    /// A holder process measured using more than its leases grant by more than
+    /// this is reported as an overrun.
+    pub overrun_tolerance: u64,
 }
 
 impl Default for LedgerConfig {
@@ -54,6 +60,7 @@ impl Default for LedgerConfig {
             revoke_deadline: Duration::from_secs(10),
             recovery_window: Duration::ZERO,
             loading_timeout: Duration::from_secs(120),
+            overrun_tolerance: 0,
         }
     }
 }
@@ -110,6 +117,9 @@ struct LeaseEntry {
     /// process is gone, or the holder reclaims it.
     unresponsive_since: Option<Instant>,
     releasing: Option<ReleaseTracking>,
+    /// The device bytes its holder last reported it reaching (`report_use`); a
+    /// simulated inventory measures these instead of the grant.
+    reported_use: Option<u64>,
 }
 
 impl LeaseEntry {
@@ -159,6 +169,7 @@ impl LeaseEntry {
             } else {
                 0
             },
+            used_bytes: self.reported_use,
         }
     }
 }
@@ -205,6 +216,8 @@ pub struct Ledger {
     unconfirmed_releases: u64,
     notices: Vec<Notice>,
     outgoing: Vec<Outgoing>,
+    /// Holder processes above their leases, and leases reported above their grant.
+    overruns: HashMap<OverrunKey, OverrunEntry>,
     /// Bumped on every change, so watchers know to look again.
     version: u64,
 }
@@ -229,6 +242,7 @@ impl Ledger {
             recovery_ends_at,
             next_waiter: 0,
             unconfirmed_releases: 0,
+            overruns: HashMap::new(),
             notices: Vec::new(),
             outgoing: Vec::new(),
             version: 0,
@@ -373,6 +387,7 @@ impl Ledger {
                 orphaned_until: None,
                 unresponsive_since: None,
                 releasing: None,
+                reported_use: None,
             },
         );
         ReclaimOutcome {
@@ -873,6 +888,7 @@ impl Ledger {
             orphaned_until: None,
             unresponsive_since: None,
             releasing: None,
+            reported_use: None,
         };
         let view = self.view(&lease, now);
         let lease_id = lease.id.clone();
@@ -984,7 +1000,8 @@ impl Ledger {
 
     // ---- time and measurement ----
 
-    /// What each holder process is booked for, for a simulated inventory to report.
+    /// What each holder process holds, for a simulated inventory to report: what
+    /// the holder last said each lease reached, or its grant if it never said.
     pub fn held_bytes(&self) -> Vec<HeldBytes> {
         self.leases
             .values()
@@ -992,7 +1009,7 @@ impl Ledger {
             .map(|lease| HeldBytes {
                 device_index: lease.device,
                 pid: lease.holder.pid,
-                bytes: lease.granted,
+                bytes: lease.reported_use.unwrap_or(lease.granted),
             })
             .collect()
     }
@@ -1002,6 +1019,7 @@ impl Ledger {
         for (book, usage) in self.devices.iter_mut().zip(usage) {
             book.usage = usage;
         }
+        self.check_overruns(now);
         let memory_gone: Vec<String> = self
             .leases
             .values()
@@ -1281,6 +1299,7 @@ impl Ledger {
             recovery_window_left_ms: millis(self.recovery_ends_at.saturating_duration_since(now)),
             measured_estimates: self.estimates.clone(),
             unconfirmed_releases: self.unconfirmed_releases,
+            overruns: self.overrun_views(now),
         }
     }
 

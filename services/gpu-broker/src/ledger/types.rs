@@ -90,6 +90,8 @@ pub struct LeaseView {
     pub from_measured_estimate: bool,
     /// Time since its holder last used it (0 unless committed and owned).
     pub idle_ms: u64,
+    /// The device bytes its holder last reported it reaching; None until it reports.
+    pub used_bytes: Option<u64>,
 }
 
 /// One device's books.
@@ -142,6 +144,7 @@ pub struct StatusSnapshot {
     pub recovery_window_left_ms: u64,
     pub measured_estimates: HashMap<String, u64>,
     pub unconfirmed_releases: u64,
+    pub overruns: Vec<super::OverrunView>,
 }
 
 /// Something a holder must be told on its session stream.
@@ -238,5 +241,24 @@ pub enum Notice {
     },
     LoadingTimedOut {
         lease: String,
+    },
+    /// A holder process started using more of a device than its leases grant, or
+    /// (`lease` set) reported one lease's allocations past its grant.
+    Overrun {
+        holder: String,
+        pid: u32,
+        device: u32,
+        lease: Option<String>,
+        granted: u64,
+        used: u64,
+        model_keys: Vec<String>,
+    },
+    /// That holder is back within its leases (or gone).
+    OverrunEnded {
+        holder: String,
+        pid: u32,
+        device: u32,
+        lease: Option<String>,
+        lasted: Duration,
     },
 }

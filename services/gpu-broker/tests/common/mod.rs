@@ -61,6 +61,7 @@ pub fn gtx_1070() -> LedgerConfig {
         revoke_deadline: Duration::from_secs(3),
         recovery_window: Duration::ZERO,
         loading_timeout: Duration::from_secs(60),
+        overrun_tolerance: 0,
     }
 }
 
