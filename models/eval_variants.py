@@ -17,8 +17,9 @@
   fp32's, and the text regions of fp32 (connected components with 3+ px sides and a mean
   score >= 0.5, as DB keeps boxes) that the variant finds too (IoU >= 0.5).
 - --latency: median of 5 calls (after one warm-up, the precisions taking turns) per
-  model and precision on the CPU with 2 threads, on service-shaped inputs: det one 1216x1600 page, rec and cls a batch
-  of 6 crops (48x320, 48x192). fp16 is left out (CPU fp16 is not a serving choice).
+  model and precision on the CPU with 2 threads, on service-shaped inputs: det one
+  1216x1600 page, rec and cls a batch of 6 crops (48x320, 48x192). fp16 is left out
+  (CPU fp16 is not a serving choice).
 
 Run models/provision_variants.py first.
 """
@@ -127,8 +128,6 @@ def detector(pages: int) -> None:
 
 
 def ocr() -> None:
-    from PIL import Image
-
     generated = REPO / "models" / "ocr" / "generated"
     reference = json.loads((REPO / "tests" / "ocr" / "reference.json").read_text())
     keys = (generated / "ppocr_keys_v4.txt").read_text().splitlines()

@@ -218,7 +218,7 @@ def int8_variant(manifest: Path, spec: dict, fp32) -> list[str]:
         traced, calibrated = quantize_ocr.quantize(task)
         torch.jit.save(traced, str(target))
         int8 = torch.jit.load(str(target), map_location="cpu").eval()
-        measured = verify_int8(task, fp32, int8)
+        measured = verify_int8(manifest, spec, fp32, int8)
     except (Exception, SystemExit) as error:  # noqa: BLE001  (one variant must not fail the setup)
         target.unlink(missing_ok=True)
         print(f"{name}: int8 variant not made: {type(error).__name__}: {error}")
@@ -245,17 +245,18 @@ def int8_variant(manifest: Path, spec: dict, fp32) -> list[str]:
     ] + [f"verified_{key} = {value:.6f}" for key, value in measured.items() if key not in ("max_rel_diff", "mean_rel_diff")]
 
 
-def verify_int8(task: str, fp32, int8) -> dict:
+def verify_int8(manifest: Path, spec: dict, fp32, int8) -> dict:
     """Worst-case differences and agreement of int8 with fp32 over INT8_VERIFY_PAGES."""
     import torch
 
     import quantize_ocr
 
+    task = spec["task"]
     worst: dict = {}
     text_both = text_either = regions = recovered = rows = same_rows = 0
     right = {"fp32": 0, "int8": 0}
     batches, truths = quantize_ocr.labelled_inputs(task, INT8_VERIFY_PAGES)
-    alphabet = dictionary() if task == "text-recognize" else []
+    alphabet = dictionary(manifest.parent / spec["labels"]["dictionary"]) if task == "text-recognize" else []
     with torch.no_grad():
         for number, batch in enumerate(batches):
             reference, quantized = first_tensor(fp32(batch)), first_tensor(int8(batch))
@@ -288,10 +289,9 @@ def verify_int8(task: str, fp32, int8) -> dict:
     return worst
 
 
-def dictionary() -> list[str]:
-    """The recognizer's classes: blank, the provisioned dictionary, space."""
-    keys = (REPO / "models" / "ocr" / "generated" / "ppocr_keys_v4.txt").read_text(encoding="utf-8")
-    return [""] + keys.splitlines() + [" "]
+def dictionary(path: Path) -> list[str]:
+    """The recognizer's classes: blank, the dictionary's lines, space."""
+    return [""] + path.read_text(encoding="utf-8").splitlines() + [" "]
 
 
 def ctc(steps: list[int]) -> list[int]:
