@@ -1,15 +1,25 @@
 #!/usr/bin/env python3
-"""Accuracy of the fp16 variants against fp32 on the test pages, on the CPU.
+"""Accuracy of the fp16 and int8 variants against fp32 on the test pages, on the CPU.
 
-  OMP_WAIT_POLICY=PASSIVE .venv/bin/python models/eval_variants.py [--pages N]
+  OMP_WAIT_POLICY=PASSIVE .venv/bin/python models/eval_variants.py [--pages N] [--latency]
 
 - Detector (hvac-yolov8n): the first N pages (default 8; fp16 convolutions are slow on a
   CPU) of tests/pages cut into 640x640 tiles (native scale,
   as the detector service feeds it); boxes with score >= 0.25 after NMS (IoU 0.7). Reports
   recall of the ground-truth symbols (a detection of the right class with IoU >= 0.5) for
   each precision, and how many fp16 detections match an fp32 one (same class, IoU >= 0.9).
-- Text angle + recognition (ppocr cls + rec): the 36 tag crops of tests/ocr (cut from the
-  pages, with the true text); exact-match accuracy for each precision, greedy CTC decoding.
+- Text angle + recognition (ppocr cls + rec): the 36 tag crops of tests/ocr (cut from
+  pages 0-2, with the true text), each shaped as the OCR service feeds it (height 48,
+  zero-padded to 320 / 192 wide); exact-match accuracy for each precision, greedy CTC
+  decoding, and how many crops each variant reads as fp32 does.
+- Text detection (ppocr det): the first N pages at the service's input size (short side
+  736+, x32); the map binarised at 0.3: intersection over union of the text pixels with
+  fp32's, and the text regions of fp32 (connected components with 3+ px sides and a mean
+  score >= 0.5, as DB keeps boxes) that the variant finds too (IoU >= 0.5).
+- --latency: median of 5 calls (after one warm-up, the precisions taking turns) per
+  model and precision on the CPU with 2 threads, on service-shaped inputs: det one
+  1216x1600 page, rec and cls a batch of 6 crops (48x320, 48x192). fp16 is left out
+  (CPU fp16 is not a serving choice).
 
 Run models/provision_variants.py first.
 """
@@ -32,13 +42,26 @@ REPO = Path(__file__).resolve().parent.parent
 TILE = 640
 
 
+sys.path.insert(0, str(REPO / "models"))
+import quantize_ocr  # noqa: E402
+from provision_variants import text_regions as regions  # noqa: E402
+
+
+def precisions(manifest: Path) -> list[str]:
+    """fp32 and the variants provisioning listed for `manifest`."""
+    path = manifest.with_suffix(".variants.toml")
+    listed = tomllib.loads(path.read_text()).get("variants", []) if path.exists() else []
+    return ["fp32"] + [v["precision"] for v in listed]
+
+
 def load(manifest: Path, precision: str):
     spec = tomllib.loads(manifest.read_text())
     file = spec["file"]
-    if precision == "fp16":
+    if precision != "fp32":
         variants = tomllib.loads(manifest.with_suffix(".variants.toml").read_text())
-        file = next(v["file"] for v in variants["variants"] if v["precision"] == "fp16")
+        file = next(v["file"] for v in variants["variants"] if v["precision"] == precision)
     module = torch.jit.load(str(manifest.parent / file), map_location="cpu").eval()
+    # int8 models quantize their f32 input themselves; only fp16 takes half input
     kind = torch.float16 if precision == "fp16" else torch.float32
     return lambda x: module(x.to(kind)).float(), spec
 
@@ -104,43 +127,96 @@ def detector(pages: int) -> None:
     )
 
 
-def crop_tensor(path: Path, height: int = 48) -> torch.Tensor:
-    # RapidOCR's preprocessing: BGR, height 48, width by aspect ratio, (x/255 - 0.5) / 0.5.
-    image = Image.open(path).convert("RGB")
-    width = max(8, round(image.width * height / image.height))
-    array = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32)[:, :, ::-1]
-    array = (array / 255 - 0.5) / 0.5
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
-
-
 def ocr() -> None:
     generated = REPO / "models" / "ocr" / "generated"
     reference = json.loads((REPO / "tests" / "ocr" / "reference.json").read_text())
     keys = (generated / "ppocr_keys_v4.txt").read_text().splitlines()
     alphabet = ["<blank>"] + keys + [" "]
-    for precision in ("fp32", "fp16"):
-        rec, _ = load(generated / "ppocr-v4-rec.toml", precision)
-        cls, _ = load(generated / "ppocr-mobile-v2-cls.toml", precision)
-        right, texts = 0, []
-        for case in reference["cases"]:
-            crop = crop_tensor(REPO / "tests" / "ocr" / case["crop"])
+    rec_manifest, cls_manifest = generated / "ppocr-v4-rec.toml", generated / "ppocr-mobile-v2-cls.toml"
+    crops = [Image.open(REPO / "tests" / "ocr" / case["crop"]).convert("RGB") for case in reference["cases"]]
+    read: dict[str, list[str]] = {}
+    listed = {"rec": precisions(rec_manifest), "cls": precisions(cls_manifest)}
+    for precision in dict.fromkeys(listed["cls"] + listed["rec"]):
+        # a model without this variant runs in fp32 (and the label says so)
+        use = {key: precision if precision in there else "fp32" for key, there in listed.items()}
+        rec, _ = load(rec_manifest, use["rec"])
+        cls, _ = load(cls_manifest, use["cls"])
+        if len(set(use.values())) > 1:
+            precision = f"{precision} (cls {use['cls']}, rec {use['rec']})"
+        texts = []
+        for crop in crops:
             with torch.no_grad():
-                angle = cls(torch.nn.functional.interpolate(crop, size=(48, 192)))
+                angle = cls(quantize_ocr.cls_batches([crop])[0])
                 if angle.argmax(-1).item() == 1 and angle.max().item() > 0.9:
-                    crop = crop.flip(2, 3)
-                steps = rec(crop)[0].argmax(-1).tolist()
+                    crop = crop.rotate(180)
+                steps = rec(quantize_ocr.rec_batches([crop])[0])[0].argmax(-1).tolist()
             text, last = [], 0
             for index in steps:
                 if index != last and index != 0:
                     text.append(alphabet[index])
                 last = index
             texts.append("".join(text))
-            right += texts[-1] == case["truth"]
-        print(f"ocr {precision}: {right}/{len(reference['cases'])} tags read exactly")
-        if precision == "fp32":
-            fp32_texts = texts
-    same = sum(a == b for a, b in zip(fp32_texts, texts))
-    print(f"ocr: fp16 reads the same text as fp32 on {same}/{len(texts)} crops")
+        read[precision] = texts
+        right = sum(text == case["truth"] for text, case in zip(texts, reference["cases"]))
+        print(f"ocr {precision}: {right}/{len(texts)} tags read exactly")
+    for precision, texts in read.items():
+        if precision != "fp32":
+            same = sum(a == b for a, b in zip(read["fp32"], texts))
+            print(f"ocr: {precision} reads the same text as fp32 on {same}/{len(texts)} crops")
+
+
+def text_detect(pages: int) -> None:
+    manifest = REPO / "models" / "ocr" / "generated" / "ppocr-v4-det.toml"
+    runs = {p: load(manifest, p)[0] for p in precisions(manifest)}
+    both = {p: 0 for p in runs}
+    either = {p: 0 for p in runs}
+    found = {p: 0 for p in runs}
+    total = 0
+    for batch in quantize_ocr.inputs("text-detect", range(pages)):
+        with torch.no_grad():
+            scores = {p: run(batch)[0, 0].numpy() for p, run in runs.items()}
+        maps = {p: score > 0.3 for p, score in scores.items()}
+        truth = regions(maps["fp32"], scores["fp32"])
+        total += len(truth)
+        for precision, binary in maps.items():
+            both[precision] += int((binary & maps["fp32"]).sum())
+            either[precision] += int((binary | maps["fp32"]).sum())
+            mine = regions(binary, scores[precision])
+            found[precision] += sum(any(iou(t, m) >= 0.5 for m in mine) for t in truth)
+    for precision in runs:
+        if precision != "fp32":
+            print(
+                f"text detector, {pages} pages, {precision}: text-pixel IoU with fp32 "
+                f"{both[precision] / max(either[precision], 1):.3f}; {found[precision]}/{total} "
+                "fp32 text regions found (IoU >= 0.5)"
+            )
+
+
+def latency() -> None:
+    import statistics
+    import time
+
+    generated = REPO / "models" / "ocr" / "generated"
+    shapes = {
+        "ppocr-v4-det": quantize_ocr.inputs("text-detect", [0])[0],
+        "ppocr-v4-rec": quantize_ocr.inputs("text-recognize", [0])[0],
+        "ppocr-mobile-v2-cls": quantize_ocr.inputs("text-angle", [0])[0],
+    }
+    for name, batch in shapes.items():
+        manifest = generated / f"{name}.toml"
+        runs = {p: load(manifest, p)[0] for p in precisions(manifest) if p != "fp16"}
+        samples: dict[str, list[float]] = {p: [] for p in runs}
+        with torch.no_grad():
+            for run in runs.values():
+                run(batch)  # warm-up
+            # precisions take turns, so the noise of a shared machine falls on all of them
+            for _ in range(5):
+                for precision, run in runs.items():
+                    started = time.perf_counter()
+                    run(batch)
+                    samples[precision].append(time.perf_counter() - started)
+        figures = [f"{p} {statistics.median(t) * 1000:.0f} ms" for p, t in samples.items()]
+        print(f"latency {name} {list(batch.shape)}: " + ", ".join(figures))
 
 
 def main() -> int:
@@ -148,10 +224,16 @@ def main() -> int:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, default=8)
+    parser.add_argument("--latency", action="store_true", help="also time fp32 and int8 OCR models")
+    parser.add_argument("--skip-detector", action="store_true", help="leave out hvac-yolov8n (slow in fp16)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     ocr()
-    detector(args.pages)
+    text_detect(args.pages)
+    if not args.skip_detector:
+        detector(args.pages)
+    if args.latency:
+        latency()
     return 0
 
 

@@ -42,7 +42,7 @@ use tokio::sync::{oneshot, watch};
 pub use admission::{AdmissionError, WorkBudget, WorkPermit};
 pub use aoti::ModelFormat;
 pub use health::{ModelStopped, first_stopped};
-pub use manifest::{ModelManifest, Precision};
+pub use manifest::{ModelManifest, Precision, Variant};
 pub use memory_profile::MemoryProfile;
 pub use metrics::{EngineMetrics, Move};
 pub use model::{Model, ModelLoader, TorchScript};
@@ -177,7 +177,8 @@ pub struct EngineArgs {
     #[arg(long, env = "PLENUM_DEMAND_BOOST_DEPTH", default_value_t = 0)]
     pub demand_boost_depth: usize,
     /// Which variant of each model to run (its manifest must list it): fp32, fp16
-    /// (half the VRAM; for GPUs) or int8. The lease asks for the variant's estimate.
+    /// (half the VRAM; for GPUs) or int8 (CPU only: never asks for a GPU lease,
+    /// whatever --device says). The lease asks for the variant's estimate.
     #[arg(long, env = "PLENUM_PRECISION", value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// libtorch intra-op threads (0 = libtorch's default, one per core).

@@ -73,8 +73,17 @@ pub enum Precision {
     Fp32,
     /// Half-precision weights and activations: half the VRAM; for GPUs.
     Fp16,
-    /// 8-bit integer weights (dynamically quantized): for the CPU.
+    /// 8-bit integer weights and activations (static post-training quantization,
+    /// models/quantize_ocr.py); inputs and outputs stay f32. CPU only: libtorch has
+    /// no CUDA kernels for quantized convolutions.
     Int8,
+}
+
+impl Precision {
+    /// Whether a model in this precision can run on a GPU at all.
+    pub fn runs_on_gpu(self) -> bool {
+        self != Self::Int8
+    }
 }
 
 impl std::fmt::Display for Precision {
@@ -307,6 +316,11 @@ mod tests {
         file = "det.fp16.pt"
         sha256 = "bbbb"
         vram_estimate_bytes = 500
+        [[variants]]
+        precision = "int8"
+        file = "det.int8.pt"
+        sha256 = "cccc"
+        vram_estimate_bytes = 0
     "#;
 
     #[test]
@@ -327,8 +341,22 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_variant_says_which_exist() {
+    fn an_int8_variant_takes_f32_input_and_runs_on_the_cpu_only() {
         let manifest: ModelManifest = toml::from_str(MANIFEST).unwrap();
+        let int8 = manifest.with_precision(Precision::Int8).unwrap();
+        assert_eq!(int8.file, PathBuf::from("det.int8.pt"));
+        // Quantized models quantize their f32 input themselves; half input would fail.
+        assert_eq!(int8.input.dtype, "float32");
+        assert!(!int8.precision.runs_on_gpu());
+        assert!(Precision::Fp16.runs_on_gpu() && Precision::Fp32.runs_on_gpu());
+    }
+
+    #[test]
+    fn a_missing_variant_says_which_exist() {
+        let mut manifest: ModelManifest = toml::from_str(MANIFEST).unwrap();
+        manifest
+            .variants
+            .retain(|variant| variant.precision == Precision::Fp16);
         let error = manifest.with_precision(Precision::Int8).unwrap_err();
         assert!(
             error.to_string().contains("no int8 variant (listed: fp16)"),

@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use crate::metrics::Move;
 use crate::offload::{self, Demand};
 use crate::worker::{Control, LastBusy, Target};
-use crate::{DeviceChoice, EngineError, EngineMetrics, EngineSettings, EngineState, ModelManifest};
+use crate::{
+    DeviceChoice, EngineError, EngineMetrics, EngineSettings, EngineState, ModelManifest, Precision,
+};
 
 pub(crate) struct PlacementContext {
     pub(crate) manifest: Arc<ModelManifest>,
@@ -64,10 +66,16 @@ enum Accelerator {
 fn accelerator(
     device: DeviceChoice,
     has_broker: bool,
+    precision: Precision,
 ) -> Result<Result<Accelerator, String>, EngineError> {
     let cuda = tch::Cuda::is_available();
     Ok(match (device, has_broker) {
         (DeviceChoice::Cpu, _) => Err("--device cpu".into()),
+        // Whatever --device says: a quantized model cannot move to a GPU, so it never
+        // holds a lease (and VRAM) it could not use.
+        _ if !precision.runs_on_gpu() => Err(format!(
+            "--precision {precision}: quantized kernels run on the CPU only; no GPU lease"
+        )),
         (DeviceChoice::Cuda, _) if !cuda => {
             return Err(EngineError::Load(
                 "--device cuda, but libtorch sees no CUDA device".into(),
@@ -95,7 +103,11 @@ struct Placer {
 }
 
 pub(crate) async fn start(ctx: PlacementContext) -> Result<PlacementTask, EngineError> {
-    let choice = accelerator(ctx.settings.device, ctx.lease.is_some())?;
+    let choice = accelerator(
+        ctx.settings.device,
+        ctx.lease.is_some(),
+        ctx.manifest.precision,
+    )?;
     let (accelerator, lease) = match (choice, ctx.lease.clone()) {
         (Ok(accelerator), Some(lease)) => (accelerator, lease),
         (Err(reason), _) => return Ok(cpu_only(&ctx, &reason).await),

@@ -6,7 +6,9 @@ mod support;
 use std::time::Duration;
 
 use plenum_engine::tch::{CModule, Device, Kind, Tensor};
-use plenum_engine::{DeviceChoice, Engine, EngineError, EngineMetrics, EngineSettings, Target};
+use plenum_engine::{
+    DeviceChoice, Engine, EngineError, EngineMetrics, EngineSettings, Precision, Target, Variant,
+};
 use plenum_lease::{LeaseClient, LeaseClientConfig, LeaseRequest, Priority};
 use support::{GIB, rec_manifest, start_broker, wait_for_state};
 use tokio_util::sync::CancellationToken;
@@ -149,6 +151,39 @@ async fn without_a_broker_the_model_runs_on_the_cpu_and_says_why() {
     let state = engine.state().borrow().clone();
     assert_eq!(state.placement, Target::Cpu);
     assert!(state.reason.contains("broker"), "{}", state.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_int8_model_stays_on_the_cpu_even_with_a_broker_and_a_free_gpu() {
+    // The fp32 file stands in for the int8 one: what is tested is placement.
+    let mut manifest = rec_manifest();
+    manifest.variants = vec![Variant {
+        precision: Precision::Int8,
+        file: manifest.file.clone(),
+        sha256: manifest.sha256.clone(),
+        vram_estimate_bytes: 0,
+        verified_max_rel_diff: None,
+    }];
+    let (url, shutdown) = start_broker("GTX 1070:8GiB").await;
+    let lease = LeaseClient::connect(LeaseClientConfig::new(url, "ocr")).unwrap();
+    let engine = Engine::start(
+        manifest,
+        EngineSettings {
+            precision: Precision::Int8,
+            ..settings(DeviceChoice::SimGpu)
+        },
+        Some(lease),
+        EngineMetrics::unregistered("rec"),
+    )
+    .await
+    .unwrap();
+    // With fp32 this start would have taken the free simulated GPU's lease.
+    let state = engine.state().borrow().clone();
+    assert_eq!(state.placement, Target::Cpu, "{}", state.reason);
+    assert!(state.reason.contains("int8"), "{}", state.reason);
+    let output = engine.infer(crops(2, 64, 5)).await.expect("f32 input");
+    assert_eq!(output.size(), [2, 8, 6625]);
+    shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
