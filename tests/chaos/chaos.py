@@ -421,10 +421,12 @@ def case_baseline(stack: Stack, pages: list[bytes]) -> Result:
 def case_kill(stack: Stack, pages: list[bytes], victim: Service, unavailable_is: str) -> Result:
     load = Load(callers=2, seconds=20, deadline=10, pages=pages)
     dead = set()
+    killed = {}
 
     def faults(t0):
         at(t0, 3)
         dead.add(victim.pid)
+        killed["at"] = time.monotonic()
         victim.signal(signal.SIGKILL)
         at(t0, 8)
         victim.start()  # what the supervisor (compose, Kubernetes) does
@@ -432,7 +434,9 @@ def case_kill(stack: Stack, pages: list[bytes], victim: Service, unavailable_is:
     run_load(stack, load, faults)
     checks = [lost_check(load.calls, unavailable_is), serving_check(stack), books_check(stack, dead), tags_back_check(stack, pages[0])]
     if victim is stack.detector:
-        down = [c for c in load.calls if c.outcome == "unavailable"]
+        # Calls made while it is down; one already inside the detector at the kill
+        # took as long as the detector had worked on it.
+        down = [c for c in load.calls if c.outcome == "unavailable" and c.started >= killed["at"]]
         slow = [c for c in down if c.latency > 1.0]
         checks.append(Check("UNAVAILABLE while the detector is down comes fast (< 1 s)", not slow,
                             f"{len(down)} UNAVAILABLE, slowest {max((c.latency for c in down), default=0):.3f} s"))
@@ -468,7 +472,9 @@ def case_kill_broker(stack: Stack, pages: list[bytes]) -> Result:
 
 
 def case_stop_ocr(stack: Stack, pages: list[bytes]) -> Result:
-    load = Load(callers=4, seconds=14, deadline=3, pages=pages)
+    # As many callers as the detector alone answers well inside the deadline on a
+    # 2-vCPU machine: what is measured is the stopped OCR, not a queue at the detector.
+    load = Load(callers=2, seconds=14, deadline=5, pages=pages)
 
     def faults(t0):
         at(t0, 2)
@@ -485,7 +491,7 @@ def case_stop_ocr(stack: Stack, pages: list[bytes]) -> Result:
         serving_check(stack),
         tags_back_check(stack, pages[0]),
     ]
-    return result("SIGSTOP ocr", load, "SIGSTOP ocr for 9 s (callers' deadline 3 s)", stack, checks)
+    return result("SIGSTOP ocr", load, "SIGSTOP ocr for 9 s (callers' deadline 5 s)", stack, checks)
 
 
 def case_flood(stack: Stack, pages: list[bytes]) -> Result:

@@ -72,9 +72,14 @@ impl Config {
                 } else {
                     512 << 20
                 }),
+            overrun_settle: OVERRUN_SETTLE,
         }
     }
 }
+
+/// An overrun ends once its holder has stayed within its leases this long: a
+/// model's passes come and go with every request, its overrun should not.
+const OVERRUN_SETTLE: Duration = Duration::from_secs(10);
 
 /// Default addresses: gRPC on 7001, metrics on 9101.
 /// The service's name and default addresses.

@@ -151,6 +151,7 @@ impl World {
             recovery_window: Duration::from_secs(1),
             loading_timeout: Duration::from_secs(10),
             overrun_tolerance: 0,
+            overrun_settle: Duration::ZERO,
         };
         let now = Instant::now();
         let ledger = Ledger::new(config.clone(), sim.devices(), now);

@@ -48,6 +48,8 @@ pub struct LedgerConfig {
     /// A holder process measured using more than its leases grant by more than
     /// this is reported as an overrun.
     pub overrun_tolerance: u64,
+    /// An overrun ends once its holder has stayed within its leases this long.
+    pub overrun_settle: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -61,6 +63,7 @@ impl Default for LedgerConfig {
             recovery_window: Duration::ZERO,
             loading_timeout: Duration::from_secs(120),
             overrun_tolerance: 0,
+            overrun_settle: Duration::from_secs(10),
         }
     }
 }

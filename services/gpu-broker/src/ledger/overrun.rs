@@ -9,8 +9,9 @@
 //!   holder's own view, exact and per model: a model past its lease is seen even when
 //!   its process's other leases are idle and the process total looks fine).
 //!
-//! Each is a notice when it starts (a warning and a metric) and when it ends, and an
-//! entry in status while it lasts.
+//! Each is a notice when it starts (a warning and a metric) and when it has stayed
+//! within its leases for `overrun_settle` (so passes that come and go make one
+//! overrun, not one per pass), and an entry in status while it lasts.
 //!
 //! The measured side is NVML's per-process usage on a GPU and, in simulation, what
 //! the holders report their allocations reach (`report_use`), so a simulated device
@@ -37,6 +38,9 @@ pub(crate) struct OverrunEntry {
     used: u64,
     model_keys: Vec<String>,
     since: Instant,
+    /// Since when it has measured within its leases; it ends after `overrun_settle`,
+    /// so a holder whose passes come and go is one overrun, not one per pass.
+    within_since: Option<Instant>,
 }
 
 /// An overrun as status shows it.
@@ -86,6 +90,7 @@ impl Ledger {
                 entry.granted = booked.granted;
                 entry.used = booked.used;
                 entry.model_keys = booked.model_keys;
+                entry.within_since = None;
                 continue;
             }
             self.notices.push(Notice::Overrun {
@@ -105,16 +110,22 @@ impl Ledger {
                     used: booked.used,
                     model_keys: booked.model_keys,
                     since: now,
+                    within_since: None,
                 },
             );
             self.changed();
         }
-        let ended: Vec<OverrunKey> = self
-            .overruns
-            .keys()
-            .filter(|key| !still_over.contains(key))
-            .cloned()
-            .collect();
+        let settle = self.config.overrun_settle;
+        let mut ended = Vec::new();
+        for (key, entry) in self.overruns.iter_mut() {
+            if still_over.contains(key) {
+                continue;
+            }
+            let within_since = *entry.within_since.get_or_insert(now);
+            if now.saturating_duration_since(within_since) >= settle {
+                ended.push(key.clone());
+            }
+        }
         for key in ended {
             if let Some(entry) = self.overruns.remove(&key) {
                 self.notices.push(Notice::OverrunEnded {

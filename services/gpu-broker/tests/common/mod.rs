@@ -62,6 +62,7 @@ pub fn gtx_1070() -> LedgerConfig {
         recovery_window: Duration::ZERO,
         loading_timeout: Duration::from_secs(60),
         overrun_tolerance: 0,
+        overrun_settle: Duration::ZERO,
     }
 }
 
