@@ -197,9 +197,11 @@ pub struct EngineArgs {
     /// Measure each model's working memory at load (a few passes at several sizes).
     #[arg(long, env = "PLENUM_MEMORY_PROFILE", default_value_t = true, action = clap::ArgAction::Set)]
     pub memory_profile: bool,
-    /// What runs the model on the CPU: auto (its AOTInductor package when one was
-    /// provisioned for this TorchScript file) or torchscript (always).
-    #[arg(long, env = "PLENUM_MODEL_FORMAT", value_enum, default_value_t = ModelFormat::Auto)]
+    /// What runs the model on the CPU: torchscript (always), or auto (its AOTInductor
+    /// package when one was provisioned for this TorchScript file). TorchScript is the
+    /// default because, measured in the release services, the packages took 2-2.5x
+    /// TorchScript's time per page (BENCHMARKS.md, issue 13), though faster alone.
+    #[arg(long, env = "PLENUM_MODEL_FORMAT", value_enum, default_value_t = ModelFormat::Torchscript)]
     pub model_format: ModelFormat,
 }
 
