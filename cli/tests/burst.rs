@@ -9,6 +9,8 @@
 //! plus `--work-memory`, with a stated tolerance); the card, which measures what the
 //! services report their passes allocate on it, never sees a service past its leases.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use image::{ImageEncoder, Rgb, RgbImage};
 use plenum_proto::broker::v1::{self as pb, broker_client::BrokerClient};
 use plenum_proto::detector::v1::{self as det, detector_client::DetectorClient};
 use plenum_proto::ocr::v1::{self as ocr, ocr_client::OcrClient};
+use support::{bin_dir, free_port};
 use tokio::process::{Child, Command};
 use tonic::Code;
 
@@ -30,27 +33,6 @@ const RSS_TOLERANCE: f64 = 0.25;
 const CALLERS: usize = 3;
 /// A large page: 16 MP (4000×4000), tiled by the detector, resized by OCR.
 const SIDE: u32 = 4000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn bin_dir() -> PathBuf {
-    let plenum = PathBuf::from(env!("CARGO_BIN_EXE_plenum"));
-    let dir = plenum.parent().unwrap().to_path_buf();
-    for name in ["plenum-broker", "plenum-detector", "plenum-ocr"] {
-        assert!(
-            dir.join(name).exists(),
-            "{name} is not built in {}: run `cargo build --workspace --bins` first",
-            dir.display()
-        );
-    }
-    dir
-}
 
 fn spawn(bin: &Path, name: &str, args: &[String]) -> Child {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -96,27 +78,9 @@ fn large_page() -> Vec<u8> {
     png
 }
 
-/// Calls `probe` until it is answered by something other than UNAVAILABLE (the
-/// service loads, profiles and places its models first).
-async fn wait_serving<F, Fut>(mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
-{
-    for _ in 0..1200 {
-        match probe().await {
-            Err(status) if status.code() == Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
-            _ => return,
-        }
-    }
-    panic!("the service never served");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_large_pages_stays_within_the_card_and_every_budget() {
-    let bin = bin_dir();
+    let bin = bin_dir(&["plenum-broker", "plenum-detector", "plenum-ocr"]);
     let broker_addr = format!("127.0.0.1:{}", free_port());
     let broker_url = format!("http://{broker_addr}");
     let mut broker = spawn(
@@ -160,46 +124,13 @@ async fn a_burst_of_large_pages_stays_within_the_card_and_every_budget() {
     };
     let det_client = DetectorClient::new(endpoint(&det_addr)).max_decoding_message_size(64 << 20);
     let ocr_client = OcrClient::new(endpoint(&ocr_addr)).max_decoding_message_size(64 << 20);
-    let small = {
-        let mut png = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut png)
-            .write_image(
-                &[255u8; 64 * 64 * 3],
-                64,
-                64,
-                image::ExtendedColorType::Rgb8,
-            )
-            .unwrap();
-        png
-    };
-    wait_serving(|| {
-        let mut client = det_client.clone();
-        let small = small.clone();
-        async move {
-            client
-                .detect(det::DetectRequest {
-                    images: vec![small],
-                    options: None,
-                })
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
-    wait_serving(|| {
-        let mut client = ocr_client.clone();
-        let small = small.clone();
-        async move {
-            client
-                .read_text(ocr::ReadTextRequest {
-                    image: small,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
+    // SERVING once each service has loaded, profiled and placed its models.
+    for addr in [&det_addr, &ocr_addr] {
+        let channel = endpoint(addr);
+        plenum_runtime::health::wait_serving(channel, Duration::from_secs(300))
+            .await
+            .expect("the service serves");
+    }
     let det_pid = detector.id().unwrap();
     let ocr_pid = ocr_service.id().unwrap();
     let det_rest = proc_bytes(det_pid, "VmRSS");

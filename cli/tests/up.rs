@@ -2,40 +2,16 @@
 //! until every service is SERVING, stops them all on Ctrl-C, and when one dies it
 //! stops the rest instead of leaving a stack with a hole in it.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::{bin_dir, free_port};
+
 const READY_TIMEOUT: Duration = Duration::from_secs(400);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The folder with every workspace binary (`cargo test --workspace` builds them all).
-fn bin_dir() -> PathBuf {
-    let plenum = PathBuf::from(env!("CARGO_BIN_EXE_plenum"));
-    let dir = plenum.parent().unwrap().to_path_buf();
-    for name in [
-        "plenum-broker",
-        "plenum-detector",
-        "plenum-ocr",
-        "plenum-gateway",
-    ] {
-        assert!(
-            dir.join(name).exists(),
-            "{name} is not built in {}: run `cargo build --workspace --bins` first",
-            dir.display()
-        );
-    }
-    dir
-}
 
 struct Up {
     child: Child,
@@ -49,7 +25,12 @@ impl Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_plenum"))
             .arg("up")
             .arg("--bin-dir")
-            .arg(bin_dir())
+            .arg(bin_dir(&[
+                "plenum-broker",
+                "plenum-detector",
+                "plenum-ocr",
+                "plenum-gateway",
+            ]))
             .args(["--gateway", &format!("127.0.0.1:{}", free_port())])
             .args(["--broker", &format!("127.0.0.1:{}", free_port())])
             .args(["--detector", &format!("127.0.0.1:{}", free_port())])

@@ -1,6 +1,10 @@
 //! What the CLI's process tests share: a real `plenum broker lease` child holding a
-//! lease, and the broker's status over gRPC.
+//! lease, the broker's status over gRPC, free ports and the built service binaries.
 
+// Each test binary uses part of this module.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use plenum_proto::broker::v1::broker_client::BrokerClient;
@@ -36,7 +40,6 @@ pub async fn lease_holder(url: &str, args: &[&str], ready: &str) -> (Child, u32)
     (child, pid)
 }
 
-#[allow(dead_code)] // not every test binary asks for the status over gRPC
 pub async fn status(url: &str) -> pb::StatusResponse {
     let mut client = BrokerClient::connect(url.to_owned()).await.unwrap();
     client
@@ -44,4 +47,28 @@ pub async fn status(url: &str) -> pb::StatusResponse {
         .await
         .unwrap()
         .into_inner()
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The folder with the workspace binaries (`cargo test --workspace` builds them all),
+/// checked to hold `names`.
+pub fn bin_dir(names: &[&str]) -> PathBuf {
+    let plenum = PathBuf::from(env!("CARGO_BIN_EXE_plenum"));
+    let dir = plenum.parent().unwrap().to_path_buf();
+    for name in names {
+        assert!(
+            dir.join(name).exists(),
+            "{name} is not built in {}: run `cargo build --workspace --bins` first",
+            dir.display()
+        );
+    }
+    dir
 }

@@ -21,15 +21,23 @@ pub enum NotServing {
 }
 
 /// Watches the server's overall health (`""`) on `channel` until it says SERVING,
-/// for at most `timeout`.
+/// for at most `timeout`. A server not listening yet (a process just started) is
+/// asked again every 100 ms.
 pub async fn wait_serving(channel: Channel, timeout: Duration) -> Result<(), NotServing> {
     let watching = async {
-        let mut updates = HealthClient::new(channel)
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await?
-            .into_inner();
+        let mut client = HealthClient::new(channel);
+        let request = || HealthCheckRequest {
+            service: String::new(),
+        };
+        let mut updates = loop {
+            match client.watch(request()).await {
+                Ok(updates) => break updates.into_inner(),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(status) => return Err(status.into()),
+            }
+        };
         while let Some(update) = updates.message().await? {
             if update.status == ServingStatus::Serving as i32 {
                 return Ok(());
