@@ -34,8 +34,10 @@ build: setup
 
 test: setup test-rust test-e2e test-grpcurl test-smoke-checks test-python test-chart chaos
 
+# Release profile, like every other step: the tests share one build of the dependencies
+# and the workspace with the binaries (a separate debug build added ~10 minutes to CI).
 test-rust:
-	cargo test --workspace --all-targets
+	cargo test --release --workspace --all-targets
 
 # The whole pipeline on the real models over 30 generated pages: recall and exact tags
 # against the generator's ground truth. Release binaries: in debug it takes many minutes.
