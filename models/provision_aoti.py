@@ -38,6 +38,12 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Inductor picks the CPU's vector ISA by building and loading a probe library that calls
+# libtorch_cpu's SLEEF functions. Python loads libtorch privately (RTLD_LOCAL), so the probe
+# fails to load, Inductor falls back to INVALID_VEC_ISA without a word, and every fused
+# kernel comes out scalar: on this machine the YOLO package took 2x TorchScript's time.
+# Loading libtorch globally (also in the probe's own subprocess) lets the probe see it.
+os.environ["TORCH_USE_RTLD_GLOBAL"] = "1"
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -92,7 +98,7 @@ def package_path(manifest: Path) -> Path:
 
 # Bump when a change here alters what a package computes or how it is built; a change to the
 # OCR converter (provision_ocr.py) rebuilds the packages by itself.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 
 def builder_id() -> str:
@@ -340,6 +346,7 @@ def build(name: str, threads: int, torch_version: str) -> None:
     tolerance_text = (", ".join(f"{k} {v:g}" for k, v in tolerance.items())
                       if isinstance(tolerance, dict) else f"{tolerance:g}")
     tolerance_text = f'"{tolerance_text}"'
+    isa = package_isa(tmp)
     worst = verify(torchscript, str(tmp), verify_shapes, tolerance, name)
     os.replace(tmp, package)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -354,6 +361,11 @@ def build(name: str, threads: int, torch_version: str) -> None:
         f"threads = {threads}\n"
         f'builder = "{builder_id()}"\n'
         f'built_from = "{how}"\n'
+        "# the vector ISA the kernels were compiled for, and the instruction-set flags of the\n"
+        "# CPU they were built on (-march=native): the engine runs the package only on a CPU\n"
+        "# that has every one of them.\n"
+        f'cpu_isa = "{isa}"\n'
+        f"cpu_flags = {instruction_set_flags()}\n"
         f"max_abs_diff = {worst:.3e}\n"
         f"tolerance = {tolerance_text}\n"
         "# the input sizes the kernels were compiled for, per axis (-1: no bound); larger or\n"
@@ -363,6 +375,37 @@ def build(name: str, threads: int, torch_version: str) -> None:
         f"max_input = {high}\n")
     print(f"[{name}] {package.name}: compiled in {compile_s:.0f}s, max|diff| vs TorchScript "
           f"{worst:.2e} (<= {tolerance_text}) on {len(verify_shapes)} shapes", flush=True)
+
+
+def package_isa(package: Path) -> str:
+    """The vector ISA Inductor compiled the kernels for; a scalar build is refused (see the
+    TORCH_USE_RTLD_GLOBAL note at the top)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(package) as archive:
+        metas = [n for n in archive.namelist() if n.endswith("kernel_metadata.json")]
+        isa = json.loads(archive.read(metas[0])).get("AOTI_CPU_ISA", "") if metas else ""
+    if not isa or isa == "INVALID_VEC_ISA":
+        raise ocr.ProvisionError(
+            f"{package.name}: Inductor found no vector ISA ({isa or 'none recorded'}), so its "
+            "kernels are scalar and slower than TorchScript; not installed")
+    return isa
+
+
+# The /proc/cpuinfo flags that name instruction sets a compiler may use under -march=native.
+ISA_FLAG_PREFIXES = ("sse", "ssse", "avx", "amx", "fma", "f16c", "bmi", "adx", "aes", "vaes",
+                     "pclmul", "vpclmul", "gfni", "sha", "movbe", "popcnt", "lzcnt", "abm")
+
+
+def instruction_set_flags() -> list[str]:
+    flags: set[str] = set()
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+                break
+    return sorted(f for f in flags if f.startswith(ISA_FLAG_PREFIXES))
 
 
 def input_bounds(package: Path, rank: int) -> tuple[list[int], list[int]]:

@@ -61,6 +61,14 @@ pub struct PackageManifest {
     pub min_input: Vec<i64>,
     #[serde(default)]
     pub max_input: Vec<i64>,
+    /// The vector ISA Inductor compiled the kernels for (empty in packages from before
+    /// it was recorded, which may be scalar builds).
+    #[serde(default)]
+    pub cpu_isa: String,
+    /// The instruction-set flags (`/proc/cpuinfo`) of the CPU the package was compiled on
+    /// with `-march=native`: a CPU without one of them could fault on its kernels.
+    #[serde(default)]
+    pub cpu_flags: Vec<String>,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -93,8 +101,37 @@ impl PackageManifest {
         if self.source_sha256 != manifest.sha256 {
             return Some("it was built from another TorchScript file; re-provision".into());
         }
+        if self.cpu_isa.is_empty() || self.cpu_isa == "INVALID_VEC_ISA" {
+            return Some(
+                "it records no vector ISA (an older, possibly scalar build); re-provision".into(),
+            );
+        }
+        let here = cpu_flags();
+        let missing: Vec<&str> = self
+            .cpu_flags
+            .iter()
+            .map(String::as_str)
+            .filter(|flag| !here.contains(*flag))
+            .collect();
+        if !missing.is_empty() {
+            return Some(format!(
+                "it was compiled for a CPU with {}, which this one lacks; re-provision here",
+                missing.join(" ")
+            ));
+        }
         None
     }
+}
+
+/// This CPU's feature flags, from `/proc/cpuinfo` (empty where it cannot be read, so
+/// every package that names a flag is refused).
+fn cpu_flags() -> std::collections::HashSet<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("flags")?.split_once(':'))
+        .map(|(_, flags)| flags.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// A loaded AOTInductor package; runs on the CPU only.

@@ -122,6 +122,34 @@ fn a_package_is_used_only_for_the_torchscript_file_it_was_checked_against() {
         .expect("a changed package is refused");
     assert!(why.contains("sha256"), "{why}");
 
+    // Compiled (-march=native) on a CPU with an instruction this one lacks: its kernels
+    // could fault here.
+    let foreign = copied_model(&dir, |text| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cpu_flags = "))
+            .unwrap();
+        text.replace(line, "cpu_flags = [\"avx2\", \"plenum_future_isa\"]")
+    });
+    let why = load_package(&foreign)
+        .err()
+        .expect("a package for another CPU is refused");
+    assert!(why.contains("plenum_future_isa"), "{why}");
+    assert!(
+        !why.contains("avx2"),
+        "only the missing flags are named: {why}"
+    );
+
+    // A build Inductor left scalar (no vector ISA found) is slower than TorchScript.
+    let scalar = copied_model(&dir, |text| {
+        let line = text.lines().find(|l| l.starts_with("cpu_isa = ")).unwrap();
+        text.replace(line, "cpu_isa = \"INVALID_VEC_ISA\"")
+    });
+    let why = load_package(&scalar)
+        .err()
+        .expect("a scalar build is refused");
+    assert!(why.contains("vector ISA"), "{why}");
+
     std::fs::remove_file(dir.join("ppocr-v4-det.aoti.toml")).unwrap();
     assert!(
         load_package(&fresh).unwrap().is_none(),
