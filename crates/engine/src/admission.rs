@@ -35,6 +35,18 @@ pub enum AdmissionError {
         budget: u64,
         waited: Duration,
     },
+    /// The request alone needs more than the work lease on the GPU, and the broker did
+    /// not grant a peak lease for the rest within `--work-wait`.
+    #[error(
+        "this request needs {bytes} bytes of working memory on the GPU, more than the \
+         model's work lease of {budget} bytes, and no peak lease for the rest was \
+         granted ({reason}); retry shortly or send a smaller image"
+    )]
+    PeakRefused {
+        bytes: u64,
+        budget: u64,
+        reason: String,
+    },
     /// A single row ran out of device (or host) memory inside the model, after the
     /// batch was halved down to it: the memory others hold may be free later.
     #[error(

@@ -17,6 +17,7 @@
 
 pub mod admission;
 pub mod aoti;
+pub mod cuda_cap;
 pub mod health;
 pub mod manifest;
 pub mod memory_profile;
@@ -106,7 +107,9 @@ pub struct EngineSettings {
     /// Measure the model's working memory at load (see [`memory_profile`]).
     pub memory_profile: bool,
     /// Most working memory one model call may take by the profile: larger batches are
-    /// split, a row that alone needs more is refused. None: batches split by rows only.
+    /// split, a row that alone needs more is refused (on a GPU, it asks the broker for
+    /// a peak lease first). None: on the CPU batches split by rows only; on a GPU the
+    /// work lease is the weights' estimate (see [`work_lease`]).
     pub work_memory: Option<u64>,
     /// Longest a request waits for working memory held by others.
     pub work_wait: Duration,
@@ -187,7 +190,9 @@ pub struct EngineArgs {
     /// The service's working-memory budget (decoded pixels, model inputs, tiles,
     /// crops, and the models' activations on the CPU), e.g. `2GiB`. Requests are
     /// admitted against it before any pixel is decoded; default: enough for one
-    /// largest admissible input.
+    /// largest admissible input. On a GPU each model also leases this much for its
+    /// activations (default: its weights' estimate), and one input that needs more
+    /// asks the broker for a short peak lease.
     #[arg(long, env = "PLENUM_WORK_MEMORY", value_parser = plenum_runtime::bytes::parse_bytes)]
     pub work_memory: Option<u64>,
     /// Longest a request waits for working memory others hold before
@@ -197,15 +202,36 @@ pub struct EngineArgs {
     /// Measure each model's working memory at load (a few passes at several sizes).
     #[arg(long, env = "PLENUM_MEMORY_PROFILE", default_value_t = true, action = clap::ArgAction::Set)]
     pub memory_profile: bool,
-    /// What runs the model on the CPU: torchscript (always), or auto (its AOTInductor
-    /// package when one was provisioned for this TorchScript file). TorchScript is the
-    /// default because, measured in the release services, the packages took 2-2.5x
-    /// TorchScript's time per page (BENCHMARKS.md, issue 13), though faster alone.
-    #[arg(long, env = "PLENUM_MODEL_FORMAT", value_enum, default_value_t = ModelFormat::Torchscript)]
+    /// What runs the model on the CPU: auto (its AOTInductor package when one was
+    /// provisioned for this TorchScript file and this CPU, else TorchScript), or
+    /// torchscript (always; for comparisons and as an escape hatch).
+    #[arg(long, env = "PLENUM_MODEL_FORMAT", value_enum, default_value_t = ModelFormat::Auto)]
     pub model_format: ModelFormat,
 }
 
 impl EngineArgs {
+    /// The most device memory these flags let `manifests` lease on one GPU: each
+    /// model's weights estimate (of the chosen precision) and its work lease. `None`
+    /// when they never run on CUDA (`--device cpu|sim-gpu`, int8) or a manifest lacks
+    /// the precision.
+    pub fn gpu_plan(&self, manifests: &[ModelManifest]) -> Option<u64> {
+        if matches!(self.device, DeviceChoice::Cpu | DeviceChoice::SimGpu)
+            || self.precision == Precision::Int8
+        {
+            return None;
+        }
+        manifests
+            .iter()
+            .map(|manifest| {
+                let weights = manifest
+                    .with_precision(self.precision)
+                    .ok()?
+                    .vram_estimate_bytes;
+                Some(weights + self.work_memory.unwrap_or(weights))
+            })
+            .sum()
+    }
+
     /// The engine settings these flags ask for. Also sets libtorch's intra-op thread
     /// count, which is process-wide, when `--intra-op-threads` is given.
     pub fn settings(&self) -> EngineSettings {
@@ -256,7 +282,13 @@ pub struct Engine {
     manifest: Arc<ModelManifest>,
     profile: memory_profile::SharedProfile,
     max_batch: usize,
-    work_memory: Option<u64>,
+    /// What the engine started with; peak leases are asked for with its priority and
+    /// `work_wait`.
+    settings: EngineSettings,
+    /// Working memory one call may take on a GPU (the work lease).
+    gpu_work_memory: u64,
+    /// Peak leases come from the same broker session as the weights'.
+    lease: Option<LeaseClient>,
     /// Wakes an offloaded model's placement to promote it.
     demand: offload::Demand,
     _placement: Arc<placement::PlacementTask>,
@@ -310,10 +342,12 @@ impl Engine {
         );
         let profile = memory_profile::SharedProfile::default();
         let device_work_peak = worker::DeviceWorkPeak::default();
+        let gpu_work_memory = work_lease::gpu_work_bytes(&manifest, &settings);
         let worker_settings = worker::WorkerSettings {
             max_batch: settings.max_batch,
             max_queue_delay: settings.max_queue_delay,
             work_memory: settings.work_memory,
+            gpu_work_memory,
             profile: Arc::clone(&profile),
             device_work_peak: Arc::clone(&device_work_peak),
         };
@@ -353,7 +387,7 @@ impl Engine {
         let placing = placement::start(placement::PlacementContext {
             manifest: Arc::clone(&manifest),
             settings: settings.clone(),
-            lease,
+            lease: lease.clone(),
             control,
             state: state_tx,
             last_busy,
@@ -385,7 +419,9 @@ impl Engine {
             manifest,
             profile,
             max_batch: settings.max_batch,
-            work_memory: settings.work_memory,
+            settings,
+            gpu_work_memory,
+            lease,
             demand,
             _placement: Arc::new(placement),
             _watchdog: Arc::new(watchdog),
@@ -401,6 +437,8 @@ impl Engine {
                 "the model's thread has stopped: {reason}"
             )));
         }
+        let row_elements = memory_profile::elements(input.size().get(1..).unwrap_or_default());
+        let peak = self.peak_for(row_elements).await?;
         let (reply, answer) = oneshot::channel();
         let job = worker::Job {
             input,
@@ -409,6 +447,7 @@ impl Engine {
             // The worker thread enters a child of it, so the forward pass shows in
             // the caller's trace.
             span: tracing::Span::current(),
+            peak,
         };
         match self.jobs.try_send(job) {
             Ok(()) => {
@@ -430,6 +469,41 @@ impl Engine {
         answer
             .await
             .map_err(|_| EngineError::NotReady("the model's thread has stopped".into()))?
+    }
+
+    /// A peak lease for an input of rows of `row_elements` when the model serves from
+    /// a GPU and, by its profile, one row needs more working memory than the work
+    /// lease: the bytes above it, from the broker (see [`work_lease`]). Refused when
+    /// the broker cannot grant them within `work_wait`.
+    async fn peak_for(&self, row_elements: u64) -> Result<Option<worker::Peak>, EngineError> {
+        let device = match self.state.borrow().placement {
+            Target::Cuda(index) | Target::SimulatedGpu(index) => index as u32,
+            Target::Cpu => return Ok(None),
+        };
+        let (Some(profile), Some(client)) = (self.memory_profile(), &self.lease) else {
+            return Ok(None);
+        };
+        let one_row = profile.bytes(row_elements);
+        let budget = self.gpu_work_memory;
+        let Some(above) = one_row.checked_sub(budget).filter(|&above| above > 0) else {
+            return Ok(None);
+        };
+        match work_lease::acquire_peak(client, device, &self.manifest, &self.settings, above).await
+        {
+            Ok(lease) => {
+                tracing::info!(model = %self.manifest.name, lease = %lease.id(), bytes = above, "peak lease for one large input");
+                Ok(Some(worker::Peak {
+                    bytes: above,
+                    lease,
+                }))
+            }
+            Err(reason) => Err(AdmissionError::PeakRefused {
+                bytes: one_row,
+                budget,
+                reason,
+            }
+            .into()),
+        }
     }
 
     /// The engine's state now, and as it changes.
@@ -458,14 +532,16 @@ impl Engine {
     /// Zero on a real GPU, where the passes allocate device memory, and without a
     /// profile.
     pub fn host_work_bytes(&self, rows: usize, row_elements: u64) -> u64 {
-        if matches!(self.state.borrow().placement, Target::Cuda(_)) {
-            return 0;
-        }
+        let budget = match self.state.borrow().placement {
+            Target::Cuda(_) => return 0,
+            Target::SimulatedGpu(_) => Some(self.gpu_work_memory),
+            Target::Cpu => self.settings.work_memory,
+        };
         let Some(profile) = self.memory_profile() else {
             return 0;
         };
         let mut chunk = rows.clamp(1, self.max_batch.max(1));
-        if let Some(budget) = self.work_memory {
+        if let Some(budget) = budget {
             while chunk > 1 && profile.bytes(row_elements * chunk as u64) > budget {
                 chunk -= 1;
             }

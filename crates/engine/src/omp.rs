@@ -5,7 +5,21 @@
 /// Re-executes the current binary with `OMP_WAIT_POLICY=PASSIVE` unless the variable
 /// is already set (an operator's explicit choice wins). Returns only when it is set.
 pub fn ensure_passive_wait_policy() {
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+    reexec_with(&passive_wait_policy());
+}
+
+/// `OMP_WAIT_POLICY=PASSIVE`, unless the operator set a policy.
+pub fn passive_wait_policy() -> Vec<(&'static str, String)> {
+    match std::env::var_os("OMP_WAIT_POLICY") {
+        Some(_) => Vec::new(),
+        None => vec![("OMP_WAIT_POLICY", "PASSIVE".to_owned())],
+    }
+}
+
+/// Re-executes the current binary with `vars` set, for variables libraries read once
+/// as they load; returns at once when there are none (or, warning, if exec fails).
+pub fn reexec_with(vars: &[(&'static str, String)]) {
+    if vars.is_empty() {
         return;
     }
     #[cfg(unix)]
@@ -14,11 +28,13 @@ pub fn ensure_passive_wait_policy() {
         if let Ok(exe) = std::env::current_exe() {
             let error = std::process::Command::new(exe)
                 .args(std::env::args_os().skip(1))
-                .env("OMP_WAIT_POLICY", "PASSIVE")
+                .envs(vars.iter().map(|(name, value)| (name, value)))
                 .exec();
-            // exec only returns on failure: run on, slower, and say why.
+            // exec only returns on failure: run on, and say what is missing.
+            let names: Vec<&str> = vars.iter().map(|(name, _)| *name).collect();
             eprintln!(
-                "warning: could not re-exec with OMP_WAIT_POLICY=PASSIVE ({error}); libtorch may be slow"
+                "warning: could not re-exec with {} set ({error}); libtorch may be slow or uncapped",
+                names.join(", ")
             );
         }
     }

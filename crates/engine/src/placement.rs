@@ -273,7 +273,7 @@ impl Placer {
                 .await
                 {
                     Ok(work) => {
-                        self.work = work;
+                        self.work = Some(work);
                         Ok(())
                     }
                     Err(reason) => Err(tonic::Status::resource_exhausted(reason)),

@@ -125,16 +125,55 @@ impl ModelService {
     }
 }
 
-/// The whole `main` of a model service: libgomp told to wait passively before
-/// libtorch loads (it reads its wait policy once), then the shared start-up of
-/// [`plenum_runtime::service`]; a model whose thread stopped ends the process with
-/// [`ModelStopped::EXIT_CODE`], for its supervisor to restart it.
+/// A model service's flags: what its models may lease on a GPU, for the cap on its
+/// CUDA allocator.
+pub trait ModelServiceConfig: ServiceConfig {
+    /// Bytes its models may lease on one GPU at most (see [`crate::EngineArgs::gpu_plan`]);
+    /// `None` when they never run on CUDA.
+    fn gpu_plan(&self) -> anyhow::Result<Option<u64>>;
+}
+
+/// The whole `main` of a model service: variables that libraries read once as they
+/// load set first (libgomp's passive wait policy; the CUDA allocator's cap, see
+/// [`crate::cuda_cap`]) by re-executing the binary with them, then the shared
+/// start-up of [`plenum_runtime::service`]; a model whose thread stopped ends the
+/// process with [`ModelStopped::EXIT_CODE`], for its supervisor to restart it.
 pub fn main<C, F, Fut>(service: &Service, serve: F) -> anyhow::Result<()>
 where
-    C: ServiceConfig,
+    C: ModelServiceConfig,
     F: FnOnce(Started<C>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    crate::omp::ensure_passive_wait_policy();
+    let mut vars = crate::omp::passive_wait_policy();
+    if let Some(conf) = cuda_allocator_cap::<C>(service) {
+        vars.push((crate::cuda_cap::ALLOC_CONF, conf));
+    }
+    crate::omp::reexec_with(&vars);
+    let serve = |started: Started<C>| {
+        if let Ok(conf) = std::env::var(crate::cuda_cap::ALLOC_CONF) {
+            tracing::info!(%conf, "the CUDA allocator's configuration (its cap: the most the models may lease)");
+        }
+        serve(started)
+    };
     plenum_runtime::service::main_then(service, serve, crate::health::exit_if_stopped)
+}
+
+/// The allocator configuration capping this process at its GPU plan, when it may run
+/// on CUDA, NVML sees a device, and the operator set no fraction of their own.
+fn cuda_allocator_cap<C: ModelServiceConfig>(service: &Service) -> Option<String> {
+    let config: C = plenum_runtime::config::parse_with_defaults(&[
+        ("listen", service.listen),
+        ("metrics_listen", service.metrics_listen),
+    ]);
+    let plan = match config.gpu_plan() {
+        Ok(plan) => plan?,
+        // The start-up reports the same error properly; nothing to cap meanwhile.
+        Err(_) => return None,
+    };
+    let existing = crate::cuda_cap::existing_conf();
+    crate::cuda_cap::capped_conf(
+        existing.as_deref(),
+        plan,
+        crate::cuda_cap::smallest_device_bytes()?,
+    )
 }

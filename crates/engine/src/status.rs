@@ -19,14 +19,16 @@ pub fn models_loading() -> Status {
 impl EngineError {
     /// The status for `work` (e.g. `detection`) that failed with this error: a full
     /// queue or a working-memory budget busy past the wait is `RESOURCE_EXHAUSTED` with
-    /// a retry hint, as is a row that ran out of memory inside the model (work larger
+    /// a retry hint, as are a row that ran out of memory inside the model and one
+    /// whose peak lease was not granted (work larger
     /// than the whole budget gets none), a model not (or no longer)
     /// running `UNAVAILABLE`, and a failure inside the model `INTERNAL`.
     pub fn into_status(self, work: &str) -> Status {
         match self {
             Self::Overloaded { .. }
             | Self::Admission(AdmissionError::Busy { .. })
-            | Self::Admission(AdmissionError::OutOfMemory { .. }) => {
+            | Self::Admission(AdmissionError::OutOfMemory { .. })
+            | Self::Admission(AdmissionError::PeakRefused { .. }) => {
                 overloaded(self.to_string(), RETRY_AFTER)
             }
             // Retrying cannot help work that alone exceeds the budget: no RetryInfo.

@@ -23,6 +23,15 @@ pub(crate) struct Job {
     pub(crate) enqueued: Instant,
     /// The caller's span when it queued the job.
     pub(crate) span: tracing::Span,
+    /// A peak lease for an input that alone needs more than the work lease: the job
+    /// runs alone, allowed the work lease plus this (see [`crate::work_lease`]).
+    pub(crate) peak: Option<Peak>,
+}
+
+/// Working memory above the work lease, leased from the broker for one job.
+pub(crate) struct Peak {
+    pub(crate) bytes: u64,
+    pub(crate) lease: plenum_lease::LeaseGuard,
 }
 
 /// Where the module's weights live.
@@ -68,13 +77,26 @@ pub(crate) enum Control {
 pub(crate) struct WorkerSettings {
     pub(crate) max_batch: usize,
     pub(crate) max_queue_delay: Duration,
-    /// Most bytes one model call's working memory may take (by the profile); a batch
-    /// that would take more is run in smaller chunks, a row that alone would is refused.
+    /// Most bytes one model call's working memory may take on the CPU (by the
+    /// profile); a batch that would take more is run in smaller chunks, a row that
+    /// alone would is refused. None: no limit.
     pub(crate) work_memory: Option<u64>,
+    /// The same on a GPU: the work lease's bytes.
+    pub(crate) gpu_work_memory: u64,
     pub(crate) profile: SharedProfile,
     /// The most working memory a pass on a simulated GPU took since placement last
     /// read it, by the profile: what the model would have allocated on the device.
     pub(crate) device_work_peak: DeviceWorkPeak,
+}
+
+impl WorkerSettings {
+    /// The working memory one model call may take on `target`.
+    pub(crate) fn work_budget(&self, target: Target) -> Option<u64> {
+        match target {
+            Target::Cpu => self.work_memory,
+            Target::Cuda(_) | Target::SimulatedGpu(_) => Some(self.gpu_work_memory),
+        }
+    }
 }
 
 /// Bytes, reset by the reader (placement reports it to the broker).
@@ -275,15 +297,18 @@ fn measure_samples(
 }
 
 /// Rows per model call for inputs of `row_elements` each: at most `max_batch`, and
-/// as many as the profile says fit `work_memory`. A row that alone does not fit is
-/// refused, naming its bytes.
+/// as many as the profile says fit the work budget (plus `peak`, bytes leased for this
+/// call alone). A row that alone does not fit is refused, naming its bytes. On CUDA
+/// there is no profile: a call that does not fit runs out of memory and is halved.
 pub(crate) fn chunk_rows(
     settings: &WorkerSettings,
     target: Target,
     row_elements: u64,
+    peak: u64,
 ) -> Result<usize, EngineError> {
     let max_batch = settings.max_batch.max(1);
-    let (Some(budget), false) = (settings.work_memory, matches!(target, Target::Cuda(_))) else {
+    let budget = settings.work_budget(target).map(|bytes| bytes + peak);
+    let (Some(budget), false) = (budget, matches!(target, Target::Cuda(_))) else {
         return Ok(max_batch);
     };
     let profile = settings
@@ -322,7 +347,11 @@ fn run_batch(
             continue; // the caller left; spend nothing on it
         }
         let trailing = job.input.size().get(1..).unwrap_or_default().to_vec();
-        match groups.iter_mut().find(|(shape, _)| *shape == trailing) {
+        // A job with a peak lease runs alone: the peak is its own.
+        let shared = groups.iter_mut().find(|(shape, jobs)| {
+            *shape == trailing && job.peak.is_none() && jobs[0].peak.is_none()
+        });
+        match shared {
             Some((_, jobs)) => jobs.push(job),
             None => groups.push((trailing, vec![job])),
         }
@@ -393,10 +422,17 @@ fn forward(
     };
     let shape = input.size();
     let rows = shape.first().copied().unwrap_or(0);
+    // Only a job alone has its peak (see run_batch); a model moved off the GPU since
+    // the peak was leased does not need it.
+    let peak = match jobs {
+        [job] if target.is_gpu() => job.peak.as_ref(),
+        _ => None,
+    };
     let max_batch = chunk_rows(
         settings,
         target,
         memory_profile::elements(shape.get(1..).unwrap_or_default()),
+        peak.map_or(0, |peak| peak.bytes),
     )?;
     let mut outputs = Vec::new();
     let mut start = 0;
@@ -406,7 +442,7 @@ fn forward(
             .f_narrow(0, start, len)
             .and_then(|chunk| chunk.f_to_device(target.device()))
             .map_err(|e| EngineError::Inference(e.to_string()))?;
-        record_device_work(settings, target, &chunk);
+        record_device_work(settings, target, &chunk, peak);
         outputs.push(forward_or_halve(model, &chunk, call_started)?);
         start += len;
     }
@@ -474,8 +510,15 @@ fn first_line(error: &str) -> &str {
 
 /// On a simulated GPU, what the pass about to run would allocate there: the broker's
 /// simulated device measures what holders report, so work outside the leases shows
-/// as an overrun. A real GPU is measured by NVML instead.
-fn record_device_work(settings: &WorkerSettings, target: Target, chunk: &Tensor) {
+/// as an overrun. Up to the work lease's bytes count on the work lease (placement
+/// reports them), the rest on the call's peak lease. A real GPU is measured by NVML
+/// instead.
+fn record_device_work(
+    settings: &WorkerSettings,
+    target: Target,
+    chunk: &Tensor,
+    peak: Option<&Peak>,
+) {
     if !matches!(target, Target::SimulatedGpu(_)) {
         return;
     }
@@ -483,12 +526,21 @@ fn record_device_work(settings: &WorkerSettings, target: Target, chunk: &Tensor)
         .profile
         .read()
         .unwrap_or_else(|poison| poison.into_inner());
-    if let Some(profile) = profile.as_ref() {
-        let bytes = profile.bytes(memory_profile::elements(&chunk.size()));
-        settings
-            .device_work_peak
-            .fetch_max(bytes, Ordering::Relaxed);
-    }
+    let Some(profile) = profile.as_ref() else {
+        return;
+    };
+    let bytes = profile.bytes(memory_profile::elements(&chunk.size()));
+    let on_work_lease = match peak {
+        Some(peak) => {
+            let above = bytes.saturating_sub(settings.gpu_work_memory);
+            peak.lease.report_use(above);
+            bytes - above
+        }
+        None => bytes,
+    };
+    settings
+        .device_work_peak
+        .fetch_max(on_work_lease, Ordering::Relaxed);
 }
 
 fn reply_all(jobs: Vec<Job>, error: &EngineError) {

@@ -66,7 +66,7 @@ async fn an_idle_model_is_offloaded_and_the_next_request_promotes_it_back() {
     assert_eq!(output.size(), [1, 8, 6625]);
     let state = wait_for_state(&engine, "promoted", |s| s.placement.is_gpu()).await;
     assert_eq!(state.placement, Target::SimulatedGpu(1), "{}", state.reason);
-    assert_eq!(lease.held_count(), 1);
+    assert_eq!(lease.held_count(), 2, "the weights and the work lease");
     shutdown.cancel();
 }
 
@@ -89,7 +89,7 @@ async fn without_idle_offload_an_unused_model_keeps_its_lease() {
     wait_for_state(&engine, "on the GPU", |s| s.placement.is_gpu()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(engine.state().borrow().placement.is_gpu());
-    assert_eq!(lease.held_count(), 1);
+    assert_eq!(lease.held_count(), 2, "the weights and the work lease");
     shutdown.cancel();
 }
 

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use plenum_engine::EngineArgs;
+use plenum_engine::manifest::default_models_dir;
+use plenum_engine::serving::ModelServiceConfig;
 use plenum_runtime::config::{BrokerClientArgs, ImageLimitsArgs, ServerArgs, TelemetryArgs};
 use plenum_runtime::service::{Service, ServiceConfig};
 
@@ -52,5 +54,16 @@ pub const SERVICE: Service = Service {
 impl ServiceConfig for Config {
     fn shared(&self) -> (&ServerArgs, &TelemetryArgs) {
         (&self.server, &self.telemetry)
+    }
+}
+
+impl ModelServiceConfig for Config {
+    fn gpu_plan(&self) -> anyhow::Result<Option<u64>> {
+        let models = self
+            .models
+            .clone()
+            .unwrap_or_else(|| default_models_dir("detector"));
+        let manifest = crate::load_manifest(&models, &self.model)?;
+        Ok(self.engine.gpu_plan(&[manifest]))
     }
 }

@@ -42,6 +42,15 @@ pub struct OcrSettings {
     pub drain_timeout: Duration,
 }
 
+/// The three models' manifests (det, rec, cls) under `models`.
+pub fn manifests(models: &Path) -> anyhow::Result<[ModelManifest; 3]> {
+    Ok([
+        manifest(models, "ppocr-v4-det")?,
+        manifest(models, "ppocr-v4-rec")?,
+        manifest(models, "ppocr-mobile-v2-cls")?,
+    ])
+}
+
 fn manifest(models: &Path, name: &str) -> anyhow::Result<ModelManifest> {
     let path = models.join("ocr/generated").join(format!("{name}.toml"));
     ModelManifest::load(&path)

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use plenum_engine::EngineArgs;
 use plenum_engine::manifest::default_models_dir;
+use plenum_engine::serving::ModelServiceConfig;
 use plenum_lease::LeaseClient;
 use plenum_ocr::{OcrSettings, run};
 use plenum_runtime::config::{BrokerClientArgs, ImageLimitsArgs, ServerArgs, TelemetryArgs};
@@ -44,6 +45,16 @@ const SERVICE: Service = Service {
 impl ServiceConfig for Config {
     fn shared(&self) -> (&ServerArgs, &TelemetryArgs) {
         (&self.server, &self.telemetry)
+    }
+}
+
+impl ModelServiceConfig for Config {
+    fn gpu_plan(&self) -> anyhow::Result<Option<u64>> {
+        let models = self
+            .models
+            .clone()
+            .unwrap_or_else(|| default_models_dir("ocr"));
+        Ok(self.engine.gpu_plan(&plenum_ocr::manifests(&models)?))
     }
 }
 

@@ -3,7 +3,8 @@
 //! manifest lists (fp32, and the fp16 variant once provisioned), and prints what the
 //! broker granted against what NVML measured, the committed size, per-batch
 //! latency, and one idle offload and promotion (GPU ⇄ CPU) with the latency of the
-//! first request after it. Fails clearly (exit 2) without a GPU. Run by
+//! first request after it. Fails clearly (exit 2) without a GPU. `burst` replays
+//! the old system's crash against the real services (see [`burst`]). Run by
 //! scripts/gpu-check.sh.
 #![forbid(unsafe_code)]
 
@@ -25,14 +26,27 @@ use plenum_proto::broker::v1 as pb;
 use plenum_runtime::bytes::format_bytes;
 use tokio_util::sync::CancellationToken;
 
-/// Loads every model on the GPU through a broker lease and reports the books.
+mod burst;
+
+/// Loads every model on the GPU through a broker lease and reports the books; `burst`
+/// replays the old system's crash against the real services.
 #[derive(Debug, Parser)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Manifests to load (default: every *.toml under models/ocr/generated and models/detector).
     manifests: Vec<PathBuf>,
     /// Timed runs per batch size.
     #[arg(long, default_value_t = 20)]
     runs: usize,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The broker on NVML, the detector and OCR services on cuda, a burst of large pages,
+    /// NVML sampled every 100 ms against the leases, and one deliberate over-allocation.
+    Burst(burst::BurstArgs),
 }
 
 fn default_manifests() -> Vec<PathBuf> {
@@ -56,7 +70,11 @@ fn default_manifests() -> Vec<PathBuf> {
 async fn main() -> ExitCode {
     plenum_engine::omp::ensure_passive_wait_policy();
     let args = Args::parse();
-    match run(args).await {
+    let outcome = match args.command {
+        Some(Command::Burst(burst)) => burst::run(burst).await,
+        None => run(args).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("gpu-check FAILED: {error:#}");

@@ -10,8 +10,10 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
+
+use plenum_lease::LeaseClient;
 
 use plenum_engine::tch::{Device, Kind, Tensor};
 use plenum_engine::{
@@ -24,15 +26,33 @@ use plenum_engine::{
 pub const BYTES_PER_ELEMENT: usize = 64;
 pub const MIB: u64 = 1 << 20;
 
+/// Holds passes over more than `over_elements` input elements until the test lets
+/// them go: one `()` on `entered` as such a pass starts, then it waits for one on
+/// `release`.
+pub struct Gate {
+    pub over_elements: usize,
+    pub entered: mpsc::Sender<()>,
+    pub release: Mutex<mpsc::Receiver<()>>,
+}
+
 /// Allocates and touches `BYTES_PER_ELEMENT` per input element on every pass, and
 /// records the rows of each call.
 struct HungryModel {
     calls: Arc<Mutex<Vec<i64>>>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl Model for HungryModel {
     fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
         let elements = input.numel();
+        if let Some(gate) = self
+            .gate
+            .as_ref()
+            .filter(|gate| elements > gate.over_elements)
+        {
+            let _ = gate.entered.send(());
+            let _ = gate.release.lock().unwrap().recv();
+        }
         let scratch = vec![1u8; elements * BYTES_PER_ELEMENT];
         std::hint::black_box(&scratch);
         let rows = input.size()[0];
@@ -52,20 +72,32 @@ fn manifest() -> ModelManifest {
     ModelManifest::load(&path).expect("committed manifest")
 }
 
-/// An engine over the fake, profiled at load, and the rows of each model call after
-/// the profile's passes.
+/// An engine over the fake on the CPU, profiled at load, and the rows of each model
+/// call after the profile's passes.
 pub async fn start(work_memory: Option<u64>) -> (Engine, Arc<Mutex<Vec<i64>>>) {
+    start_on(DeviceChoice::Cpu, work_memory, None, None).await
+}
+
+/// The same on `device`, under `lease`'s broker, its passes held by `gate`.
+pub async fn start_on(
+    device: DeviceChoice,
+    work_memory: Option<u64>,
+    lease: Option<LeaseClient>,
+    gate: Option<Arc<Gate>>,
+) -> (Engine, Arc<Mutex<Vec<i64>>>) {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let for_model = Arc::clone(&calls);
     let settings = EngineSettings {
-        device: DeviceChoice::Cpu,
+        device,
         max_batch: 16,
         max_queue_delay: Duration::from_millis(1),
         memory_profile: true,
         work_memory,
+        work_wait: Duration::from_millis(300),
         loader: ModelLoader::new(move |_| {
             Ok(Box::new(HungryModel {
                 calls: Arc::clone(&for_model),
+                gate: gate.clone(),
             }))
         }),
         ..EngineSettings::default()
@@ -73,7 +105,7 @@ pub async fn start(work_memory: Option<u64>) -> (Engine, Arc<Mutex<Vec<i64>>>) {
     let engine = Engine::start(
         manifest(),
         settings,
-        None,
+        lease,
         EngineMetrics::unregistered("hungry"),
     )
     .await
