@@ -44,14 +44,14 @@ test-rust:
 test-e2e: build
 	cargo test --release --workspace --test end_to_end -- --ignored --nocapture
 
-test-grpcurl: venv
+test-grpcurl: build
 	GRPCURL=$(VENV)/bin/grpcurl scripts/grpcurl-check.sh
 
 # deploy/smoke.sh's checks against fake output (the smoke test itself needs Docker).
 test-smoke-checks:
 	deploy/smoke-checks-test.sh
 
-test-python: setup
+test-python: build
 	$(PYTHON) -m unittest discover -s tests/python -v
 
 $(CHART_STAMP): python/requirements-chart.txt

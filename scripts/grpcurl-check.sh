@@ -4,16 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRPCURL="${GRPCURL:-.venv/bin/grpcurl}"
-cargo build --quiet --bin plenum-broker --bin plenum
+# Release, like the rest of `make test`: one build serves every step.
+cargo build --release --quiet --bin plenum-broker --bin plenum
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr="127.0.0.1:$port"
-target/debug/plenum-broker --listen "$addr" --simulate "GTX 1070:8GiB" --reserve 1GiB --log warn &
+target/release/plenum-broker --listen "$addr" --simulate "GTX 1070:8GiB" --reserve 1GiB --log warn &
 broker=$!
 trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null || true' EXIT
 fail() { echo "grpcurl check FAILED: $*" >&2; exit 1; }
 serving=false
 for _ in $(seq 100); do
-    target/debug/plenum health "$addr" >/dev/null 2>&1 && { serving=true; break; }
+    target/release/plenum health "$addr" >/dev/null 2>&1 && { serving=true; break; }
     sleep 0.1
 done
 $serving || fail "the broker did not become SERVING in 10 s"

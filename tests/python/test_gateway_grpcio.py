@@ -4,7 +4,8 @@ from proto/ by grpcio-tools: a client nobody here wrote reads what the gateway s
   .venv/bin/python -m unittest tests/python/test_gateway_grpcio.py -v
 
 The gateway's backends are test doubles served by grpcio in this process. The
-binary is taken from target/debug (built with cargo when missing).
+binary is taken from target/release, like every other step of `make test` (built with
+cargo when missing).
 """
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ def free_port() -> int:
 
 def gateway_binary() -> Path:
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    binary = target / "debug" / "plenum-gateway"
+    binary = target / "release" / "plenum-gateway"
     if not binary.exists():
-        subprocess.run(["cargo", "build", "-p", "plenum-gateway", "--bin", "plenum-gateway"], cwd=REPO, check=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "plenum-gateway", "--bin", "plenum-gateway"],
+                       cwd=REPO, check=True)
     return binary
 
 
