@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRPCURL="${GRPCURL:-.venv/bin/grpcurl}"
-# Release, like the rest of `make test`: one build serves every step.
-cargo build --release --quiet --bin plenum-broker --bin plenum
+# The release binaries `make test-grpcurl` builds first (built here only when missing: a
+# build of two binaries alone resolves dependency features differently and recompiles).
+[[ -x target/release/plenum-broker && -x target/release/plenum ]] ||
+    cargo build --release --quiet --bin plenum-broker --bin plenum
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr="127.0.0.1:$port"
 target/release/plenum-broker --listen "$addr" --simulate "GTX 1070:8GiB" --reserve 1GiB --log warn &
