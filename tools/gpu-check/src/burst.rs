@@ -281,7 +281,8 @@ async fn sample(
 const OVER_SIDE: u32 = 4096;
 
 /// One detection of a 4096² page in one pass (tiling off). Its first two convolutions'
-/// outputs and the input alone take ~600 MB in fp32, past the detector's allocator cap
+/// outputs and the input alone take ~600 MB in fp32 (arithmetic on the layer shapes, not
+/// measured on a card), past the detector's allocator cap
 /// (its weights estimate and work lease, 512 MiB by default). "refused: …" when it came
 /// back RESOURCE_EXHAUSTED and the detector then still answers a small page.
 async fn over_allocate(
