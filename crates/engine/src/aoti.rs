@@ -147,6 +147,11 @@ impl AotiPackage {
     pub fn load(path: &Path) -> Result<Self, String> {
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+        // libtorch's AOTIModelPackageLoader is not safe to construct from two threads at
+        // once: two engines loading packages together crashed in its metadata parsing
+        // (std::map inserts racing, SIGSEGV in about 1 run in 40 of the offload tests).
+        static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = LOADING.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut error = std::ptr::null_mut();
         // SAFETY: c_path lives across the call; the shim sets either the result or error.
         let raw = unsafe { plenum_aoti_load(c_path.as_ptr(), &mut error) };
