@@ -113,6 +113,10 @@ pub struct EngineSettings {
     pub work_memory: Option<u64>,
     /// Longest a request waits for working memory held by others.
     pub work_wait: Duration,
+    /// When the GPU cannot take one input (its peak lease refused, or one row out of
+    /// CUDA memory), run that input on the CPU instead of refusing it (see
+    /// [`work_lease`]).
+    pub cpu_fallback: bool,
     /// A model unused this long moves to the CPU and gives its lease back; the next
     /// request promotes it (served from the CPU meanwhile). None: never.
     pub idle_offload: Option<Duration>,
@@ -139,6 +143,7 @@ impl Default for EngineSettings {
             memory_profile: false,
             work_memory: None,
             work_wait: Duration::from_secs(10),
+            cpu_fallback: true,
             idle_offload: None,
             demand_boost_depth: 0,
             precision: Precision::Fp32,
@@ -199,6 +204,11 @@ pub struct EngineArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "PLENUM_WORK_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub work_wait: Duration,
+    /// When a model serving from a GPU cannot take one input (no peak lease for it
+    /// within --work-wait, or a single row out of CUDA memory), run that input on the
+    /// CPU, one row per call, instead of answering RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PLENUM_CPU_FALLBACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cpu_fallback: bool,
     /// Measure each model's working memory at load (a few passes at several sizes).
     #[arg(long, env = "PLENUM_MEMORY_PROFILE", default_value_t = true, action = clap::ArgAction::Set)]
     pub memory_profile: bool,
@@ -249,6 +259,7 @@ impl EngineArgs {
             memory_profile: self.memory_profile,
             work_memory: self.work_memory,
             work_wait: self.work_wait,
+            cpu_fallback: self.cpu_fallback,
             idle_offload: self.idle_offload,
             demand_boost_depth: self.demand_boost_depth,
             precision: self.precision,
@@ -348,6 +359,7 @@ impl Engine {
             max_queue_delay: settings.max_queue_delay,
             work_memory: settings.work_memory,
             gpu_work_memory,
+            cpu_fallback: settings.cpu_fallback,
             profile: Arc::clone(&profile),
             device_work_peak: Arc::clone(&device_work_peak),
         };
@@ -438,7 +450,15 @@ impl Engine {
             )));
         }
         let row_elements = memory_profile::elements(input.size().get(1..).unwrap_or_default());
-        let peak = self.peak_for(row_elements).await?;
+        let device_work = match self.peak_for(row_elements).await {
+            Ok(peak) => worker::DeviceWork::Leased(peak),
+            Err(refused) if self.settings.cpu_fallback => {
+                tracing::warn!(model = %self.manifest.name, %refused, "running one input on the CPU");
+                self.metrics.cpu_fallbacks.inc();
+                worker::DeviceWork::CpuFallback
+            }
+            Err(refused) => return Err(refused.into()),
+        };
         let (reply, answer) = oneshot::channel();
         let job = worker::Job {
             input,
@@ -447,7 +467,7 @@ impl Engine {
             // The worker thread enters a child of it, so the forward pass shows in
             // the caller's trace.
             span: tracing::Span::current(),
-            peak,
+            device_work,
         };
         match self.jobs.try_send(job) {
             Ok(()) => {
@@ -475,7 +495,7 @@ impl Engine {
     /// a GPU and, by its profile, one row needs more working memory than the work
     /// lease: the bytes above it, from the broker (see [`work_lease`]). Refused when
     /// the broker cannot grant them within `work_wait`.
-    async fn peak_for(&self, row_elements: u64) -> Result<Option<worker::Peak>, EngineError> {
+    async fn peak_for(&self, row_elements: u64) -> Result<Option<worker::Peak>, AdmissionError> {
         let device = match self.state.borrow().placement {
             Target::Cuda(index) | Target::SimulatedGpu(index) => index as u32,
             Target::Cpu => return Ok(None),
@@ -501,8 +521,7 @@ impl Engine {
                 bytes: one_row,
                 budget,
                 reason,
-            }
-            .into()),
+            }),
         }
     }
 

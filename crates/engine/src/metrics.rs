@@ -17,6 +17,8 @@ pub struct EngineMetrics {
     pub(crate) batch_rows: Histogram,
     pub(crate) inference: Histogram,
     pub(crate) queue_wait: Histogram,
+    /// Inputs a model on a GPU ran on the CPU instead (see `EngineSettings::cpu_fallback`).
+    pub(crate) cpu_fallbacks: IntCounter,
     placement: IntGaugeVec,
     profile_fixed: Gauge,
     profile_per_element: Gauge,
@@ -67,6 +69,10 @@ impl EngineMetrics {
                 "Time a request waited for its batch",
                 prometheus::exponential_buckets(0.0005, 2.0, 14)?,
             )?,
+            cpu_fallbacks: IntCounter::with_opts(labelled(
+                "cpu_fallbacks_total",
+                "Inputs the GPU could not take (no peak lease, out of memory) run on the CPU",
+            ))?,
             placement: IntGaugeVec::new(
                 labelled("placement", "1 for where the model runs now"),
                 &["placement"],
@@ -98,6 +104,7 @@ impl EngineMetrics {
         registry.register(Box::new(metrics.batch_rows.clone()))?;
         registry.register(Box::new(metrics.inference.clone()))?;
         registry.register(Box::new(metrics.queue_wait.clone()))?;
+        registry.register(Box::new(metrics.cpu_fallbacks.clone()))?;
         registry.register(Box::new(metrics.placement.clone()))?;
         registry.register(Box::new(metrics.profile_fixed.clone()))?;
         registry.register(Box::new(metrics.profile_per_element.clone()))?;
@@ -138,6 +145,11 @@ impl EngineMetrics {
     pub fn moves(&self, kind: Move) -> (u64, f64) {
         let histogram = self.moves.with_label_values(&[kind.label()]);
         (histogram.get_sample_count(), histogram.get_sample_sum())
+    }
+
+    /// Inputs run on the CPU because the GPU could not take them.
+    pub fn cpu_fallbacks(&self) -> u64 {
+        self.cpu_fallbacks.get()
     }
 
     /// Model calls so far, and rows through them (for tests and benchmarks).

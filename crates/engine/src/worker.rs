@@ -23,9 +23,25 @@ pub(crate) struct Job {
     pub(crate) enqueued: Instant,
     /// The caller's span when it queued the job.
     pub(crate) span: tracing::Span,
-    /// A peak lease for an input that alone needs more than the work lease: the job
-    /// runs alone, allowed the work lease plus this (see [`crate::work_lease`]).
-    pub(crate) peak: Option<Peak>,
+    /// How the job's working memory on a GPU is covered.
+    pub(crate) device_work: DeviceWork,
+}
+
+impl Job {
+    /// A job with a peak lease or on the CPU fallback runs alone: the peak is its own,
+    /// and only its rows leave the GPU.
+    fn runs_alone(&self) -> bool {
+        !matches!(self.device_work, DeviceWork::Leased(None))
+    }
+}
+
+/// How a job's working memory is covered when the model serves from a GPU.
+pub(crate) enum DeviceWork {
+    /// By the work lease, plus a peak lease for an input that alone needs more (the
+    /// job runs alone, allowed the work lease plus the peak; see [`crate::work_lease`]).
+    Leased(Option<Peak>),
+    /// The broker granted no peak for it: the job runs on the CPU, one row per call.
+    CpuFallback,
 }
 
 /// Working memory above the work lease, leased from the broker for one job.
@@ -83,6 +99,8 @@ pub(crate) struct WorkerSettings {
     pub(crate) work_memory: Option<u64>,
     /// The same on a GPU: the work lease's bytes.
     pub(crate) gpu_work_memory: u64,
+    /// A single row out of CUDA memory runs on the CPU instead of being refused.
+    pub(crate) cpu_fallback: bool,
     pub(crate) profile: SharedProfile,
     /// The most working memory a pass on a simulated GPU took since placement last
     /// read it, by the profile: what the model would have allocated on the device.
@@ -347,10 +365,9 @@ fn run_batch(
             continue; // the caller left; spend nothing on it
         }
         let trailing = job.input.size().get(1..).unwrap_or_default().to_vec();
-        // A job with a peak lease runs alone: the peak is its own.
-        let shared = groups.iter_mut().find(|(shape, jobs)| {
-            *shape == trailing && job.peak.is_none() && jobs[0].peak.is_none()
-        });
+        let shared = groups
+            .iter_mut()
+            .find(|(shape, jobs)| *shape == trailing && !job.runs_alone() && !jobs[0].runs_alone());
         match shared {
             Some((_, jobs)) => jobs.push(job),
             None => groups.push((trailing, vec![job])),
@@ -378,8 +395,13 @@ fn run_batch(
             span.follows_from(&job.span);
         }
         let started = Instant::now();
-        let outcome =
-            span.in_scope(|| guarded(|| forward(model, target, &jobs, settings, call_started)));
+        let pass = Pass {
+            target,
+            settings,
+            metrics,
+            call_started,
+        };
+        let outcome = span.in_scope(|| guarded(|| forward(model, &pass, &jobs)));
         metrics.inference.observe(started.elapsed().as_secs_f64());
         metrics.batch_rows.observe(sizes.iter().sum::<i64>() as f64);
         let outcome = match outcome {
@@ -404,13 +426,18 @@ fn run_batch(
     Ok(())
 }
 
-fn forward(
-    model: &mut dyn Model,
+/// What every model call of a batch shares.
+struct Pass<'a> {
     target: Target,
-    jobs: &[Job],
-    settings: &WorkerSettings,
-    call_started: &AtomicU64,
-) -> Result<Tensor, EngineError> {
+    settings: &'a WorkerSettings,
+    metrics: &'a EngineMetrics,
+    call_started: &'a AtomicU64,
+}
+
+fn forward(model: &mut dyn Model, pass: &Pass, jobs: &[Job]) -> Result<Tensor, EngineError> {
+    let Pass {
+        target, settings, ..
+    } = *pass;
     // One caller's input goes through as it is: a copy of a page's tiles would double
     // the request's memory.
     let input = match jobs {
@@ -422,10 +449,13 @@ fn forward(
     };
     let shape = input.size();
     let rows = shape.first().copied().unwrap_or(0);
-    // Only a job alone has its peak (see run_batch); a model moved off the GPU since
-    // the peak was leased does not need it.
+    // Only a job alone has its peak or falls back (see run_batch); a model moved off
+    // the GPU since then needs neither.
     let peak = match jobs {
-        [job] if target.is_gpu() => job.peak.as_ref(),
+        [job] if target.is_gpu() => match &job.device_work {
+            DeviceWork::Leased(peak) => peak.as_ref(),
+            DeviceWork::CpuFallback => return on_the_cpu(model, pass, &input),
+        },
         _ => None,
     };
     let max_batch = chunk_rows(
@@ -443,7 +473,7 @@ fn forward(
             .and_then(|chunk| chunk.f_to_device(target.device()))
             .map_err(|e| EngineError::Inference(e.to_string()))?;
         record_device_work(settings, target, &chunk, peak);
-        outputs.push(forward_or_halve(model, &chunk, call_started)?);
+        outputs.push(forward_or_halve(model, pass, &chunk)?);
         start += len;
     }
     match outputs.len() {
@@ -457,14 +487,15 @@ fn forward(
 /// (CUDA's caching allocator past what the device has, or the CPU allocator) is tried
 /// again in two halves, down to single rows: the allocator frees its cache before it
 /// reports out of memory, so smaller calls may fit where the whole did not. A single
-/// row that still does not fit is refused with `RESOURCE_EXHAUSTED`; the process,
-/// the model and the other requests carry on.
+/// row that still does not fit on a GPU runs on the CPU (with `cpu_fallback`), else
+/// it is refused with `RESOURCE_EXHAUSTED`; the process, the model and the other
+/// requests carry on.
 fn forward_or_halve(
     model: &mut dyn Model,
+    pass: &Pass,
     chunk: &Tensor,
-    call_started: &AtomicU64,
 ) -> Result<Tensor, EngineError> {
-    let outcome = timed(call_started, || model.forward(chunk))
+    let outcome = timed(pass.call_started, || model.forward(chunk))
         .and_then(|output| output.f_to_device(Device::Cpu).map_err(|e| e.to_string()));
     let error = match outcome {
         Ok(output) => return Ok(output),
@@ -472,6 +503,14 @@ fn forward_or_halve(
         Err(error) => return Err(EngineError::Inference(error)),
     };
     let rows = chunk.size().first().copied().unwrap_or(0);
+    if rows <= 1 && pass.settings.cpu_fallback && matches!(pass.target, Target::Cuda(_)) {
+        tracing::warn!(
+            error = first_line(&error),
+            "one row ran out of GPU memory; running it on the CPU"
+        );
+        pass.metrics.cpu_fallbacks.inc();
+        return on_the_cpu(model, pass, chunk);
+    }
     if rows <= 1 {
         return Err(AdmissionError::OutOfMemory {
             detail: first_line(&error).to_owned(),
@@ -490,10 +529,51 @@ fn forward_or_halve(
             let part = chunk
                 .f_narrow(0, start, len)
                 .map_err(|e| EngineError::Inference(e.to_string()))?;
-            forward_or_halve(model, &part, call_started)
+            forward_or_halve(model, pass, &part)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Tensor::f_cat(&halves, 0).map_err(|e| EngineError::Inference(e.to_string()))
+}
+
+/// Runs `input` on the CPU one row per call (the fewest bytes at a time) for a model
+/// placed on `pass.target`. A model on a real GPU moves to the CPU for it and back;
+/// its leases stay held meanwhile, so its device bytes are still its own when it
+/// returns. A model that cannot move back would serve no one correctly: that panics,
+/// which stops the model's thread for its service to be restarted.
+fn on_the_cpu(model: &mut dyn Model, pass: &Pass, input: &Tensor) -> Result<Tensor, EngineError> {
+    let home = pass.target.device();
+    let away = home != Device::Cpu;
+    let moved = |model: &mut dyn Model, to: Device| {
+        timed(pass.call_started, || model.move_to(to)).map_err(EngineError::Inference)
+    };
+    if away && let Err(error) = moved(model, Device::Cpu) {
+        // A move may stop half way: all of the model goes back before the next batch.
+        moved(model, home).unwrap_or_else(|back| {
+            panic!("the model could not move back to {home:?} after a failed fallback: {back}")
+        });
+        return Err(error);
+    }
+    let rows = input.size().first().copied().unwrap_or(0);
+    let outputs: Result<Vec<Tensor>, EngineError> = (0..rows)
+        .map(|row| {
+            let one = input
+                .f_narrow(0, row, 1)
+                .and_then(|one| one.f_to_device(Device::Cpu))
+                .map_err(|e| EngineError::Inference(e.to_string()))?;
+            timed(pass.call_started, || model.forward(&one)).map_err(EngineError::Inference)
+        })
+        .collect();
+    if away {
+        moved(model, home).unwrap_or_else(|back| {
+            panic!("the model could not move back to {home:?} after a CPU fallback: {back}")
+        });
+    }
+    let mut outputs = outputs?;
+    match outputs.len() {
+        0 => Err(EngineError::Inference("an input without rows".into())),
+        1 => Ok(outputs.pop().expect("one output")),
+        _ => Tensor::f_cat(&outputs, 0).map_err(|e| EngineError::Inference(e.to_string())),
+    }
 }
 
 /// libtorch's out-of-memory errors: CUDA's ("CUDA out of memory. Tried to allocate

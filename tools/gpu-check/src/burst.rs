@@ -3,13 +3,15 @@
 //! and a burst of large pages from several callers at once. NVML is sampled every
 //! 100 ms: each service process's measured device memory against the sum of its
 //! granted leases. Then one deliberate over-allocation: a detection with tiling off on
-//! a page far larger than the detector's CUDA allocator cap, which must come back as
-//! `RESOURCE_EXHAUSTED` from inside the request while the process serves on.
+//! a page far larger than the detector's CUDA allocator cap, which must run out of CUDA
+//! memory inside the request and be answered from the CPU (the detector's CPU fallback,
+//! counted in its metrics) or come back as `RESOURCE_EXHAUSTED`, while the process
+//! serves on.
 //!
 //! Fails when a process measured more than its leases plus `--tolerance` (the CUDA
 //! context, which no lease books), when a call got anything but an answer or a clean
-//! `RESOURCE_EXHAUSTED`, when the over-allocation was not refused, or when a process
-//! died. `--simulate SPEC` runs the same against a simulated card (services on
+//! `RESOURCE_EXHAUSTED`, when the over-allocation was answered on the GPU past the cap,
+//! or when a process died. `--simulate SPEC` runs the same against a simulated card (services on
 //! `sim-gpu`, "measured" being what they report), to try the check without a GPU.
 
 use std::collections::HashMap;
@@ -92,22 +94,32 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<()> {
     };
     let det_addr = format!("127.0.0.1:{}", free_port()?);
     let ocr_addr = format!("127.0.0.1:{}", free_port()?);
-    let service_args = |addr: &str| -> anyhow::Result<Vec<String>> {
-        Ok(vec![
+    let det_metrics = format!("127.0.0.1:{}", free_port()?);
+    let ocr_metrics = format!("127.0.0.1:{}", free_port()?);
+    let service_args = |addr: &str, metrics: &str| -> Vec<String> {
+        vec![
             "--listen".into(),
             addr.into(),
             "--metrics-listen".into(),
-            format!("127.0.0.1:{}", free_port()?),
+            metrics.into(),
             "--broker".into(),
             broker_url.clone(),
             "--device".into(),
             device.into(),
             "--work-wait".into(),
             "60s".into(),
-        ])
+        ]
     };
-    let mut detector = spawn(&args.bin, "plenum-detector", &service_args(&det_addr)?)?;
-    let mut ocr_service = spawn(&args.bin, "plenum-ocr", &service_args(&ocr_addr)?)?;
+    let mut detector = spawn(
+        &args.bin,
+        "plenum-detector",
+        &service_args(&det_addr, &det_metrics),
+    )?;
+    let mut ocr_service = spawn(
+        &args.bin,
+        "plenum-ocr",
+        &service_args(&ocr_addr, &ocr_metrics),
+    )?;
     let endpoint = |addr: &str| {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("a valid address")
@@ -173,7 +185,7 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<()> {
         args.callers, args.side
     );
 
-    let over_allocation = over_allocate(det_client.clone()).await?;
+    let over_allocation = over_allocate(det_client.clone(), &det_metrics).await?;
     println!("over-allocation (one {OVER_SIDE}² pass, tiling off): {over_allocation}");
     stop.cancel();
     let worst = sampling.await??;
@@ -204,6 +216,7 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<()> {
     // On a simulated card the engine has a memory profile and asks for a peak lease
     // instead (CPU compute): answered under it, or refused, both are clean there.
     let clean = over_allocation.starts_with("refused")
+        || over_allocation.starts_with("answered on the CPU")
         || (args.simulate.is_some() && over_allocation.starts_with("answered"));
     if !clean {
         failures.push(format!(
@@ -284,10 +297,13 @@ const OVER_SIDE: u32 = 4096;
 /// outputs and the input alone take ~600 MB in fp32 (arithmetic on the layer shapes, not
 /// measured on a card), past the detector's allocator cap
 /// (its weights estimate and work lease, 512 MiB by default). "refused: …" when it came
-/// back RESOURCE_EXHAUSTED and the detector then still answers a small page.
+/// back RESOURCE_EXHAUSTED, "answered on the CPU" when the detector's metrics counted a
+/// CPU fallback for it, and the detector then still answers a small page.
 async fn over_allocate(
     mut client: DetectorClient<tonic::transport::Channel>,
+    metrics: &str,
 ) -> anyhow::Result<String> {
+    let fallbacks_before = cpu_fallbacks(metrics).await?;
     let request = det::DetectRequest {
         images: vec![large_page(OVER_SIDE)?],
         options: Some(det::DetectOptions {
@@ -297,6 +313,9 @@ async fn over_allocate(
         }),
     };
     let outcome = match client.detect(request).await {
+        Ok(_) if cpu_fallbacks(metrics).await? > fallbacks_before => {
+            "answered on the CPU (a CPU fallback)".to_owned()
+        }
         Ok(_) => "answered".to_owned(),
         Err(status) if status.code() == Code::ResourceExhausted => {
             format!("refused: {}", status.message())
@@ -313,6 +332,22 @@ async fn over_allocate(
             "{outcome}, but then a small page failed: {status:?}"
         )),
     }
+}
+
+/// The detector's `plenum_detector_cpu_fallbacks_total`, from its metrics endpoint.
+async fn cpu_fallbacks(metrics: &str) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(metrics).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").as_bytes())
+        .await?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await?;
+    Ok(page
+        .lines()
+        .filter(|line| line.starts_with("plenum_detector_cpu_fallbacks_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 fn spawn(bin: &Path, name: &str, args: &[String]) -> anyhow::Result<Child> {

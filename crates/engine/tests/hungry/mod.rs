@@ -85,6 +85,17 @@ pub async fn start_on(
     lease: Option<LeaseClient>,
     gate: Option<Arc<Gate>>,
 ) -> (Engine, Arc<Mutex<Vec<i64>>>) {
+    start_with_fallback(device, work_memory, lease, gate, true).await
+}
+
+/// The same, choosing whether an input the GPU cannot take runs on the CPU.
+pub async fn start_with_fallback(
+    device: DeviceChoice,
+    work_memory: Option<u64>,
+    lease: Option<LeaseClient>,
+    gate: Option<Arc<Gate>>,
+    cpu_fallback: bool,
+) -> (Engine, Arc<Mutex<Vec<i64>>>) {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let for_model = Arc::clone(&calls);
     let settings = EngineSettings {
@@ -94,6 +105,7 @@ pub async fn start_on(
         memory_profile: true,
         work_memory,
         work_wait: Duration::from_millis(300),
+        cpu_fallback,
         loader: ModelLoader::new(move |_| {
             Ok(Box::new(HungryModel {
                 calls: Arc::clone(&for_model),
