@@ -76,9 +76,11 @@ chaos: build
 	mkdir -p chaos-out
 	$(PYTHON) tests/chaos/chaos.py --table chaos-out/reliability.md
 
+# Release profile, like the build: clippy then reuses its build scripts (torch-sys's C++)
+# and proc macros, about a minute after `make test` instead of ten.
 lint: setup
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --release --workspace --all-targets -- -D warnings
 
 demo: build
 	scripts/demo.sh
