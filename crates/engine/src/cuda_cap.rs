@@ -67,6 +67,7 @@ pub fn smallest_device_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Precision;
 
     const GIB: u64 = 1 << 30;
 
@@ -147,9 +148,41 @@ mod tests {
         assert_eq!(plan(&["--device", "sim-gpu"]), None, "no CUDA allocator");
         assert_eq!(
             plan(&["--precision", "int8"]),
-            None,
-            "int8 runs on the CPU only"
+            Some(4000),
+            "a model without an int8 variant runs fp32, and may lease"
         );
+    }
+
+    #[test]
+    fn models_at_int8_are_left_out_of_the_plan() {
+        use clap::Parser as _;
+        let flags = Flags::try_parse_from(["service", "--precision", "int8"]).unwrap();
+        let manifest = |int8: &str| -> crate::ModelManifest {
+            toml::from_str(&format!(
+                r#"
+                name = "m"
+                task = "detect"
+                file = "m.pt"
+                sha256 = "aaaa"
+                vram_estimate_bytes = 1000
+                [input]
+                shape = [-1, 3, -1, -1]
+                {int8}
+                "#
+            ))
+            .unwrap()
+        };
+        let listed = manifest(
+            "[[variants]]\nprecision = \"int8\"\nfile = \"m.int8.pt\"\nsha256 = \"cccc\"\nvram_estimate_bytes = 0",
+        );
+        let without = manifest("");
+        assert_eq!(listed.runs_at(Precision::Int8), Precision::Int8);
+        assert_eq!(without.runs_at(Precision::Int8), Precision::Fp32);
+        assert_eq!(
+            flags.engine.gpu_plan(&[listed.clone(), without]),
+            Some(2000)
+        );
+        assert_eq!(flags.engine.gpu_plan(&[listed]), None, "all int8: CPU only");
     }
 
     #[test]

@@ -127,6 +127,26 @@ pub struct EngineSettings {
     pub precision: Precision,
 }
 
+impl EngineSettings {
+    /// These settings for one model of a service of several, at the precision it runs
+    /// at ([`ModelManifest::runs_at`]); says so when that is not the one asked for.
+    pub fn for_model(&self, manifest: &ModelManifest) -> Self {
+        let precision = manifest.runs_at(self.precision);
+        if precision != self.precision {
+            tracing::warn!(
+                model = %manifest.name,
+                asked = %self.precision,
+                runs = %precision,
+                "the model has no variant of the precision asked for; it runs at fp32"
+            );
+        }
+        Self {
+            precision,
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
@@ -221,25 +241,25 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     /// The most device memory these flags let `manifests` lease on one GPU: each
-    /// model's weights estimate (of the chosen precision) and its work lease. `None`
-    /// when they never run on CUDA (`--device cpu|sim-gpu`, int8) or a manifest lacks
-    /// the precision.
+    /// model's weights estimate (of the precision it runs at, see
+    /// [`ModelManifest::runs_at`]) and its work lease. `None` when none of
+    /// them runs on CUDA (`--device cpu|sim-gpu`, all int8).
     pub fn gpu_plan(&self, manifests: &[ModelManifest]) -> Option<u64> {
-        if matches!(self.device, DeviceChoice::Cpu | DeviceChoice::SimGpu)
-            || self.precision == Precision::Int8
-        {
+        if matches!(self.device, DeviceChoice::Cpu | DeviceChoice::SimGpu) {
             return None;
         }
-        manifests
+        let plan: u64 = manifests
             .iter()
-            .map(|manifest| {
-                let weights = manifest
-                    .with_precision(self.precision)
-                    .ok()?
-                    .vram_estimate_bytes;
+            .filter_map(|manifest| {
+                let precision = manifest.runs_at(self.precision);
+                if precision == Precision::Int8 {
+                    return None; // CPU only: never leased
+                }
+                let weights = manifest.with_precision(precision).ok()?.vram_estimate_bytes;
                 Some(weights + self.work_memory.unwrap_or(weights))
             })
-            .sum()
+            .sum();
+        (plan > 0).then_some(plan)
     }
 
     /// The engine settings these flags ask for. Also sets libtorch's intra-op thread

@@ -219,6 +219,17 @@ impl ModelManifest {
         Ok(chosen)
     }
 
+    /// The precision this model runs at in a service asked for `asked`: `asked` when
+    /// the manifest lists that variant, else fp32. One `--precision` covers every model
+    /// of a service, and not every model has every variant (the OCR detector has no
+    /// int8 one: quantized, it lost text regions).
+    pub fn runs_at(&self, asked: Precision) -> Precision {
+        match self.with_precision(asked) {
+            Ok(_) => asked,
+            Err(_) => Precision::Fp32,
+        }
+    }
+
     /// The model file's path.
     pub fn model_path(&self) -> PathBuf {
         self.dir.join(&self.file)

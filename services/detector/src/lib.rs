@@ -73,9 +73,12 @@ pub async fn run(
     )
     .await;
     let (work_memory, work_wait) = (settings.engine.work_memory, settings.engine.work_wait);
+    // The same rule as the OCR service's: a model without the --precision asked for
+    // runs fp32 (logged), so one PLENUM_PRECISION can cover a whole deployment.
+    let engine_settings = settings.engine.for_model(&settings.manifest);
     let loading = Engine::start(
         settings.manifest,
-        settings.engine,
+        engine_settings,
         settings.lease,
         engine_metrics,
     );

@@ -95,10 +95,14 @@ pub async fn run(
     let lease = settings.lease;
     // One after the other: each model's lease is single-flight on the broker anyway.
     let loading = async move {
-        let rec = Engine::start(rec_manifest, engine.clone(), lease.clone(), rec_metrics).await?;
-        let cls = Engine::start(cls_manifest, engine.clone(), lease.clone(), cls_metrics).await?;
+        // One --precision for three models: one without that variant runs fp32.
+        let rec_settings = engine.for_model(&rec_manifest);
+        let rec = Engine::start(rec_manifest, rec_settings, lease.clone(), rec_metrics).await?;
+        let cls_settings = engine.for_model(&cls_manifest);
+        let cls = Engine::start(cls_manifest, cls_settings, lease.clone(), cls_metrics).await?;
         // The detector holds its own lease, like the other two models.
-        let det = Engine::start(det_manifest, engine, lease, det_metrics).await?;
+        let det_settings = engine.for_model(&det_manifest);
+        let det = Engine::start(det_manifest, det_settings, lease, det_metrics).await?;
         Ok::<_, plenum_engine::EngineError>([rec, cls, det])
     };
     let Some(engines) = serving.load(loading).await? else {

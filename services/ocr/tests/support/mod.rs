@@ -18,16 +18,22 @@ pub fn repo() -> PathBuf {
 /// Starts `plenum-ocr` on the CPU with the provisioned models and connects to it;
 /// cancel the token to stop it.
 pub async fn start() -> (OcrClient<Channel>, CancellationToken) {
+    start_with(EngineSettings {
+        device: DeviceChoice::Cpu,
+        max_queue_delay: Duration::from_millis(2),
+        ..EngineSettings::default()
+    })
+    .await
+}
+
+/// The same with these engine settings.
+pub async fn start_with(engine: EngineSettings) -> (OcrClient<Channel>, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let settings = OcrSettings {
         models: repo().join("models"),
-        engine: EngineSettings {
-            device: DeviceChoice::Cpu,
-            max_queue_delay: Duration::from_millis(2),
-            ..EngineSettings::default()
-        },
+        engine,
         lease: None,
         limits: Limits {
             max_bytes: 4 << 20,
