@@ -185,7 +185,7 @@ impl Drop for AotiPackage {
     }
 }
 
-fn take_error(error: *mut c_char) -> String {
+pub(crate) fn take_error(error: *mut c_char) -> String {
     if error.is_null() {
         return "the AOTInductor shim failed without a message".into();
     }

@@ -8,10 +8,9 @@
 //! inside that request, which the engine halves and then refuses with
 //! `RESOURCE_EXHAUSTED`; the process, and every other process on the card, carry on.
 //!
-//! What this does not do: follow the leases as they change (a revoked lease does not
-//! lower the cap; that needs `CUDACachingAllocator::setMemoryFraction` through a C++
-//! shim built against libtorch's CUDA headers, not built: this project's libtorch is
-//! the CPU wheel), and peak leases are not counted (on CUDA the engine asks for none).
+//! This is the cap at start, before any lease. Once models hold leases the cap follows
+//! them through `setMemoryFraction` ([`crate::cuda_alloc`]): offloads and revocations
+//! lower it, a peak lease raises it for one call.
 
 /// The variable libtorch's allocator reads its configuration from.
 pub const ALLOC_CONF: &str = "PYTORCH_ALLOC_CONF";

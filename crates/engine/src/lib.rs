@@ -17,6 +17,7 @@
 
 pub mod admission;
 pub mod aoti;
+pub mod cuda_alloc;
 pub mod cuda_cap;
 pub mod health;
 pub mod manifest;
@@ -532,9 +533,17 @@ impl Engine {
         {
             Ok(lease) => {
                 tracing::info!(model = %self.manifest.name, lease = %lease.id(), bytes = above, "peak lease for one large input");
+                let cap = matches!(self.state.borrow().placement, Target::Cuda(_)).then(|| {
+                    cuda_alloc::Hold::new(
+                        format!("{}#peak-{}", self.manifest.model_key(), lease.id()),
+                        device as usize,
+                        above,
+                    )
+                });
                 Ok(Some(worker::Peak {
                     bytes: above,
                     lease,
+                    _cap: cap,
                 }))
             }
             Err(reason) => Err(AdmissionError::PeakRefused {

@@ -11,8 +11,8 @@
 //! (`malloc_trim`), so memory a pass reuses counts as well. The process is otherwise idle while a model loads and profiles run
 //! one at a time (a process-wide lock), and each size is measured twice keeping the
 //! smaller, so one-time costs of the first pass at a new shape do not count.
-//! On CUDA the pass allocates on the GPU, where tch exposes no allocator statistics:
-//! no profile is measured there (see docs on the GPU cap).
+//! On CUDA the pass allocates on the GPU: the worker reads the caching allocator's peak
+//! instead, through [`crate::cuda_alloc`] (tch exposes no allocator statistics).
 
 use std::sync::{Arc, Mutex, RwLock};
 

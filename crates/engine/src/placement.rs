@@ -241,6 +241,14 @@ impl Placer {
             Accelerator::Cuda => measure_own_vram(guard.device_uuid()).unwrap_or(0),
             Accelerator::Simulated => 0,
         };
+        // Until the commit, the allocator may take the estimate the lease granted.
+        if let Target::Cuda(device) = target {
+            crate::cuda_alloc::held(
+                &self.ctx.manifest.model_key(),
+                device,
+                guard.granted_bytes(),
+            );
+        }
         move_to(&self.ctx, target).await.map_err(|error| {
             format!("moving to {target:?} failed ({error}); staying on the CPU")
         })?;
@@ -273,6 +281,13 @@ impl Placer {
                 .await
                 {
                     Ok(work) => {
+                        if let Target::Cuda(device) = target {
+                            crate::cuda_alloc::held(
+                                &self.ctx.manifest.model_key(),
+                                device,
+                                guard.granted_bytes() + work.granted_bytes(),
+                            );
+                        }
                         self.work = Some(work);
                         Ok(())
                     }
@@ -403,9 +418,14 @@ async fn move_to(ctx: &PlacementContext, to: Target) -> Result<(), String> {
     ctx.control
         .send(Control::Move { to, done })
         .map_err(|_| "the model's thread has stopped".to_owned())?;
-    moved
+    let moved = moved
         .await
-        .map_err(|_| "the model's thread has stopped".to_owned())?
+        .map_err(|_| "the model's thread has stopped".to_owned())?;
+    if to == Target::Cpu && moved.is_ok() {
+        // Off the GPU: the allocator's cap there is what the process's others hold.
+        crate::cuda_alloc::released(&ctx.manifest.model_key());
+    }
+    moved
 }
 
 /// Runs one input through the model so the first request does not pay for lazy

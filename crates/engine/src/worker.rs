@@ -48,6 +48,8 @@ pub(crate) enum DeviceWork {
 pub(crate) struct Peak {
     pub(crate) bytes: u64,
     pub(crate) lease: plenum_lease::LeaseGuard,
+    /// On CUDA, the allocator's cap raised by the peak's bytes for the call.
+    pub(crate) _cap: Option<crate::cuda_alloc::Hold>,
 }
 
 /// Where the module's weights live.
@@ -274,16 +276,17 @@ fn handle_control(
     }
 }
 
-/// One pass per shape, its peak memory growth measured; `None` on CUDA (no allocator
-/// statistics through tch) or where the peak cannot be read.
+/// One pass per shape, its peak memory growth measured: on the CPU the process's
+/// resident memory, on CUDA the caching allocator's peak (through
+/// [`crate::cuda_alloc`]). `None` where the peak cannot be read.
 fn profile(
     model: &mut dyn Model,
     target: Target,
     shapes: &[Vec<i64>],
     call_started: &AtomicU64,
 ) -> Result<Option<MemoryProfile>, String> {
-    if matches!(target, Target::Cuda(_)) {
-        return Ok(None);
+    if let Target::Cuda(device) = target {
+        return Ok(measure_on_cuda(model, device, shapes, call_started));
     }
     let measured = measure_samples(model, target, shapes, call_started);
     memory_profile::restore_mmap_threshold();
@@ -314,10 +317,42 @@ fn measure_samples(
     Ok(MemoryProfile::fit(samples))
 }
 
+/// The same on CUDA from the allocator's statistics; `None` (with a warning) where
+/// they cannot be read or a pass fails.
+fn measure_on_cuda(
+    model: &mut dyn Model,
+    device: usize,
+    shapes: &[Vec<i64>],
+    call_started: &AtomicU64,
+) -> Option<MemoryProfile> {
+    let mut samples = Vec::new();
+    for shape in shapes {
+        let measured = Tensor::f_zeros(shape.as_slice(), (Kind::Float, Device::Cuda(device)))
+            .map_err(|error| error.to_string())
+            .and_then(|input| {
+                crate::cuda_alloc::peak_growth(device, || {
+                    timed(call_started, || model.forward(&input)).map(|_| ())
+                })
+            });
+        match measured {
+            Ok(bytes) => samples.push(Sample {
+                elements: memory_profile::elements(shape),
+                bytes,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "no working-memory profile on CUDA");
+                return None;
+            }
+        }
+    }
+    MemoryProfile::fit(samples)
+}
+
 /// Rows per model call for inputs of `row_elements` each: at most `max_batch`, and
 /// as many as the profile says fit the work budget (plus `peak`, bytes leased for this
-/// call alone). A row that alone does not fit is refused, naming its bytes. On CUDA
-/// there is no profile: a call that does not fit runs out of memory and is halved.
+/// call alone). A row that alone does not fit is refused, naming its bytes. Without a
+/// profile (CUDA without the allocator shim) a call that does not fit runs out of
+/// memory and is halved.
 pub(crate) fn chunk_rows(
     settings: &WorkerSettings,
     target: Target,
@@ -325,8 +360,7 @@ pub(crate) fn chunk_rows(
     peak: u64,
 ) -> Result<usize, EngineError> {
     let max_batch = settings.max_batch.max(1);
-    let budget = settings.work_budget(target).map(|bytes| bytes + peak);
-    let (Some(budget), false) = (budget, matches!(target, Target::Cuda(_))) else {
+    let Some(budget) = settings.work_budget(target).map(|bytes| bytes + peak) else {
         return Ok(max_batch);
     };
     let profile = settings
@@ -502,6 +536,11 @@ fn forward_or_halve(
         Err(error) if is_out_of_memory(&error) => error,
         Err(error) => return Err(EngineError::Inference(error)),
     };
+    if matches!(pass.target, Target::Cuda(_))
+        && let Err(cache) = crate::cuda_alloc::empty_cache()
+    {
+        tracing::debug!(error = %cache, "could not empty the CUDA cache");
+    }
     let rows = chunk.size().first().copied().unwrap_or(0);
     if rows <= 1 && pass.settings.cpu_fallback && matches!(pass.target, Target::Cuda(_)) {
         tracing::warn!(
