@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=cpp/aoti_shim.cpp");
+    println!("cargo:rerun-if-changed=cpp/shim_error.h");
     for var in ["LIBTORCH", "LIBTORCH_INCLUDE", "LIBTORCH_CXX11_ABI"] {
         println!("cargo:rerun-if-env-changed={var}");
     }

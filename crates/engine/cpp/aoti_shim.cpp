@@ -15,14 +15,9 @@
 
 using torch::inductor::AOTIModelPackageLoader;
 
-namespace {
-char* copy_message(const char* what) {
-    size_t n = std::strlen(what);
-    char* out = static_cast<char*>(std::malloc(n + 1));
-    if (out != nullptr) std::memcpy(out, what, n + 1);
-    return out;
-}
-}  // namespace
+#include "shim_error.h"
+
+using plenum::copy_message;
 
 extern "C" {
 

@@ -14,13 +14,10 @@
 
 namespace allocator = c10::cuda::CUDACachingAllocator;
 
+#include "shim_error.h"
+
 namespace {
-char* message(const char* what) {
-    size_t n = std::strlen(what);
-    char* out = static_cast<char*>(std::malloc(n + 1));
-    if (out != nullptr) std::memcpy(out, what, n + 1);
-    return out;
-}
+using plenum::copy_message;
 
 template <typename F>
 char* guarded(F call) {
@@ -28,9 +25,9 @@ char* guarded(F call) {
         call();
         return nullptr;
     } catch (const std::exception& e) {
-        return message(e.what());
+        return copy_message(e.what());
     } catch (...) {
-        return message("unknown C++ exception in the CUDA allocator");
+        return copy_message("unknown C++ exception in the CUDA allocator");
     }
 }
 }  // namespace

@@ -108,29 +108,35 @@ mod tests {
         engine: crate::EngineArgs,
     }
 
-    /// The plan of two models with a 1000-byte fp32 estimate and a 500-byte fp16 one.
-    fn plan(flags: &[&str]) -> Option<u64> {
+    /// A model with a 1000-byte fp32 estimate and these variants (one `precision` each).
+    fn model(variants: &[(&str, u64)]) -> crate::ModelManifest {
+        let variants: String = variants
+            .iter()
+            .map(|(precision, bytes)| {
+                format!(
+                    "[[variants]]\nprecision = \"{precision}\"\nfile = \"m.{precision}.pt\"\n\
+                     sha256 = \"bbbb\"\nvram_estimate_bytes = {bytes}\n"
+                )
+            })
+            .collect();
+        toml::from_str(&format!(
+            "name = \"m\"\ntask = \"detect\"\nfile = \"m.pt\"\nsha256 = \"aaaa\"\n\
+             vram_estimate_bytes = 1000\n[input]\nshape = [-1, 3, -1, -1]\n{variants}"
+        ))
+        .unwrap()
+    }
+
+    fn flags(flags: &[&str]) -> crate::EngineArgs {
         use clap::Parser as _;
-        let flags =
-            Flags::try_parse_from(std::iter::once("service").chain(flags.iter().copied())).unwrap();
-        let manifest: crate::ModelManifest = toml::from_str(
-            r#"
-            name = "m"
-            task = "detect"
-            file = "m.pt"
-            sha256 = "aaaa"
-            vram_estimate_bytes = 1000
-            [input]
-            shape = [-1, 3, -1, -1]
-            [[variants]]
-            precision = "fp16"
-            file = "m.fp16.pt"
-            sha256 = "bbbb"
-            vram_estimate_bytes = 500
-            "#,
-        )
-        .unwrap();
-        flags.engine.gpu_plan(&[manifest.clone(), manifest])
+        Flags::try_parse_from(std::iter::once("service").chain(flags.iter().copied()))
+            .unwrap()
+            .engine
+    }
+
+    /// The plan of two models with a 1000-byte fp32 estimate and a 500-byte fp16 one.
+    fn plan(args: &[&str]) -> Option<u64> {
+        let manifest = model(&[("fp16", 500)]);
+        flags(args).gpu_plan(&[manifest.clone(), manifest])
     }
 
     #[test]
@@ -154,34 +160,13 @@ mod tests {
 
     #[test]
     fn models_at_int8_are_left_out_of_the_plan() {
-        use clap::Parser as _;
-        let flags = Flags::try_parse_from(["service", "--precision", "int8"]).unwrap();
-        let manifest = |int8: &str| -> crate::ModelManifest {
-            toml::from_str(&format!(
-                r#"
-                name = "m"
-                task = "detect"
-                file = "m.pt"
-                sha256 = "aaaa"
-                vram_estimate_bytes = 1000
-                [input]
-                shape = [-1, 3, -1, -1]
-                {int8}
-                "#
-            ))
-            .unwrap()
-        };
-        let listed = manifest(
-            "[[variants]]\nprecision = \"int8\"\nfile = \"m.int8.pt\"\nsha256 = \"cccc\"\nvram_estimate_bytes = 0",
-        );
-        let without = manifest("");
+        let int8 = flags(&["--precision", "int8"]);
+        let listed = model(&[("int8", 0)]);
+        let without = model(&[]);
         assert_eq!(listed.runs_at(Precision::Int8), Precision::Int8);
         assert_eq!(without.runs_at(Precision::Int8), Precision::Fp32);
-        assert_eq!(
-            flags.engine.gpu_plan(&[listed.clone(), without]),
-            Some(2000)
-        );
-        assert_eq!(flags.engine.gpu_plan(&[listed]), None, "all int8: CPU only");
+        assert_eq!(int8.gpu_plan(&[listed.clone(), without]), Some(2000));
+        assert_eq!(int8.gpu_plan(&[listed]), None, "all int8: CPU only");
     }
 
     #[test]
