@@ -158,7 +158,7 @@ class Style:
     max_lw: int           # line widths 1..max_lw px
     rotate: bool          # symbols turned by a random multiple of 90 degrees
     tag_gap: float        # tags up to this many symbol widths away (plus 2 px)
-    more_lookalikes: bool  # pentagons, octagons, text boxes too
+    more_lookalikes: bool  # pentagons, heptagons, octagons, grid bubbles, text boxes too
     scan: bool            # grey paper, faded/broken strokes, wobble, skew, blur, noise, JPEG
 
     @staticmethod
@@ -225,12 +225,21 @@ def draw_lookalike(rng: np.random.Generator, scale: float = 1.0, more: bool = Fa
     lw = int(rng.integers(1, 4))
     pad = 4
     kinds = ["circle", "rect", "square", "triangle", "circle_dot", "diamond", "rect_line"]
-    kind = rng.choice(kinds + ["pentagon", "octagon", "text_box"] if more else kinds)
-    if kind in ("pentagon", "octagon"):  # hexagon-like, not a thermostat
+    kind = rng.choice(kinds + ["pentagon", "octagon", "text_box", "heptagon", "bubble"] if more else kinds)
+    if kind in ("pentagon", "heptagon", "octagon"):  # hexagon-like, not a thermostat
         s = max(int(rng.integers(18, 47) * scale), 12)
         img, d = _canvas(s + 2 * pad, s + 2 * pad)
         c = pad + s / 2
-        _poly(d, _regular_polygon(c, c, s / 2 - 0.5, 5 if kind == "pentagon" else 8, rng.uniform(0, math.pi)), lw)
+        sides = {"pentagon": 5, "heptagon": 7, "octagon": 8}[kind]
+        _poly(d, _regular_polygon(c, c, s / 2 - 0.5, sides, rng.uniform(0, math.pi)), lw)
+        return _sprite(img)
+    if kind == "bubble":  # a column-grid or section bubble: a circle with a letter or number
+        s = max(int(rng.integers(18, 47) * scale), 14)
+        img, d = _canvas(s + 2 * pad, s + 2 * pad)
+        d.ellipse([pad, pad, pad + s - 1, pad + s - 1], outline=0, width=lw)
+        mark = "ABCDEFGHJKLMNPRSTUVWXY"[int(rng.integers(22))] if rng.random() < 0.6 else str(int(rng.integers(1, 13)))
+        f = font(FONTS[int(rng.integers(len(FONTS)))], max(9, int(s * rng.uniform(0.4, 0.6))))
+        d.text((pad + s / 2, pad + s / 2), mark, font=f, fill=0, anchor="mm")
         return _sprite(img)
     if kind == "text_box":  # equipment name in a frame
         label = f"{DECOY_PREFIXES[int(rng.integers(len(DECOY_PREFIXES)))]}-{int(rng.integers(1, 40))}"
@@ -536,7 +545,9 @@ def render_page(width: int, height: int, rng: np.random.Generator, n_symbols: in
     order = [classes[int(rng.integers(len(classes)))] for _ in range(n_symbols)]
     for cls in order:
         page.add_symbol(cls, style)
-    for _ in range(int(rng.integers(3, 12) * max(area, 0.3) + 0.5)):
+    # randomized images get twice the look-alikes: the shapes a symbol must be told from
+    lookalikes = int(rng.integers(3, 12) * max(area, 0.3) * (2 if style and style.more_lookalikes else 1) + 0.5)
+    for _ in range(lookalikes):
         page.add_lookalike(style)
     for _ in range(int(rng.integers(3, 10) * max(area, 0.3) + 0.5)):
         if rng.random() < 0.6:
