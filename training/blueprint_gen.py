@@ -225,7 +225,13 @@ def draw_lookalike(rng: np.random.Generator, scale: float = 1.0, more: bool = Fa
     lw = int(rng.integers(1, 4))
     pad = 4
     kinds = ["circle", "rect", "square", "triangle", "circle_dot", "diamond", "rect_line"]
-    kind = rng.choice(kinds + ["pentagon", "octagon", "text_box", "heptagon", "bubble"] if more else kinds)
+    if more:
+        # half of them round or nearly: what a thermostat's hexagon must be told from
+        rounds = ["circle", "circle_dot", "bubble", "pentagon", "heptagon", "octagon"]
+        others = ["rect", "square", "triangle", "diamond", "rect_line", "text_box"]
+        kind = rng.choice(rounds if rng.random() < 0.5 else rounds + others)
+    else:
+        kind = rng.choice(kinds)
     if kind in ("pentagon", "heptagon", "octagon"):  # hexagon-like, not a thermostat
         s = max(int(rng.integers(18, 47) * scale), 12)
         img, d = _canvas(s + 2 * pad, s + 2 * pad)
@@ -545,8 +551,8 @@ def render_page(width: int, height: int, rng: np.random.Generator, n_symbols: in
     order = [classes[int(rng.integers(len(classes)))] for _ in range(n_symbols)]
     for cls in order:
         page.add_symbol(cls, style)
-    # randomized images get twice the look-alikes: the shapes a symbol must be told from
-    lookalikes = int(rng.integers(3, 12) * max(area, 0.3) * (2 if style and style.more_lookalikes else 1) + 0.5)
+    # randomized images get three times the look-alikes: the shapes a symbol must be told from
+    lookalikes = int(rng.integers(3, 12) * max(area, 0.3) * (3 if style and style.more_lookalikes else 1) + 0.5)
     for _ in range(lookalikes):
         page.add_lookalike(style)
     for _ in range(int(rng.integers(3, 10) * max(area, 0.3) + 0.5)):
