@@ -517,7 +517,8 @@ impl Engine {
     /// lease: the bytes above it, from the broker (see [`work_lease`]). Refused when
     /// the broker cannot grant them within `work_wait`.
     async fn peak_for(&self, row_elements: u64) -> Result<Option<worker::Peak>, AdmissionError> {
-        let device = match self.state.borrow().placement {
+        let placement = self.state.borrow().placement;
+        let device = match placement {
             Target::Cuda(index) | Target::SimulatedGpu(index) => index as u32,
             Target::Cpu => return Ok(None),
         };
@@ -533,7 +534,7 @@ impl Engine {
         {
             Ok(lease) => {
                 tracing::info!(model = %self.manifest.name, lease = %lease.id(), bytes = above, "peak lease for one large input");
-                let cap = matches!(self.state.borrow().placement, Target::Cuda(_)).then(|| {
+                let cap = matches!(placement, Target::Cuda(_)).then(|| {
                     cuda_alloc::Hold::new(
                         format!("{}#peak-{}", self.manifest.model_key(), lease.id()),
                         device as usize,

@@ -224,10 +224,12 @@ impl ModelManifest {
     /// of a service, and not every model has every variant (the OCR detector has no
     /// int8 one: quantized, it lost text regions).
     pub fn runs_at(&self, asked: Precision) -> Precision {
-        match self.with_precision(asked) {
-            Ok(_) => asked,
-            Err(_) => Precision::Fp32,
-        }
+        let listed = asked == self.precision
+            || self
+                .variants
+                .iter()
+                .any(|variant| variant.precision == asked);
+        if listed { asked } else { Precision::Fp32 }
     }
 
     /// The model file's path.

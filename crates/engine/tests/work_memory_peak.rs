@@ -13,21 +13,9 @@ use std::time::Duration;
 use hungry::{BYTES_PER_ELEMENT, Gate, MIB, pages, start_on};
 use plenum_engine::{DeviceChoice, Target};
 use plenum_lease::{LeaseClient, LeaseClientConfig};
-use plenum_proto::broker::v1::broker_client::BrokerClient;
-use plenum_proto::broker::v1::{Lease, LeasePurpose, StatusRequest};
-use support::start_broker;
+use support::{peak_leases, start_broker};
 
 const WORK: u64 = 192 * MIB;
-
-async fn peak_leases(url: &str) -> Vec<Lease> {
-    let mut broker = BrokerClient::connect(url.to_owned()).await.unwrap();
-    let status = broker.status(StatusRequest {}).await.unwrap().into_inner();
-    status
-        .leases
-        .into_iter()
-        .filter(|lease| lease.purpose() == LeasePurpose::Peak)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_over_the_work_lease_runs_under_a_peak_lease_held_for_that_call() {

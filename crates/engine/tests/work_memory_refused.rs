@@ -10,9 +10,7 @@ mod support;
 use hungry::{MIB, pages, start_with_fallback};
 use plenum_engine::{AdmissionError, DeviceChoice, EngineError, Target};
 use plenum_lease::{LeaseClient, LeaseClientConfig};
-use plenum_proto::broker::v1::broker_client::BrokerClient;
-use plenum_proto::broker::v1::{LeasePurpose, StatusRequest};
-use support::start_broker;
+use support::{peak_leases, start_broker};
 
 const WORK: u64 = 192 * MIB;
 
@@ -37,16 +35,7 @@ async fn without_the_cpu_fallback_a_peak_the_broker_cannot_grant_refuses_the_req
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert!(status.message().contains("bytes"), "{}", status.message());
     assert!(calls.lock().unwrap().is_empty(), "the model never saw it");
-    let mut broker = BrokerClient::connect(url.clone()).await.unwrap();
-    let status = broker.status(StatusRequest {}).await.unwrap().into_inner();
-    assert!(
-        !status
-            .leases
-            .iter()
-            .any(|lease| lease.purpose() == LeasePurpose::Peak),
-        "no peak lease: {:?}",
-        status.leases
-    );
+    assert!(peak_leases(&url).await.is_empty());
     let small = engine
         .infer(pages(1, 320))
         .await

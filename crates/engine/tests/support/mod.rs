@@ -28,6 +28,20 @@ pub fn rec_manifest() -> ModelManifest {
 }
 
 /// A real broker over simulated devices (`--simulate` syntax), 1 GiB reserved on each.
+/// The peak leases the broker at `url` holds now.
+#[allow(dead_code)] // the working-memory tests' only
+pub async fn peak_leases(url: &str) -> Vec<plenum_proto::broker::v1::Lease> {
+    use plenum_proto::broker::v1::broker_client::BrokerClient;
+    use plenum_proto::broker::v1::{LeasePurpose, StatusRequest};
+    let mut broker = BrokerClient::connect(url.to_owned()).await.unwrap();
+    let status = broker.status(StatusRequest {}).await.unwrap().into_inner();
+    status
+        .leases
+        .into_iter()
+        .filter(|lease| lease.purpose() == LeasePurpose::Peak)
+        .collect()
+}
+
 pub async fn start_broker(devices: &str) -> (String, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
