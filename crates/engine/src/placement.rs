@@ -241,12 +241,15 @@ impl Placer {
             Accelerator::Cuda => measure_own_vram(guard.device_uuid()).unwrap_or(0),
             Accelerator::Simulated => 0,
         };
-        // Until the commit, the allocator may take the estimate the lease granted.
+        // Until the commit, the allocator may take the weights' grant and the work
+        // lease the commit asks for: the warmup, and requests served meanwhile, run
+        // passes on the device before the work lease exists.
         if let Target::Cuda(device) = target {
+            let work = crate::work_lease::gpu_work_bytes(&self.ctx.manifest, &self.ctx.settings);
             crate::cuda_alloc::held(
                 &self.ctx.manifest.model_key(),
                 device,
-                guard.granted_bytes(),
+                guard.granted_bytes() + work,
             );
         }
         move_to(&self.ctx, target).await.map_err(|error| {
