@@ -315,6 +315,7 @@ def main() -> None:
         report["independent_page_check"] = [page_check(ts, classes, independent, size, conf)
                                             for size in (1600,) for conf in (0.25, 0.5)]
 
+    a.out = a.out.resolve()
     a.out.mkdir(parents=True, exist_ok=True)
     dst = a.out / f"{a.name}.torchscript"
     shutil.copyfile(ts, dst)

@@ -319,12 +319,22 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
         println!();
     }
 
-    // The generator's pages: measured 2026-11-29, recall 0.980, precision 0.838 and
-    // exact tags 0.965 of all 790 symbols (0.953 before the tag rule of issue 12);
-    // 0.828 when the page was read at the same time as detection, without the mask.
+    // The generator's pages must stay no worse than before the detector was retrained
+    // for issue 12: then recall 0.980, precision 0.838 and exact tags 0.965 of all 790
+    // symbols; measured 2026-11-30 with the retrained model, 0.997 / 0.842 / 0.982.
+    // (Exact tags were 0.828 when the page was read at the same time as detection,
+    // without the mask.)
     let own = own.all();
-    assert!(own.recall() >= 0.95, "recall {:.3}", own.recall());
-    assert!(own.tags() >= 0.93, "exact-tag accuracy {:.3}", own.tags());
+    for (what, value, floor) in [
+        ("recall", own.recall(), 0.98),
+        ("precision", own.precision(), 0.82),
+        ("exact tags", own.tags(), 0.96),
+    ] {
+        assert!(
+            value >= floor,
+            "generator pages: {what} {value:.3} < {floor}"
+        );
+    }
 
     // The independent pages: floors at what the shipped model reaches (BENCHMARKS.md
     // "Generalization"), so a regression fails; the goal is 0.97 / 0.97 / 0.93.
@@ -342,8 +352,8 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
 }
 
 /// Recall, precision and exact tags the independent pages must keep: measured
-/// 2026-11-29 with the shipped hvac-yolov8n, 202 symbols: recall 0.693, precision 0.569,
-/// exact tags 0.609 (0.421 before the tag rule reached 1.6 symbol sizes, weighed scores
-/// and patterns, and OCR used the angle classifier). A little slack for BLAS; the goal
-/// is 0.97 / 0.97 / 0.93 and needs a detector that generalizes (issue 12).
-const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.68, 0.55, 0.59);
+/// 2026-11-30 with hvac-yolov8n retrained with domain randomization, 202 symbols:
+/// recall 0.936, precision 0.548, exact tags 0.782 (the model before it: 0.693 / 0.569 /
+/// 0.609). Precision is the open problem: thermostats at 0.275, circles and polygons
+/// taken for hexagons. A little slack for BLAS; the goal is 0.97 / 0.97 / 0.93.
+const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.92, 0.53, 0.76);
