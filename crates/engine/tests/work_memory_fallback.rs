@@ -9,23 +9,17 @@ mod support;
 
 use std::time::Duration;
 
-use hungry::{MIB, pages, start_on};
-use plenum_engine::{DeviceChoice, Target};
-use plenum_lease::{LeaseClient, LeaseClientConfig};
+use hungry::{on_the_simulated_gpu, pages};
+use plenum_engine::Target;
 use plenum_proto::broker::v1::StatusRequest;
 use plenum_proto::broker::v1::broker_client::BrokerClient;
 use support::{peak_leases, start_broker};
-
-const WORK: u64 = 192 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peak_the_broker_cannot_grant_runs_the_input_on_the_cpu() {
     // 1 GiB leasable: the weights (256 MiB) and the work lease fit, a 2.8 GiB peak never does.
     let (url, shutdown) = start_broker("small:2GiB").await;
-    let lease = LeaseClient::connect(LeaseClientConfig::new(url.clone(), "hungry")).unwrap();
-    let (engine, calls) = start_on(DeviceChoice::SimGpu, Some(WORK), Some(lease), None).await;
-    let state = engine.state().borrow().clone();
-    assert_eq!(state.placement, Target::SimulatedGpu(0), "{}", state.reason);
+    let (engine, calls) = on_the_simulated_gpu(&url, None, true).await;
 
     let output = engine
         .infer(pages(2, 4096))

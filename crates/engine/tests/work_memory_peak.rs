@@ -10,17 +10,12 @@ mod support;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use hungry::{BYTES_PER_ELEMENT, Gate, MIB, pages, start_on};
-use plenum_engine::{DeviceChoice, Target};
-use plenum_lease::{LeaseClient, LeaseClientConfig};
+use hungry::{BYTES_PER_ELEMENT, GPU_WORK, Gate, on_the_simulated_gpu, pages};
 use support::{peak_leases, start_broker};
-
-const WORK: u64 = 192 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_over_the_work_lease_runs_under_a_peak_lease_held_for_that_call() {
     let (url, shutdown) = start_broker("GTX 1070:8GiB").await;
-    let lease = LeaseClient::connect(LeaseClientConfig::new(url.clone(), "hungry")).unwrap();
     let (entered, entered_rx) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
     let gate = Arc::new(Gate {
@@ -28,9 +23,7 @@ async fn a_row_over_the_work_lease_runs_under_a_peak_lease_held_for_that_call() 
         entered,
         release: Mutex::new(release_rx),
     });
-    let (engine, calls) = start_on(DeviceChoice::SimGpu, Some(WORK), Some(lease), Some(gate)).await;
-    let state = engine.state().borrow().clone();
-    assert_eq!(state.placement, Target::SimulatedGpu(0), "{}", state.reason);
+    let (engine, calls) = on_the_simulated_gpu(&url, Some(gate), true).await;
     assert!(peak_leases(&url).await.is_empty());
 
     // 2048² × 3 elements × 64 bytes = 768 MiB for the row, by the profile.
@@ -50,7 +43,7 @@ async fn a_row_over_the_work_lease_runs_under_a_peak_lease_held_for_that_call() 
     assert_eq!(peak.device_index, 0);
     assert!(peak.model_key.ends_with("#peak"), "{}", peak.model_key);
     assert!(
-        peak.granted_bytes > row - WORK - row / 4 && peak.granted_bytes < row,
+        peak.granted_bytes > row - GPU_WORK - row / 4 && peak.granted_bytes < row,
         "the peak covers the row's bytes above the work lease: {} granted for a {row}-byte row",
         peak.granted_bytes
     );

@@ -7,27 +7,20 @@ mod hungry;
 #[allow(dead_code)]
 mod support;
 
-use hungry::{MIB, pages, start_with_fallback};
-use plenum_engine::{AdmissionError, DeviceChoice, EngineError, Target};
-use plenum_lease::{LeaseClient, LeaseClientConfig};
+use hungry::{GPU_WORK, MIB, on_the_simulated_gpu, pages};
+use plenum_engine::{AdmissionError, EngineError};
 use support::{peak_leases, start_broker};
-
-const WORK: u64 = 192 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_cpu_fallback_a_peak_the_broker_cannot_grant_refuses_the_request() {
     let (url, shutdown) = start_broker("small:2GiB").await;
-    let lease = LeaseClient::connect(LeaseClientConfig::new(url.clone(), "hungry")).unwrap();
-    let (engine, calls) =
-        start_with_fallback(DeviceChoice::SimGpu, Some(WORK), Some(lease), None, false).await;
-    let state = engine.state().borrow().clone();
-    assert_eq!(state.placement, Target::SimulatedGpu(0), "{}", state.reason);
+    let (engine, calls) = on_the_simulated_gpu(&url, None, false).await;
 
     let refused = engine.infer(pages(1, 4096)).await.unwrap_err();
     match &refused {
         EngineError::Admission(AdmissionError::PeakRefused { bytes, budget, .. }) => {
             assert!(*bytes > 2 * 1024 * MIB, "{refused}");
-            assert_eq!(*budget, WORK);
+            assert_eq!(*budget, GPU_WORK);
         }
         other => panic!("expected a refused peak, got {other:?}"),
     }

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use plenum_lease::LeaseClient;
+use plenum_lease::{LeaseClient, LeaseClientConfig};
 
 use plenum_engine::tch::{Device, Kind, Tensor};
 use plenum_engine::{
-    DeviceChoice, Engine, EngineMetrics, EngineSettings, Model, ModelLoader, ModelManifest,
+    DeviceChoice, Engine, EngineMetrics, EngineSettings, Model, ModelLoader, ModelManifest, Target,
 };
 
 /// Bytes the fake's pass takes per input element. Large enough that the smallest
@@ -75,21 +75,36 @@ fn manifest() -> ModelManifest {
 /// An engine over the fake on the CPU, profiled at load, and the rows of each model
 /// call after the profile's passes.
 pub async fn start(work_memory: Option<u64>) -> (Engine, Arc<Mutex<Vec<i64>>>) {
-    start_on(DeviceChoice::Cpu, work_memory, None, None).await
+    launch(DeviceChoice::Cpu, work_memory, None, None, true).await
 }
 
-/// The same on `device`, under `lease`'s broker, its passes held by `gate`.
-pub async fn start_on(
-    device: DeviceChoice,
-    work_memory: Option<u64>,
-    lease: Option<LeaseClient>,
+/// The work lease the engine on a simulated GPU asks for.
+pub const GPU_WORK: u64 = 192 * MIB;
+
+/// The same on the simulated GPU of the broker at `broker_url`, with a [`GPU_WORK`]
+/// work lease, its passes held by `gate`, and an input the GPU cannot take run on the
+/// CPU or not (`cpu_fallback`). Panics unless the engine was placed on that GPU.
+pub async fn on_the_simulated_gpu(
+    broker_url: &str,
     gate: Option<Arc<Gate>>,
+    cpu_fallback: bool,
 ) -> (Engine, Arc<Mutex<Vec<i64>>>) {
-    start_with_fallback(device, work_memory, lease, gate, true).await
+    let lease = LeaseClient::connect(LeaseClientConfig::new(broker_url.to_owned(), "hungry"))
+        .expect("a lease client");
+    let (engine, calls) = launch(
+        DeviceChoice::SimGpu,
+        Some(GPU_WORK),
+        Some(lease),
+        gate,
+        cpu_fallback,
+    )
+    .await;
+    let state = engine.state().borrow().clone();
+    assert_eq!(state.placement, Target::SimulatedGpu(0), "{}", state.reason);
+    (engine, calls)
 }
 
-/// The same, choosing whether an input the GPU cannot take runs on the CPU.
-pub async fn start_with_fallback(
+async fn launch(
     device: DeviceChoice,
     work_memory: Option<u64>,
     lease: Option<LeaseClient>,

@@ -27,7 +27,6 @@ pub fn rec_manifest() -> ModelManifest {
     ModelManifest::load(&path).expect("valid manifest")
 }
 
-/// A real broker over simulated devices (`--simulate` syntax), 1 GiB reserved on each.
 /// The peak leases the broker at `url` holds now.
 #[allow(dead_code)] // the working-memory tests' only
 pub async fn peak_leases(url: &str) -> Vec<plenum_proto::broker::v1::Lease> {
@@ -42,6 +41,7 @@ pub async fn peak_leases(url: &str) -> Vec<plenum_proto::broker::v1::Lease> {
         .collect()
 }
 
+/// A real broker over simulated devices (`--simulate` syntax), 1 GiB reserved on each.
 pub async fn start_broker(devices: &str) -> (String, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
