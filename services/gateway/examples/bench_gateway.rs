@@ -103,6 +103,7 @@ impl Clients {
                 image: image.to_vec(),
                 classify_angle: false,
                 ignore_regions,
+                read_within: vec![],
             })
             .await
             .unwrap();

@@ -85,6 +85,19 @@ pub enum Padding {
     Pixels(f32),
 }
 
+/// The region a symbol looks for its tag in: its box grown by `padding` on every
+/// side. [`assign`] pairs a symbol only with lines that touch it, so text touching
+/// no symbol's region can never be a tag.
+pub fn search_region(symbol: &Rect, padding: Padding) -> Rect {
+    let pad = padding.around(symbol);
+    Rect::new(
+        symbol.x_min - pad,
+        symbol.y_min - pad,
+        symbol.x_max + pad,
+        symbol.y_max + pad,
+    )
+}
+
 pub const MIN_RELATIVE_PADDING: f32 = 12.0;
 /// The default search region, in symbol sizes (longer side) around the box.
 pub const RELATIVE_REACH: f32 = 1.6;
@@ -251,6 +264,28 @@ mod tests {
         Symbol {
             score,
             ..Symbol::at(rect)
+        }
+    }
+
+    #[test]
+    fn every_line_a_symbol_can_take_touches_its_search_region() {
+        let symbol = r(300.0, 300.0, 340.0, 340.0);
+        let padding = Padding::Relative;
+        let region = search_region(&symbol, padding);
+        let touches = |l: &Rect| {
+            l.x_min <= region.x_max
+                && region.x_min <= l.x_max
+                && l.y_min <= region.y_max
+                && region.y_min <= l.y_max
+        };
+        // Lines on a grid around the symbol, near and far: taken exactly when touching.
+        for x in (150..500).step_by(7) {
+            for y in (150..500).step_by(11) {
+                let line = r(x as f32, y as f32, x as f32 + 30.0, y as f32 + 8.0);
+                let taken = plain(&[Symbol::at(symbol)], &[line], padding).tag_of[0].is_some();
+                let inside = line.intersection(&symbol) >= INSIDE_SYMBOL * line.area();
+                assert_eq!(taken, touches(&line) && !inside, "{line:?}");
+            }
         }
     }
 

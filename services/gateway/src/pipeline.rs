@@ -198,6 +198,38 @@ pub fn tag_text(raw: &str) -> String {
         .to_owned()
 }
 
+/// Slack added around each search region sent as `read_within`: OCR's touch test
+/// and the assignment's gap test round differently at the edge, and a line read in
+/// vain costs only time.
+const READ_WITHIN_SLACK_PX: f32 = 1.0;
+
+/// Which lines OCR should read: `Some(regions)` where only lines touching one could
+/// matter (empty = all of them), `None` when no line could, and OCR need not run.
+///
+/// Only lines touching a symbol's search region can become its tag, so unless the
+/// caller wants the page's other text too, OCR reads just those: on the sample pages
+/// most lines are notes, dimensions and title-block text no symbol can claim, and
+/// reading them was most of OCR's time.
+fn lines_to_read(
+    detections: &[det::Detection],
+    wants_tag: &[bool],
+    options: &Options,
+) -> Option<Vec<common::Box>> {
+    if options.include_unassigned_text {
+        return Some(Vec::new());
+    }
+    let regions: Vec<common::Box> = detections
+        .iter()
+        .zip(wants_tag)
+        .filter(|(_, wants)| **wants)
+        .map(|(d, _)| {
+            let region = assign::search_region(&rect(d.r#box), options.padding);
+            to_box(grown(region, READ_WITHIN_SLACK_PX))
+        })
+        .collect();
+    (!regions.is_empty()).then_some(regions)
+}
+
 async fn timed<F: Future>(future: F) -> (F::Output, Duration) {
     let started = Instant::now();
     let output = future.await;
@@ -274,11 +306,6 @@ impl Pipeline {
                 .unwrap_or(deadline)
                 .max(Instant::now())
         });
-        let (lines, ocr_time) = timed(self.read_text(image, symbol_regions, ocr_deadline))
-            .instrument(tracing::info_span!("ocr"))
-            .await;
-
-        let _span = tracing::info_span!("assign").entered();
         let wants_tag: Vec<bool> = detections
             .iter()
             .map(|d| {
@@ -286,6 +313,16 @@ impl Pipeline {
                     || options.classes_to_read.contains(&d.class_name)
             })
             .collect();
+        let (lines, ocr_time) = match lines_to_read(&detections, &wants_tag, &options) {
+            Some(read_within) => {
+                timed(self.read_text(image, symbol_regions, read_within, ocr_deadline))
+                    .instrument(tracing::info_span!("ocr"))
+                    .await
+            }
+            None => (Ok(Vec::new()), Duration::ZERO),
+        };
+
+        let _span = tracing::info_span!("assign").entered();
         let patterns = TagPatterns::new(&tag_patterns);
         let mut symbols: Vec<pb::Symbol> = detections
             .into_iter()
@@ -433,6 +470,7 @@ impl Pipeline {
         &self,
         image: Arc<Vec<u8>>,
         ignore_regions: Vec<common::Box>,
+        read_within: Vec<common::Box>,
         deadline: Option<Instant>,
     ) -> Result<Vec<Line>, Status> {
         let response = self
@@ -440,6 +478,7 @@ impl Pipeline {
             .call(deadline, |stack, timeout| {
                 let image = Vec::clone(&image);
                 let ignore_regions = ignore_regions.clone();
+                let read_within = read_within.clone();
                 async move {
                     let mut client = OcrClient::with_interceptor(stack, inject_trace_context)
                         .max_decoding_message_size(MAX_BACKEND_RESPONSE_BYTES);
@@ -451,6 +490,7 @@ impl Pipeline {
                         image,
                         classify_angle: true,
                         ignore_regions,
+                        read_within,
                     });
                     if let Some(timeout) = timeout {
                         request.set_timeout(timeout);

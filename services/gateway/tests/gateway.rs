@@ -160,8 +160,10 @@ async fn tags_are_joined_to_their_symbols() {
     // One call to each backend, with no deadline when the client gave none.
     assert_eq!((db.calls(), ob.calls()), (1, 1));
     assert_eq!(*db.last_timeout.lock().unwrap(), None);
-    // OCR was told to paint out the three symbols before reading.
+    // OCR was told to paint out the three symbols before reading, and to read every
+    // line: the caller wants the page's other text too.
     assert_eq!(ob.last_ignore_regions.load(Ordering::SeqCst), 3);
+    assert!(ob.last_read_within.lock().unwrap().is_empty());
     assert_eq!(
         metric(
             &gw.registry,
@@ -176,7 +178,8 @@ async fn tags_are_joined_to_their_symbols() {
 async fn only_the_classes_asked_for_are_read_and_unassigned_text_is_opt_in() {
     let (detections, lines) = page();
     let detector = FakeServer::detector(Behaviour::new(), detections);
-    let ocr = FakeServer::ocr(Behaviour::new(), lines);
+    let ob = Behaviour::new();
+    let ocr = FakeServer::ocr(Arc::clone(&ob), lines);
     let mut gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
     let response = gw
         .client
@@ -197,6 +200,39 @@ async fn only_the_classes_asked_for_are_read_and_unassigned_text_is_opt_in() {
     );
     assert_eq!(response.symbols[1].tag, "MD-31");
     assert!(response.unassigned_text.is_empty());
+    // OCR reads only the lines within the damper's reach: its 20 px box grown by 1.6
+    // times its side (32 px) and a pixel of slack.
+    assert_eq!(
+        *ob.last_read_within.lock().unwrap(),
+        vec![bx(267.0, 267.0, 353.0, 353.0).unwrap()]
+    );
+}
+
+#[tokio::test]
+async fn a_page_with_no_symbol_wanting_a_tag_is_not_sent_to_ocr() {
+    let (detections, lines) = page();
+    let detector = FakeServer::detector(Behaviour::new(), detections);
+    let ob = Behaviour::new();
+    let ocr = FakeServer::ocr(Arc::clone(&ob), lines);
+    let mut gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
+    let response = gw
+        .client
+        .analyze(analyze(
+            png(800, 600),
+            pb::AnalyzeOptions {
+                classes_to_read: vec!["diffuser".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.symbols.len(), 3);
+    for symbol in &response.symbols {
+        assert_eq!(symbol.tag_missing_reason(), TagMissingReason::NotRequested);
+    }
+    assert_eq!(ob.calls(), 0, "no line could be a tag, so none was read");
+    assert_eq!(response.timings.unwrap().ocr_us, 0);
 }
 
 #[tokio::test]

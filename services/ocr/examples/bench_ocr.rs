@@ -49,6 +49,7 @@ async fn main() {
             image: std::fs::read(repo().join("tests/ocr/read/sheet.png")).unwrap(),
             classify_angle: true,
             ignore_regions: vec![],
+            read_within: vec![],
         })
     } else {
         let mut names: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/ocr/crops"))

@@ -56,11 +56,13 @@ impl PageReader {
     }
 
     /// The lines of `image` in reading order, those read with a score under 0.5 left
-    /// out, as RapidOCR returns them.
+    /// out, as RapidOCR returns them. With `within` regions (source pixels), only the
+    /// lines whose box touches one of them are read; empty reads every line.
     pub async fn read(
         &self,
         image: RgbImage,
         classify_angle: bool,
+        within: &[[f32; 4]],
     ) -> Result<Vec<Line>, ReadError> {
         let prepared = tokio::task::spawn_blocking(move || {
             let Some(page) = Page::new(image)? else {
@@ -84,6 +86,7 @@ impl PageReader {
             .view([-1])
             .try_into()
             .map_err(|e: plenum_engine::tch::TchError| EngineError::Inference(e.to_string()))?;
+        let within = within.to_vec();
         let (page, quads, crops) = tokio::task::spawn_blocking(move || {
             let (w, h) = page.image.dimensions();
             let quads = detect::reading_order(detect::boxes_from_map(
@@ -95,6 +98,7 @@ impl PageReader {
             ));
             let (quads, crops): (Vec<_>, Vec<_>) = quads
                 .into_iter()
+                .filter(|quad| within.is_empty() || touches_any(&page.to_source(quad), &within))
                 .filter_map(|quad| detect::crop(&page.image, &quad).map(|crop| (quad, crop)))
                 .unzip();
             (page, quads, crops)
@@ -115,5 +119,44 @@ impl PageReader {
                 score: r.score,
             })
             .collect())
+    }
+}
+
+/// Whether the bounding box of `quad` touches (shares at least a point with) one of
+/// `regions`.
+fn touches_any(quad: &[PointF; 4], regions: &[[f32; 4]]) -> bool {
+    let xs = quad.map(|p| p[0]);
+    let ys = quad.map(|p| p[1]);
+    let (x_min, x_max) = (
+        xs.into_iter().fold(f32::INFINITY, f32::min),
+        xs.into_iter().fold(f32::NEG_INFINITY, f32::max),
+    );
+    let (y_min, y_max) = (
+        ys.into_iter().fold(f32::INFINITY, f32::min),
+        ys.into_iter().fold(f32::NEG_INFINITY, f32::max),
+    );
+    regions.iter().any(|&[rx_min, ry_min, rx_max, ry_max]| {
+        x_min <= rx_max && rx_min <= x_max && y_min <= ry_max && ry_min <= y_max
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::touches_any;
+
+    #[test]
+    fn a_line_touching_a_region_even_at_one_edge_is_read_and_one_apart_is_not() {
+        let line = [[10.0, 20.0], [50.0, 20.0], [50.0, 30.0], [10.0, 30.0]];
+        assert!(touches_any(&line, &[[40.0, 25.0, 90.0, 90.0]]));
+        assert!(
+            touches_any(&line, &[[50.0, 30.0, 60.0, 40.0]]),
+            "corner to corner"
+        );
+        assert!(!touches_any(&line, &[[50.5, 0.0, 90.0, 90.0]]));
+        assert!(!touches_any(&line, &[[0.0, 30.5, 90.0, 90.0]]));
+        assert!(touches_any(
+            &line,
+            &[[0.0, 30.5, 90.0, 90.0], [0.0, 0.0, 10.0, 20.0]]
+        ));
     }
 }

@@ -119,7 +119,8 @@ impl Ocr for OcrService {
         request: Request<pb::ReadTextRequest>,
     ) -> Result<Response<pb::ReadTextResponse>, Status> {
         let request = request.into_inner();
-        let ignore = ignore_regions(&request.ignore_regions)?;
+        let ignore = regions("ignore_regions", &request.ignore_regions)?;
+        let within = regions("read_within", &request.read_within)?;
         let reader = self.reader()?;
         let limits = self.limits;
         let (width, height) =
@@ -142,14 +143,13 @@ impl Ocr for OcrService {
         .map_err(|_| Status::internal("decoding failed"))?
         .map_err(|e| bad("image", e.to_string()))?;
         let (width, height) = image.dimensions();
-        let lines =
-            reader
-                .read(image, request.classify_angle)
-                .await
-                .map_err(|error| match error {
-                    ReadError::Engine(error) => engine_status(error),
-                    ReadError::TooLarge(error) => bad("image", error.to_string()),
-                })?;
+        let lines = reader
+            .read(image, request.classify_angle, &within)
+            .await
+            .map_err(|error| match error {
+                ReadError::Engine(error) => engine_status(error),
+                ReadError::TooLarge(error) => bad("image", error.to_string()),
+            })?;
         Ok(Response::new(pb::ReadTextResponse {
             lines: lines.into_iter().map(text_line).collect(),
             width,
@@ -158,15 +158,15 @@ impl Ocr for OcrService {
     }
 }
 
-/// Most regions one ReadText may ignore.
-const MAX_IGNORE_REGIONS: usize = 10_000;
+/// Most regions one ReadText may list in each of its region fields.
+const MAX_REGIONS: usize = 10_000;
 
-/// Checked `ignore_regions`: finite, not inverted.
-fn ignore_regions(regions: &[common::Box]) -> Result<Vec<[f32; 4]>, Status> {
-    if regions.len() > MAX_IGNORE_REGIONS {
+/// The checked regions of the request field `field`: finite, not inverted.
+fn regions(field: &str, regions: &[common::Box]) -> Result<Vec<[f32; 4]>, Status> {
+    if regions.len() > MAX_REGIONS {
         return Err(bad(
-            "ignore_regions",
-            format!("{} regions; at most {MAX_IGNORE_REGIONS}", regions.len()),
+            field,
+            format!("{} regions; at most {MAX_REGIONS}", regions.len()),
         ));
     }
     regions
@@ -176,7 +176,7 @@ fn ignore_regions(regions: &[common::Box]) -> Result<Vec<[f32; 4]>, Status> {
             let corners = [r.x_min, r.y_min, r.x_max, r.y_max];
             if corners.iter().any(|v| !v.is_finite()) || r.x_min > r.x_max || r.y_min > r.y_max {
                 return Err(bad(
-                    format!("ignore_regions[{index}]"),
+                    format!("{field}[{index}]"),
                     "must be finite with x_min <= x_max and y_min <= y_max",
                 ));
             }

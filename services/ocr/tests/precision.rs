@@ -33,6 +33,7 @@ async fn asked_for_int8_the_service_runs_det_at_fp32_and_reads_the_tag() {
             image: std::fs::read(repo().join("tests/ocr/read/tag_ahu.png")).unwrap(),
             classify_angle: true,
             ignore_regions: vec![],
+            read_within: vec![],
         })
         .await
         .expect("read")

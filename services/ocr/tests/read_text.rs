@@ -56,6 +56,7 @@ async fn read_text_reads_what_rapidocr_reads() {
                 image: std::fs::read(dir.join(&case.image)).unwrap(),
                 classify_angle: true,
                 ignore_regions: vec![],
+                read_within: vec![],
             })
             .await
             .expect("read")
@@ -165,6 +166,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
                 image,
                 classify_angle: false,
                 ignore_regions: vec![],
+                read_within: vec![],
             })
             .await
             .expect_err(what);
@@ -187,6 +189,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
             image: good,
             classify_angle: false,
             ignore_regions: vec![],
+            read_within: vec![],
         })
         .await
         .expect("still serving")
@@ -224,6 +227,7 @@ async fn a_page_of_black_ink_on_transparency_reads_as_ink_on_white() {
             image: transparent,
             classify_angle: false,
             ignore_regions: vec![],
+            read_within: vec![],
         })
         .await
         .expect("read")

@@ -42,6 +42,8 @@ pub struct Behaviour {
     pub last_timeout: Mutex<Option<String>>,
     /// How many regions to ignore the last ReadText call carried.
     pub last_ignore_regions: AtomicUsize,
+    /// The `read_within` regions of the last ReadText call.
+    pub last_read_within: Mutex<Vec<common::Box>>,
     /// Whether the last call carried a `traceparent`.
     pub last_traceparent: Mutex<Option<String>>,
 }
@@ -226,6 +228,11 @@ impl ocr_server::Ocr for FakeOcr {
         self.behaviour
             .last_ignore_regions
             .store(request.get_ref().ignore_regions.len(), Ordering::SeqCst);
+        self.behaviour
+            .last_read_within
+            .lock()
+            .unwrap()
+            .clone_from(&request.get_ref().read_within);
         let answer = ocr::ReadTextResponse {
             lines: self.lines.clone(),
             width: 0,
