@@ -66,6 +66,7 @@ async fn main() {
         max_request_bytes: 64 << 20,
         tile_overlap: 128,
         max_single_pass: 2048,
+        pass_scale: 1.0,
         drain_timeout: Duration::from_millis(100),
     };
     let registry = prometheus::Registry::new();

@@ -42,6 +42,20 @@ pub struct Config {
     /// pass at their own scale; larger ones are tiled.
     #[arg(long, env = "PLENUM_MAX_SINGLE_PASS", default_value_t = 2048)]
     pub max_single_pass: u32,
+    /// Scale of that one pass, in (0.25, 1]: 1 feeds the page at its own scale; 0.8
+    /// reads a 1600x1200 page at 1280x960, in about two thirds of the time, but misses
+    /// more of the smallest symbols (BENCHMARKS.md, "Detector pass scale").
+    #[arg(long, env = "PLENUM_PASS_SCALE", default_value_t = 1.0, value_parser = pass_scale)]
+    pub pass_scale: f32,
+}
+
+fn pass_scale(value: &str) -> Result<f32, String> {
+    let scale: f32 = value.parse().map_err(|e| format!("not a number: {e}"))?;
+    if scale > 0.25 && scale <= 1.0 {
+        Ok(scale)
+    } else {
+        Err(format!("must be in (0.25, 1], got {scale}"))
+    }
 }
 
 /// The service's name and default addresses.

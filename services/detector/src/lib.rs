@@ -37,6 +37,8 @@ pub struct DetectorSettings {
     pub tile_overlap: u32,
     /// Longest page side fed to the model in one pass at native scale; tiles beyond.
     pub max_single_pass: u32,
+    /// Scale of that one pass (1 = the page's own).
+    pub pass_scale: f32,
     pub drain_timeout: Duration,
 }
 
@@ -92,6 +94,7 @@ pub async fn run(
             settings.tile_overlap,
             settings.max_single_pass,
         )
+        .with_pass_scale(settings.pass_scale)
         .with_work_memory(work_memory, work_wait),
     );
     serving.serve(&[engine]).await

@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
             max_request_bytes: config.max_request_bytes as usize,
             tile_overlap: config.tile_overlap,
             max_single_pass: config.max_single_pass,
+            pass_scale: config.pass_scale,
             drain_timeout: config.server.drain_timeout,
         };
         tracing::info!("NOT_SERVING until the model is loaded");

@@ -107,6 +107,54 @@ async fn detections_equal_ultralytics_predict_on_the_same_torchscript() {
     shutdown.cancel();
 }
 
+/// The boxes, classes and scores of one image's detections, for comparing answers.
+fn found(response: pb::DetectResponse) -> Vec<(String, [f32; 4], f32)> {
+    response.results[0]
+        .detections
+        .iter()
+        .map(|d| {
+            let b = d.r#box.unwrap();
+            (
+                d.class_name.clone(),
+                [b.x_min, b.y_min, b.x_max, b.y_max],
+                d.score,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_scale_reads_the_page_in_one_pass_at_that_scale() {
+    let page = std::fs::read(repo().join("tests/pages/page_0000.png")).unwrap();
+    let (mut scaled, stop_scaled) =
+        support::start_with_pass_scale("hvac-yolov8n", support::cpu_engine(), 12_000_000, 0.8)
+            .await;
+    let (mut native, stop_native) = start("hvac-yolov8n").await;
+    let at_0_8 = found(
+        scaled
+            .detect(detect_request(vec![page.clone()], pb::Tiling::Auto))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    // 0.8 of the 1600x1200 page is the 1280 letterbox Ultralytics' imgsz=1280 makes.
+    let mut letterboxed = detect_request(vec![page.clone()], pb::Tiling::Off);
+    letterboxed.options.as_mut().unwrap().input_size = 1280;
+    let at_1280 = found(native.detect(letterboxed).await.unwrap().into_inner());
+    let at_own_scale = found(
+        native
+            .detect(detect_request(vec![page], pb::Tiling::Auto))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(at_0_8.len() >= 20, "{} symbols found", at_0_8.len());
+    assert_eq!(at_0_8, at_1280);
+    assert_ne!(at_0_8, at_own_scale, "the scale changed nothing");
+    stop_scaled.cancel();
+    stop_native.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_with_two_classes_works_the_same_way() {
     let (mut client, shutdown) = start("test-2class").await;

@@ -91,6 +91,7 @@ async fn start(
         max_request_bytes: 16 << 20,
         tile_overlap: 128,
         max_single_pass: 2048,
+        pass_scale: 1.0,
         drain_timeout: Duration::from_millis(200),
     };
     let stop = shutdown.clone();

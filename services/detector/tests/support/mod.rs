@@ -31,6 +31,16 @@ pub async fn start(
     engine: EngineSettings,
     max_pixels: u64,
 ) -> (DetectorClient<Channel>, CancellationToken) {
+    start_with_pass_scale(model, engine, max_pixels, 1.0).await
+}
+
+/// [`start`] with `--pass-scale pass_scale`.
+pub async fn start_with_pass_scale(
+    model: &str,
+    engine: EngineSettings,
+    max_pixels: u64,
+    pass_scale: f32,
+) -> (DetectorClient<Channel>, CancellationToken) {
     let manifest = load_manifest(&repo().join("models"), model).expect("committed model");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -47,6 +57,7 @@ pub async fn start(
         max_request_bytes: 16 << 20,
         tile_overlap: 128,
         max_single_pass: 2048,
+        pass_scale,
         drain_timeout: Duration::from_millis(200),
     };
     let registry = prometheus::Registry::new();
