@@ -17,8 +17,10 @@ falls on both alike. Both are scored against the generator's ground truth: recal
 (right class at IoU >= 0.5) and exact tags. Then throughput: Plenum with 4 callers at
 once against the baseline's one process.
 
-Usage: bench-pipeline.py "NAME=GATEWAY_ADDR ..." ROUNDS [--sweep] PAGE.png...
-  one or more stacks (e.g. plenum-auto and plenum-torchscript), all interleaved.
+Usage: bench-pipeline.py "NAME=GATEWAY_ADDR[+all-text] ..." ROUNDS [--sweep] PAGE.png...
+  one or more stacks (e.g. plenum-auto and plenum-torchscript), all interleaved;
+  +all-text asks for `include_unassigned_text`, so OCR reads every line of the page
+  instead of only those within a symbol's reach (the gateway before `read_within`).
   --sweep  also run the baseline alone at imgsz 960, 1280 and 1600 (recall, p50).
 """
 from __future__ import annotations
@@ -78,6 +80,8 @@ class Plenum:
 
     def __init__(self, name, addr):
         self.name = name
+        addr, _, variant = addr.partition("+")
+        self.all_text = variant == "all-text"
         import grpc
         from grpc_tools import protoc
 
@@ -94,7 +98,8 @@ class Plenum:
         self.stub = gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(addr, options=options))
 
     def call(self, image):
-        return self.stub.Analyze(self.pb.AnalyzeRequest(image=image), timeout=600)
+        options = self.pb.AnalyzeOptions(include_unassigned_text=self.all_text)
+        return self.stub.Analyze(self.pb.AnalyzeRequest(image=image, options=options), timeout=600)
 
     def analyze(self, path):
         image = path.read_bytes()

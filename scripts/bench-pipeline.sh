@@ -5,7 +5,10 @@
 # installed here if missing). Usage: scripts/bench-pipeline.sh [PAGES] [ROUNDS] [--sweep]
 # (--sweep: also the baseline alone at imgsz 960, 1280 and 1600).
 # FORMATS="auto torchscript" starts one stack per --model-format (PLENUM_MODEL_FORMAT) and
-# interleaves them all with the baseline: before and after AOTInductor in one run.
+# interleaves them all with the baseline: before and after AOTInductor in one run. An entry
+# FORMAT@SCALE (e.g. auto@0.8) runs the detector at --pass-scale SCALE. ALL_TEXT=1 also
+# calls each stack with include_unassigned_text, which reads every line of the page as the
+# gateway did before it sent OCR only the symbols' search regions (read_within).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAGES=${1:-12}
@@ -26,13 +29,16 @@ stop() {
     rm -f "${logs[@]}"
 }
 trap stop EXIT
-for format in $FORMATS; do
+for entry in $FORMATS; do
+    format=${entry%@*} scale=1
+    if [[ $entry == *@* ]]; then scale=${entry#*@}; fi
     gateway="127.0.0.1:$(free_port)"
     log=$(mktemp)
-    PLENUM_MODEL_FORMAT=$format "$BIN/plenum" up --gateway "$gateway" \
+    PLENUM_MODEL_FORMAT=$format PLENUM_PASS_SCALE=$scale "$BIN/plenum" up --gateway "$gateway" \
         --broker "127.0.0.1:$(free_port)" --detector "127.0.0.1:$(free_port)" \
         --ocr "127.0.0.1:$(free_port)" --metrics-port-base 0 --log warn >"$log" 2>&1 &
-    ups+=($!) logs+=("$log") stacks+=("plenum-$format=$gateway")
+    ups+=($!) logs+=("$log") stacks+=("plenum-$entry=$gateway")
+    if [[ ${ALL_TEXT:-} == 1 ]]; then stacks+=("plenum-$entry-all-text=$gateway+all-text"); fi
     until grep -q '^ready:' "$log"; do
         kill -0 "${ups[-1]}" 2>/dev/null || { cat "$log"; exit 1; }
         sleep 0.5
