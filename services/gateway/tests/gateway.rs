@@ -174,8 +174,9 @@ async fn tags_are_joined_to_their_symbols() {
     );
 }
 
-#[tokio::test]
-async fn only_the_classes_asked_for_are_read_and_unassigned_text_is_opt_in() {
+/// The sample page analyzed asking for the tags of `classes` only; the OCR fake's
+/// record comes back with the answer.
+async fn analyze_reading(classes: &[&str]) -> (pb::AnalyzeResponse, Arc<Behaviour>) {
     let (detections, lines) = page();
     let detector = FakeServer::detector(Behaviour::new(), detections);
     let ob = Behaviour::new();
@@ -186,13 +187,19 @@ async fn only_the_classes_asked_for_are_read_and_unassigned_text_is_opt_in() {
         .analyze(analyze(
             png(800, 600),
             pb::AnalyzeOptions {
-                classes_to_read: vec!["damper".into()],
+                classes_to_read: classes.iter().map(|c| (*c).to_owned()).collect(),
                 ..Default::default()
             },
         ))
         .await
         .unwrap()
         .into_inner();
+    (response, ob)
+}
+
+#[tokio::test]
+async fn only_the_classes_asked_for_are_read_and_unassigned_text_is_opt_in() {
+    let (response, ob) = analyze_reading(&["damper"]).await;
     assert_eq!(response.symbols[0].tag, "");
     assert_eq!(
         response.symbols[0].tag_missing_reason(),
@@ -210,23 +217,7 @@ async fn only_the_classes_asked_for_are_read_and_unassigned_text_is_opt_in() {
 
 #[tokio::test]
 async fn a_page_with_no_symbol_wanting_a_tag_is_not_sent_to_ocr() {
-    let (detections, lines) = page();
-    let detector = FakeServer::detector(Behaviour::new(), detections);
-    let ob = Behaviour::new();
-    let ocr = FakeServer::ocr(Arc::clone(&ob), lines);
-    let mut gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
-    let response = gw
-        .client
-        .analyze(analyze(
-            png(800, 600),
-            pb::AnalyzeOptions {
-                classes_to_read: vec!["diffuser".into()],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let (response, ob) = analyze_reading(&["diffuser"]).await;
     assert_eq!(response.symbols.len(), 3);
     for symbol in &response.symbols {
         assert_eq!(symbol.tag_missing_reason(), TagMissingReason::NotRequested);
