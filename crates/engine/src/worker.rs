@@ -407,7 +407,7 @@ fn run_batch(
             None => groups.push((trailing, vec![job])),
         }
     }
-    for (_, jobs) in groups {
+    for (_, mut jobs) in groups {
         for job in &jobs {
             metrics
                 .queue_wait
@@ -438,6 +438,14 @@ fn run_batch(
         let outcome = span.in_scope(|| guarded(|| forward(model, &pass, &jobs)));
         metrics.inference.observe(started.elapsed().as_secs_f64());
         metrics.batch_rows.observe(sizes.iter().sum::<i64>() as f64);
+        // The spans end before anyone is answered: a caller that shuts the service
+        // down as soon as it has its answer must still find them in the flush on
+        // the way out. Ended after the replies, they lost the race whenever this
+        // thread was descheduled between the two (seen under CI load).
+        drop(span);
+        for job in &mut jobs {
+            job.span = tracing::Span::none();
+        }
         let outcome = match outcome {
             Ok(result) => result,
             Err(reason) => {
