@@ -13,7 +13,10 @@ Python system it replaces, in one run, page by page (BENCHMARKS.md "Pipeline"):
              nearest pair first, at most 60 px apart (the gap between the boxes).
 
 The two sides alternate page by page (and which goes first), so load on a shared machine
-falls on both alike. Both are scored against the generator's ground truth: recall
+falls on both alike. Beside wall time, each call's CPU time is counted: the baseline's
+process, and a stack's whole process tree (gateway, detector, OCR, broker; its `plenum up`
+pid comes in PLENUM_UP_PIDS="NAME=PID ..."). CPU-seconds per page bound throughput once
+every core is busy: pages/s <= cores / CPU-s per page. Both are scored against the generator's ground truth: recall
 (right class at IoU >= 0.5) and exact tags. Then throughput: Plenum with 4 callers at
 once against the baseline's one process.
 
@@ -70,6 +73,29 @@ def score(pages, predictions):
     return found / total, tagged / total, total
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid):
+    """User + system CPU time of `pid` and every descendant, in seconds (0 if gone)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / CLOCK_TICKS
+
+
+def own_cpu_seconds():
+    """This process's CPU time, every thread (ONNX Runtime's and torch's pools) included."""
+    return time.process_time()
+
+
 def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -82,6 +108,9 @@ class Plenum:
         self.name = name
         addr, _, variant = addr.partition("+")
         self.all_text = variant == "all-text"
+        pids = dict(spec.split("=", 1) for spec in os.environ.get("PLENUM_UP_PIDS", "").split())
+        stack = name.removesuffix("-all-text")
+        self.pid = int(pids[stack]) if stack in pids else None
         import grpc
         from grpc_tools import protoc
 
@@ -113,6 +142,10 @@ class Plenum:
                   "gateway_total": t.total_us / 1e3}
         return symbols, stages
 
+    def cpu_seconds(self):
+        """CPU time the stack has used so far (None when its pid is unknown)."""
+        return tree_cpu_seconds(self.pid) if self.pid else None
+
     def throughput(self, pages, callers=CALLERS):
         """Pages per second with `callers` clients at once: the stack overlaps one
         page's detection with another's reading, which one Python process cannot."""
@@ -129,6 +162,10 @@ class Baseline:
     """Ultralytics + RapidOCR in this process, the best configuration (module doc)."""
 
     name = "ultralytics+rapidocr"
+
+    @staticmethod
+    def cpu_seconds():
+        return own_cpu_seconds()
 
     def __init__(self, imgsz=BASELINE_IMGSZ):
         import torch
@@ -212,9 +249,12 @@ def run_interleaved(systems, pages, rounds):
         for index, page in enumerate(pages):
             order = systems if (index + round_) % 2 == 0 else systems[::-1]
             for system in order:
+                cpu_before = system.cpu_seconds()
                 start = time.perf_counter()
                 symbols, times = system.analyze(page)
                 latencies[system.name].append(time.perf_counter() - start)
+                if cpu_before is not None:
+                    times["cpu_s"] = system.cpu_seconds() - cpu_before
                 for stage, ms in times.items():
                     stages[system.name].setdefault(stage, []).append(ms)
                 if round_ == 0:
@@ -232,7 +272,9 @@ def report(name, pages, latencies, stages, predictions, concurrent_pages_per_s=N
         "p99_ms": round(percentile(latencies, 0.99) * 1e3, 1),
         "pages_per_s": round(len(latencies) / sum(latencies), 3),
         f"pages_per_s_{CALLERS}_callers": concurrent_pages_per_s,
-        "stages_p50_ms": {stage: round(statistics.median(ms), 1) for stage, ms in stages.items()},
+        "stages_p50_ms": {stage: round(statistics.median(ms), 1) for stage, ms in stages.items()
+                          if stage != "cpu_s"},
+        "cpu_s_per_page": round(statistics.mean(stages["cpu_s"]), 3) if "cpu_s" in stages else None,
         "recall": round(recall, 3),
         "tag_accuracy": round(tags, 3),
         "symbols": total,
@@ -269,6 +311,10 @@ def main():
         print(f"throughput: {plenum.name} {many} pages/s with {CALLERS} callers vs "
               f"{theirs['pages_per_s']} pages/s for the one-process baseline "
               f"({many / theirs['pages_per_s']:.2f}x; target >= 1.5x)", flush=True)
+        if ours["cpu_s_per_page"] is not None:
+            print(f"CPU per page: {plenum.name} {ours['cpu_s_per_page']} s vs {theirs['cpu_s_per_page']} s "
+                  f"(with {os.cpu_count()} cores busy, at most {os.cpu_count() / ours['cpu_s_per_page']:.2f} "
+                  f"against {os.cpu_count() / theirs['cpu_s_per_page']:.2f} pages/s)", flush=True)
     if do_sweep:
         sweep(pages)
 

@@ -22,7 +22,7 @@ mkdir -p "$YOLO_CONFIG_DIR"
     .venv/bin/python -m pip install --quiet -r python/requirements-train.txt
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-stacks=() ups=() logs=()
+stacks=() ups=() logs=() pids=()
 stop() {
     for up in "${ups[@]}"; do kill -INT "$up" 2>/dev/null || true; done
     for up in "${ups[@]}"; do wait "$up" 2>/dev/null || true; done
@@ -37,7 +37,7 @@ for entry in $FORMATS; do
     PLENUM_MODEL_FORMAT=$format PLENUM_PASS_SCALE=$scale "$BIN/plenum" up --gateway "$gateway" \
         --broker "127.0.0.1:$(free_port)" --detector "127.0.0.1:$(free_port)" \
         --ocr "127.0.0.1:$(free_port)" --metrics-port-base 0 --log warn >"$log" 2>&1 &
-    ups+=($!) logs+=("$log") stacks+=("plenum-$entry=$gateway")
+    ups+=($!) logs+=("$log") stacks+=("plenum-$entry=$gateway") pids+=("plenum-$entry=$!")
     if [[ ${ALL_TEXT:-} == 1 ]]; then stacks+=("plenum-$entry-all-text=$gateway+all-text"); fi
     until grep -q '^ready:' "$log"; do
         kill -0 "${ups[-1]}" 2>/dev/null || { cat "$log"; exit 1; }
@@ -46,4 +46,4 @@ for entry in $FORMATS; do
 done
 mapfile -t pages < <(ls tests/pages/page_*.png | head -n "$PAGES")
 echo "== $PAGES pages x $ROUNDS rounds, interleaved page by page; $(nproc) CPUs; load $(cut -d" " -f1-3 /proc/loadavg)"
-.venv/bin/python scripts/bench-pipeline.py "${stacks[*]}" "$ROUNDS" $SWEEP "${pages[@]}"
+PLENUM_UP_PIDS="${pids[*]}" .venv/bin/python scripts/bench-pipeline.py "${stacks[*]}" "$ROUNDS" $SWEEP "${pages[@]}"
