@@ -43,8 +43,8 @@ pub struct Config {
     #[arg(long, env = "PLENUM_MAX_SINGLE_PASS", default_value_t = 2048)]
     pub max_single_pass: u32,
     /// Scale of that one pass, in (0.25, 1]: 1 feeds the page at its own scale; 0.8
-    /// reads a 1600x1200 page at 1280x960, in about two thirds of the time, but misses
-    /// more of the smallest symbols (BENCHMARKS.md, "Detector pass scale").
+    /// reads a 1600x1200 page at 1280x960, in 0.71x the time, but misses more of the
+    /// smallest symbols (docs/detector.md, "The pass scale").
     #[arg(long, env = "PLENUM_PASS_SCALE", default_value_t = 1.0, value_parser = pass_scale)]
     pub pass_scale: f32,
 }

@@ -120,8 +120,6 @@ impl Detector {
         .with_work_memory(None, Duration::from_secs(10))
     }
 
-    /// Admits calls against `bytes` of working memory (None: the default, enough for
-    /// one largest admissible page), each waiting at most `wait` for room.
     /// Pages fed in one pass go through at `scale` times their own size (1 by
     /// default): a speed for the smallest symbols' recall trade. Set before the work
     /// budget, whose default is worked out from the inputs this makes.
@@ -130,6 +128,8 @@ impl Detector {
         self
     }
 
+    /// Admits calls against `bytes` of working memory (None: the default, enough for
+    /// one largest admissible page), each waiting at most `wait` for room.
     pub fn with_work_memory(mut self, bytes: Option<u64>, wait: Duration) -> Self {
         let bytes = bytes.unwrap_or_else(|| self.default_work_memory());
         self.budget = WorkBudget::new(bytes, wait);

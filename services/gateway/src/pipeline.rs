@@ -207,9 +207,9 @@ const READ_WITHIN_SLACK_PX: f32 = 1.0;
 /// matter (empty = all of them), `None` when no line could, and OCR need not run.
 ///
 /// Only lines touching a symbol's search region can become its tag, so unless the
-/// caller wants the page's other text too, OCR reads just those: on the sample pages
-/// most lines are notes, dimensions and title-block text no symbol can claim, and
-/// reading them was most of OCR's time.
+/// caller wants the page's other text too, OCR reads just those and skips the notes,
+/// dimensions and room names away from every symbol (on the dense sample pages OCR
+/// took 0.95x its time; BENCHMARKS.md, issue 13).
 fn lines_to_read(
     detections: &[det::Detection],
     wants_tag: &[bool],
