@@ -43,7 +43,7 @@ pub enum ManifestError {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelManifest {
     pub name: String,
-    /// detect, text-detect, text-angle or text-recognize.
+    /// detect, verify, text-detect, text-angle or text-recognize.
     pub task: String,
     /// The TorchScript file, relative to the manifest.
     pub file: PathBuf,
@@ -54,6 +54,11 @@ pub struct ModelManifest {
     pub input: InputSpec,
     #[serde(default)]
     pub labels: Labels,
+    /// Detectors: the manifest of a second-look classifier for this model's boxes
+    /// (`task = "verify"`, labels = this model's classes and `none`), relative to
+    /// this manifest.
+    #[serde(default)]
+    pub verifier: Option<PathBuf>,
     /// The same model in other precisions.
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -278,6 +283,11 @@ impl ModelManifest {
             self.name,
             &self.sha256[..self.sha256.len().min(12)]
         )
+    }
+
+    /// Where the verifier's manifest is, if this model has one.
+    pub fn verifier_manifest(&self) -> Option<PathBuf> {
+        self.verifier.as_ref().map(|file| self.dir.join(file))
     }
 
     /// The dictionary's entries, one per line.

@@ -8,6 +8,8 @@
 //! - concurrent: 8 callers at once, one image per call (dynamic batching);
 //! - page-*: 1600×1200 pages letterboxed to 640, 1280, native 1600, and tiled at 640,
 //!   with recall (IoU ≥ 0.5, right class) against the generator's truth.
+//! - page-verify: the independent renderer's 12 pages at the default fit, each without
+//!   and with the verifier's second look, interleaved: what the second look costs.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -198,5 +200,38 @@ async fn main() {
             found as f64 / total as f64
         );
     }
+
+    let (mut without, mut with, mut refused) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..3 {
+        for index in 0..12 {
+            let page = repo().join(format!("tests/pages-independent/page_{index:04}.png"));
+            let bytes = std::fs::read(page).unwrap();
+            for verify in [false, true] {
+                let request = pb::DetectRequest {
+                    images: vec![bytes.clone()],
+                    options: Some(pb::DetectOptions {
+                        verify,
+                        ..Default::default()
+                    }),
+                };
+                let t = Instant::now();
+                let response = client.clone().detect(request).await.unwrap().into_inner();
+                if verify {
+                    with.push(t.elapsed());
+                    refused += response.results[0].refused;
+                } else {
+                    without.push(t.elapsed());
+                }
+            }
+        }
+    }
+    without.sort();
+    with.sort();
+    println!(
+        "{{\"scenario\":\"page-verify\",\"pages\":12,\"rounds\":3,\"p50_ms_without\":{:.1},\"p50_ms_with\":{:.1},\"refused_per_page\":{:.1}}}",
+        percentile(&without, 0.5),
+        percentile(&with, 0.5),
+        f64::from(refused) / with.len() as f64
+    );
     shutdown.cancel();
 }

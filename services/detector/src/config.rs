@@ -78,6 +78,12 @@ impl ModelServiceConfig for Config {
             .clone()
             .unwrap_or_else(|| default_models_dir("detector"));
         let manifest = crate::load_manifest(&models, &self.model)?;
-        Ok(self.engine.gpu_plan(&[manifest]))
+        // The verifier holds a lease of its own beside the detector's.
+        let verifier = crate::verify::manifest_for(&manifest)?;
+        Ok(self.engine.gpu_plan(
+            &std::iter::once(manifest)
+                .chain(verifier)
+                .collect::<Vec<_>>(),
+        ))
     }
 }

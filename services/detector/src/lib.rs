@@ -2,12 +2,14 @@
 //!
 //! Rooms: [`yolo`] decodes model outputs exactly as Ultralytics does, [`pipeline`]
 //! turns images into model inputs and detections back into source pixels (letterbox
-//! or tiles), [`service`] is the gRPC face, [`config`] the flags.
+//! or tiles), [`verify`] takes a second look at each detection, [`service`] is the
+//! gRPC face, [`config`] the flags.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod pipeline;
 pub mod service;
+pub mod verify;
 pub mod yolo;
 
 use std::path::Path;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Detector;
 use crate::service::DetectorService;
+use crate::verify::Verifier;
 
 /// Everything the detector needs, resolved from flags.
 pub struct DetectorSettings {
@@ -60,6 +63,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let engine_metrics = EngineMetrics::register(metrics, "detector", &settings.manifest.name)?;
+    let verifier_manifest = verify::manifest_for(&settings.manifest)?;
+    let verifier_metrics = match &verifier_manifest {
+        Some(manifest) => Some(EngineMetrics::register(
+            metrics,
+            "detector",
+            &manifest.name,
+        )?),
+        None => None,
+    };
     let detector = Arc::new(OnceLock::new());
     let service = DetectorServer::new(DetectorService::new(
         Arc::clone(&detector),
@@ -78,24 +90,43 @@ pub async fn run(
     // The same rule as the OCR service's: a model without the --precision asked for
     // runs fp32 (logged), so one PLENUM_PRECISION can cover a whole deployment.
     let engine_settings = settings.engine.for_model(&settings.manifest);
-    let loading = Engine::start(
-        settings.manifest,
-        engine_settings,
-        settings.lease,
-        engine_metrics,
-    );
-    let Some(engine) = serving.load(loading).await? else {
+    let verifier_settings = verifier_manifest
+        .as_ref()
+        .map(|manifest| settings.engine.for_model(manifest));
+    let lease = settings.lease;
+    // One after the other, like the OCR service's models: each holds its own lease.
+    let loading = async move {
+        let detector = Engine::start(
+            settings.manifest,
+            engine_settings,
+            lease.clone(),
+            engine_metrics,
+        )
+        .await?;
+        let verifier = match (verifier_manifest, verifier_settings, verifier_metrics) {
+            (Some(manifest), Some(settings), Some(metrics)) => {
+                Some(Engine::start(manifest, settings, lease, metrics).await?)
+            }
+            _ => None,
+        };
+        Ok::<_, plenum_engine::EngineError>((detector, verifier))
+    };
+    let Some((engine, verifier)) = serving.load(loading).await? else {
         return Ok(());
     };
-    let _ = detector.set(
-        Detector::new(
-            engine.clone(),
-            settings.limits,
-            settings.tile_overlap,
-            settings.max_single_pass,
-        )
-        .with_pass_scale(settings.pass_scale)
-        .with_work_memory(work_memory, work_wait),
-    );
-    serving.serve(&[engine]).await
+    let mut engines = vec![engine.clone()];
+    let mut pipeline = Detector::new(
+        engine,
+        settings.limits,
+        settings.tile_overlap,
+        settings.max_single_pass,
+    )
+    .with_pass_scale(settings.pass_scale);
+    if let Some(verifier) = verifier {
+        engines.push(verifier.clone());
+        let verifier = Verifier::new(verifier, pipeline.classes())?;
+        pipeline = pipeline.with_verifier(verifier);
+    }
+    let _ = detector.set(pipeline.with_work_memory(work_memory, work_wait));
+    serving.serve(&engines).await
 }

@@ -17,6 +17,7 @@ use plenum_vision::letterbox::{PAD_VALUE, to_nchw_f32};
 use plenum_vision::resize::resize_linear;
 use plenum_vision::tiles::{crop, tile_grid};
 
+use crate::verify::{CROP, Verifier, crop_input};
 use crate::yolo::{self, RawDetection};
 
 /// How one call wants its images fitted and filtered, already validated.
@@ -29,6 +30,8 @@ pub struct DetectOptions {
     pub tiling: Tiling,
     /// Letterbox size when not tiling.
     pub input_size: u32,
+    /// Drop the detections the model's verifier refuses (when it has one).
+    pub verify: bool,
 }
 
 /// How one page is fed to the model.
@@ -56,6 +59,8 @@ pub struct ImageResult {
     pub height: u32,
     pub tiles: u32,
     pub detections: Vec<Detection>,
+    /// Detections the verifier dropped.
+    pub refused: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,8 @@ pub struct Detector {
     max_single_pass: u32,
     /// Scale of the one pass a page up to `max_single_pass` gets (1 = its own).
     pass_scale: f32,
+    /// The second look at each detection, when the model has one.
+    verifier: Option<Verifier>,
     budget: WorkBudget,
 }
 
@@ -109,6 +116,7 @@ impl Detector {
             stride,
             max_single_pass,
             pass_scale: 1.0,
+            verifier: None,
             engine,
             classes,
             native_size,
@@ -126,6 +134,22 @@ impl Detector {
     pub fn with_pass_scale(mut self, scale: f32) -> Self {
         self.pass_scale = scale;
         self
+    }
+
+    /// Detections of calls that ask to verify go through `verifier` before they are
+    /// answered.
+    pub fn with_verifier(mut self, verifier: Verifier) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    pub fn verifier(&self) -> Option<&Verifier> {
+        self.verifier.as_ref()
+    }
+
+    /// Whether a call with `options` gets the second look.
+    fn verifies(&self, options: &DetectOptions) -> bool {
+        options.verify && self.verifier.is_some()
     }
 
     /// Admits calls against `bytes` of working memory (None: the default, enough for
@@ -151,13 +175,16 @@ impl Detector {
             classes: None,
             tiling: Tiling::Auto,
             input_size: self.native_size,
+            verify: true,
         };
         self.work_bytes(side, side, &options)
     }
 
     /// The working memory of detecting on one `width`×`height` page: the decoded
-    /// page, its model inputs twice over (the pixels, then the tensor made from them),
-    /// and the model's passes over them when it computes on the CPU.
+    /// page (kept for the verifier's crops when the call verifies), its model inputs
+    /// twice over (the pixels, then the tensor made from them), and the model's passes
+    /// over them when it computes on the CPU. The verifier's crops are small beside
+    /// these.
     pub fn work_bytes(&self, width: u32, height: u32, options: &DetectOptions) -> u64 {
         let decoded = u64::from(width) * u64::from(height) * DECODE_BYTES_PER_PIXEL;
         let (inputs, side_w, side_h) = match self.fit(width, height, options) {
@@ -295,7 +322,7 @@ impl Detector {
         }
 
         let mut results = Vec::with_capacity(prepared.len());
-        for page in prepared {
+        for page in &prepared {
             let mut raw = Vec::new();
             for (size, _) in &page.inputs {
                 let (_, outputs) = outputs_by_size
@@ -343,7 +370,12 @@ impl Detector {
                 height: page.height,
                 tiles: page.inputs.len() as u32,
                 detections,
+                refused: 0,
             });
+        }
+        if let Some(verifier) = self.verifier.as_ref().filter(|_| options.verify) {
+            let pages: Vec<Option<RgbImage>> = prepared.into_iter().map(|p| p.decoded).collect();
+            second_look(verifier, &pages, &mut results).await?;
         }
         Ok(results)
     }
@@ -359,7 +391,11 @@ impl Detector {
             .map(|(index, bytes)| {
                 let image = decode(bytes, &self.limits)
                     .map_err(|source| PipelineError::Decode { index, source })?;
-                Ok(self.prepare_page(&image, options))
+                let mut page = self.prepare_page(&image, options);
+                if self.verifies(options) {
+                    page.decoded = Some(image.image);
+                }
+                Ok(page)
             })
             .collect()
     }
@@ -385,6 +421,7 @@ impl Detector {
                 height,
                 plan: Plan::Tiles { origins },
                 inputs,
+                decoded: None,
             }
         } else {
             let boxed = letterbox_rect(&image.image, input_size, self.stride);
@@ -397,6 +434,7 @@ impl Detector {
                     height: size.1,
                 },
                 inputs: vec![(size, to_nchw_f32(&[&boxed]).0)],
+                decoded: None,
             }
         }
     }
@@ -408,6 +446,39 @@ struct PreparedPage {
     plan: Plan,
     /// ((width, height), RGB/255 NCHW pixels) of each model input
     inputs: Vec<((u32, u32), Vec<f32>)>,
+    /// The decoded page, for the verifier's crops (when the call verifies).
+    decoded: Option<RgbImage>,
+}
+
+/// Drops from each page's detections those `verifier` refuses, in one batch for
+/// the whole call, and counts them. Pages not kept for it are left as they are.
+async fn second_look(
+    verifier: &Verifier,
+    pages: &[Option<RgbImage>],
+    results: &mut [ImageResult],
+) -> Result<(), PipelineError> {
+    let looked_at = || {
+        pages
+            .iter()
+            .zip(results.iter())
+            .filter_map(|(page, result)| Some((page.as_ref()?, result)))
+    };
+    let count: usize = looked_at().map(|(_, r)| r.detections.len()).sum();
+    let mut crops = Vec::with_capacity(count * CROP * CROP);
+    for (page, result) in looked_at() {
+        for detection in &result.detections {
+            crop_input(page, &detection.bbox, &mut crops);
+        }
+    }
+    let mut keep = verifier.keep(crops, count).await?.into_iter();
+    for (page, result) in pages.iter().zip(results.iter_mut()) {
+        if page.is_some() {
+            let before = result.detections.len();
+            result.detections.retain(|_| keep.next().unwrap_or(true));
+            result.refused = (before - result.detections.len()) as u32;
+        }
+    }
+    Ok(())
 }
 
 /// Ultralytics' letterbox for a dynamic export (`auto=True`, what `predict` does with

@@ -120,6 +120,7 @@ impl DetectorService {
             classes,
             tiling,
             input_size,
+            verify: options.verify,
         })
     }
 }
@@ -160,6 +161,7 @@ impl DetectorApi for DetectorService {
                     width: image.width,
                     height: image.height,
                     tiles: image.tiles,
+                    refused: image.refused,
                     detections: image
                         .detections
                         .into_iter()
@@ -182,6 +184,10 @@ impl DetectorApi for DetectorService {
             model: detector.engine().manifest().name.clone(),
             placement: placement as i32,
             known_classes: classes.to_vec(),
+            verified_by: match detector.verifier() {
+                Some(verifier) if options.verify => verifier.name().to_owned(),
+                _ => String::new(),
+            },
             tag_patterns: detector
                 .engine()
                 .manifest()

@@ -433,6 +433,9 @@ impl Pipeline {
                         images: vec![image],
                         options: Some(det::DetectOptions {
                             score_threshold,
+                            // The pipeline's symbols are what users act on: the
+                            // verifier's second look drops most look-alikes.
+                            verify: true,
                             ..Default::default()
                         }),
                     });

@@ -160,6 +160,8 @@ async fn tags_are_joined_to_their_symbols() {
     // One call to each backend, with no deadline when the client gave none.
     assert_eq!((db.calls(), ob.calls()), (1, 1));
     assert_eq!(*db.last_timeout.lock().unwrap(), None);
+    // The detector was asked for its verifier's second look at every symbol.
+    assert!(db.last_verify.load(Ordering::SeqCst));
     // OCR was told to paint out the three symbols before reading, and to read every
     // line: the caller wants the page's other text too.
     assert_eq!(ob.last_ignore_regions.load(Ordering::SeqCst), 3);

@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -44,6 +44,8 @@ pub struct Behaviour {
     pub last_ignore_regions: AtomicUsize,
     /// The `read_within` regions of the last ReadText call.
     pub last_read_within: Mutex<Vec<common::Box>>,
+    /// Whether the last Detect call asked for the verifier's second look.
+    pub last_verify: AtomicBool,
     /// Whether the last call carried a `traceparent`.
     pub last_traceparent: Mutex<Option<String>>,
 }
@@ -185,6 +187,8 @@ impl detector_server::Detector for FakeDetector {
         request: Request<det::DetectRequest>,
     ) -> Result<Response<det::DetectResponse>, Status> {
         let images = request.get_ref().images.len();
+        let verify = request.get_ref().options.as_ref().is_some_and(|o| o.verify);
+        self.behaviour.last_verify.store(verify, Ordering::SeqCst);
         let answer = det::DetectResponse {
             results: (0..images)
                 .map(|_| det::ImageDetections {
@@ -192,12 +196,14 @@ impl detector_server::Detector for FakeDetector {
                     width: 0,
                     height: 0,
                     tiles: 1,
+                    refused: 0,
                 })
                 .collect(),
             model: "fake".into(),
             placement: common::Placement::Cpu as i32,
             known_classes: KNOWN_CLASSES.map(String::from).to_vec(),
             tag_patterns: Default::default(),
+            verified_by: String::new(),
         };
         self.behaviour
             .serve(request.metadata(), answer)

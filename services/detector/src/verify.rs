@@ -1,0 +1,223 @@
+//! The second look: a small classifier of the crop around each detection drops the
+//! look-alikes the detector takes for symbols (grid bubbles and octagons for a
+//! thermostat's hexagon). It is trained on the detector's own mistakes by
+//! `training/train_verifier.py`, whose crop this file must reproduce exactly.
+
+use image::{Rgb, RgbImage};
+use plenum_engine::tch::{Kind, Tensor};
+use plenum_engine::{Engine, EngineError, ModelManifest};
+use plenum_vision::geometry::BoxF;
+
+/// The verifier's input side, in pixels.
+pub const CROP: usize = 48;
+/// The crop's side over the box's longer side: the outline and a little around it.
+const CONTEXT: f32 = 1.25;
+/// Pixels added to the side, so that the smallest boxes still show their outline.
+const MARGIN: i64 = 4;
+/// A detection is dropped when the verifier gives `none` at least this probability.
+const REFUSE_AT: f32 = 0.5;
+/// The verifier's label for "not a symbol".
+const NONE: &str = "none";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error(
+        "the verifier {verifier} labels {labels:?}; the detector's classes and `{NONE}` ({expected:?}) were expected"
+    )]
+    Labels {
+        verifier: String,
+        labels: Vec<String>,
+        expected: Vec<String>,
+    },
+}
+
+/// The verifier model and where its `none` label sits.
+#[derive(Clone)]
+pub struct Verifier {
+    engine: Engine,
+    none: usize,
+}
+
+impl Verifier {
+    /// Checks that `engine` labels exactly `classes` (in order) and `none`: a verifier
+    /// trained for another detector would answer for the wrong classes.
+    pub fn new(engine: Engine, classes: &[String]) -> Result<Self, VerifierError> {
+        let labels = &engine.manifest().labels.classes;
+        let expected: Vec<String> = classes.iter().cloned().chain([NONE.to_owned()]).collect();
+        if *labels != expected {
+            return Err(VerifierError::Labels {
+                verifier: engine.manifest().name.clone(),
+                labels: labels.clone(),
+                expected,
+            });
+        }
+        Ok(Self {
+            none: classes.len(),
+            engine,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.engine.manifest().name
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// For each crop made by [`crop_input`] (`count` of them, back to back in
+    /// `inputs`): whether the detection stays.
+    pub async fn keep(&self, inputs: Vec<f32>, count: usize) -> Result<Vec<bool>, EngineError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let side = CROP as i64;
+        let input = Tensor::from_slice(&inputs).view([count as i64, 1, side, side]);
+        drop(inputs);
+        let probabilities = self.engine.infer(input).await?.to_kind(Kind::Float);
+        let none = probabilities.select(1, self.none as i64);
+        let none = Vec::<f32>::try_from(&none).map_err(|error| {
+            EngineError::NotReady(format!("the verifier's answer is unreadable: {error}"))
+        })?;
+        Ok(none.into_iter().map(|p| p < REFUSE_AT).collect())
+    }
+}
+
+/// A page pixel in grey, as OpenCV's `IMREAD_GRAYSCALE` reads pages in training (its
+/// fixed-point BT.601 weights, so grey pages stay exactly as drawn). Only the
+/// crops' pixels are converted, not the page.
+fn gray(pixel: &Rgb<u8>) -> u8 {
+    let [r, g, b] = pixel.0.map(u32::from);
+    ((r * 4899 + g * 9617 + b * 1868 + 8192) >> 14) as u8
+}
+
+/// Appends the verifier's input for `bbox` to `out`: the square of side
+/// round(1.25 × the box's longer side) + 4 around its centre (white outside the
+/// page), in grey, averaged to 48×48 the way torch's `adaptive_avg_pool2d` does, as
+/// `x / 127.5 − 1`.
+pub fn crop_input(page: &RgbImage, bbox: &BoxF, out: &mut Vec<f32>) {
+    let longer = bbox.width().max(bbox.height());
+    let side = round_half_up(longer * CONTEXT) + MARGIN;
+    let left = round_half_up((bbox.x_min + bbox.x_max) / 2.0 - side as f32 / 2.0);
+    let top = round_half_up((bbox.y_min + bbox.y_max) / 2.0 - side as f32 / 2.0);
+    let pixel = |x: i64, y: i64| -> f32 {
+        let inside =
+            (0..i64::from(page.width())).contains(&x) && (0..i64::from(page.height())).contains(&y);
+        if inside {
+            f32::from(gray(page.get_pixel(x as u32, y as u32)))
+        } else {
+            255.0
+        }
+    };
+    let side = side.max(1);
+    for row in 0..CROP as i64 {
+        let (y0, y1) = pooled_range(row, side);
+        for column in 0..CROP as i64 {
+            let (x0, x1) = pooled_range(column, side);
+            let mut sum = 0.0;
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    sum += pixel(left + x, top + y);
+                }
+            }
+            let mean = sum / ((y1 - y0) * (x1 - x0)) as f32;
+            out.push(mean / 127.5 - 1.0);
+        }
+    }
+}
+
+/// The source rows (or columns) that output `index` of 48 averages over, out of
+/// `side`: torch's adaptive pooling, `[⌊i·side/48⌋, ⌈(i+1)·side/48⌉)`.
+fn pooled_range(index: i64, side: i64) -> (i64, i64) {
+    let crop = CROP as i64;
+    let start = index * side / crop;
+    let end = ((index + 1) * side + crop - 1) / crop;
+    (start, end)
+}
+
+/// Python's training code rounds with `floor(x + 0.5)`; so does this.
+fn round_half_up(x: f32) -> i64 {
+    (x + 0.5).floor() as i64
+}
+
+/// The verifier's manifest for `detector`, if it names one.
+pub fn manifest_for(
+    detector: &ModelManifest,
+) -> Result<Option<ModelManifest>, plenum_engine::manifest::ManifestError> {
+    detector
+        .verifier_manifest()
+        .map(|path| ModelManifest::load(&path))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(width: u32, height: u32, ink: impl Fn(u32, u32) -> bool) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            Rgb([if ink(x, y) { 0 } else { 255 }; 3])
+        })
+    }
+
+    fn crop(page: &RgbImage, bbox: BoxF) -> Vec<f32> {
+        let mut out = Vec::new();
+        crop_input(page, &bbox, &mut out);
+        assert_eq!(out.len(), CROP * CROP);
+        out
+    }
+
+    #[test]
+    fn pooling_covers_every_source_row_and_overlaps_only_when_uneven() {
+        // 96 rows into 48: two rows each, no overlap.
+        assert_eq!(pooled_range(0, 96), (0, 2));
+        assert_eq!(pooled_range(47, 96), (94, 96));
+        // 16 rows into 48: each row repeated three times.
+        assert_eq!(pooled_range(0, 16), (0, 1));
+        assert_eq!(pooled_range(3, 16), (1, 2));
+        // 100 into 48: ranges overlap where the division is uneven, as torch's do.
+        assert_eq!(pooled_range(0, 100), (0, 3));
+        assert_eq!(pooled_range(1, 100), (2, 5));
+        assert_eq!(pooled_range(47, 100), (97, 100));
+    }
+
+    #[test]
+    fn a_box_on_a_blank_page_is_all_white_and_off_the_page_is_white_too() {
+        let blank = page(200, 100, |_, _| false);
+        assert!(
+            crop(&blank, BoxF::new(10.0, 10.0, 50.0, 50.0))
+                .iter()
+                .all(|&v| v == 1.0)
+        );
+        let black = page(200, 100, |_, _| true);
+        // A box in the corner: the part of the square beyond the page is white.
+        let corner = crop(&black, BoxF::new(0.0, 0.0, 40.0, 40.0));
+        assert_eq!(corner[0], 1.0, "above and left of the page");
+        assert_eq!(corner[CROP * CROP - 1], -1.0, "on the page");
+    }
+
+    #[test]
+    fn the_crop_is_centred_on_the_box_with_a_quarter_more_around_it() {
+        // A 40-px black square: the crop's side is 54 (40 × 1.25 + 4), so the
+        // square fills the middle 40/54 of it, with white all round.
+        let square = page(300, 300, |x, y| {
+            (100..140).contains(&x) && (100..140).contains(&y)
+        });
+        let input = crop(&square, BoxF::new(100.0, 100.0, 140.0, 140.0));
+        let at = |row: usize, column: usize| input[row * CROP + column];
+        assert_eq!(at(24, 24), -1.0, "the centre is ink");
+        assert_eq!(at(0, 24), 1.0, "the top margin is white");
+        assert_eq!(at(24, 47), 1.0, "the right margin is white");
+        // 7 px of margin each side out of 54 is 6.2 of 48 outputs.
+        assert_eq!(at(24, 5), 1.0);
+        assert_eq!(at(24, 7), -1.0);
+    }
+
+    #[test]
+    fn grey_is_opencvs_grey() {
+        // cv2.cvtColor of pure red and green (BGR2GRAY): 76 and 150; grey stays grey.
+        assert_eq!(gray(&Rgb([255, 0, 0])), 76);
+        assert_eq!(gray(&Rgb([0, 255, 0])), 150);
+        assert_eq!(gray(&Rgb([90, 90, 90])), 90);
+    }
+}

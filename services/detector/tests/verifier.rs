@@ -1,0 +1,179 @@
+//! The verifier's second look, over real gRPC with the real models, on pages of the
+//! independent renderer (drawn by code the models never saw): it drops look-alikes
+//! the detector takes for symbols and keeps the symbols; without it, or for a model
+//! without a verifier, the answer is the detector's own.
+
+mod support;
+
+use plenum_detector::verify::crop_input;
+use plenum_proto::detector::v1::{self as pb, detector_client::DetectorClient};
+use plenum_vision::decode::{Limits, decode};
+use plenum_vision::geometry::BoxF;
+use serde::Deserialize;
+use support::repo;
+use tonic::transport::Channel;
+
+#[derive(Deserialize)]
+struct Truth {
+    symbols: Vec<TrueSymbol>,
+}
+
+#[derive(Deserialize)]
+struct TrueSymbol {
+    class: String,
+    #[serde(rename = "box")]
+    bbox: [f32; 4],
+}
+
+fn page(name: &str) -> (Vec<u8>, Truth) {
+    let folder = repo().join("tests/pages-independent");
+    let image = std::fs::read(folder.join(format!("{name}.png"))).unwrap();
+    let truth =
+        serde_json::from_slice(&std::fs::read(folder.join(format!("{name}.json"))).unwrap())
+            .unwrap();
+    (image, truth)
+}
+
+async fn detect(
+    client: &mut DetectorClient<Channel>,
+    images: Vec<Vec<u8>>,
+    verify: bool,
+) -> pb::DetectResponse {
+    let request = pb::DetectRequest {
+        images,
+        options: Some(pb::DetectOptions {
+            verify,
+            ..Default::default()
+        }),
+    };
+    client.detect(request).await.unwrap().into_inner()
+}
+
+fn corners(detection: &pb::Detection) -> [f32; 4] {
+    let b = detection.r#box.unwrap();
+    [b.x_min, b.y_min, b.x_max, b.y_max]
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    w * h / (area(a) + area(b) - w * h)
+}
+
+/// (true symbols found, detections that are no true symbol): a detection finds a
+/// symbol of its class at IoU ≥ 0.5, each detection at most once.
+fn score(detections: &[pb::Detection], truth: &Truth) -> (usize, usize) {
+    let mut used = vec![false; detections.len()];
+    let mut found = 0;
+    for symbol in &truth.symbols {
+        let best = detections
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| !used[*i] && d.class_name == symbol.class)
+            .map(|(i, d)| (i, iou(corners(d), symbol.bbox)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((i, overlap)) = best
+            && overlap >= 0.5
+        {
+            used[i] = true;
+            found += 1;
+        }
+    }
+    (found, detections.len() - found)
+}
+
+/// Pages where the detector alone takes many look-alikes for symbols (15, 12 and 14
+/// of them when this test was written): a sparse page, a scanned one, a dense one.
+const PAGES: [&str; 3] = ["page_0000", "page_0003", "page_0006"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_look_drops_look_alikes_and_keeps_the_symbols() {
+    let (mut client, stop) =
+        support::start("hvac-yolov8n", support::cpu_engine(), 12_000_000).await;
+    for name in PAGES {
+        let (image, truth) = page(name);
+        let alone = detect(&mut client, vec![image.clone()], false).await;
+        let verified = detect(&mut client, vec![image], true).await;
+        assert_eq!(alone.verified_by, "", "{name}: nobody verified");
+        assert_eq!(verified.verified_by, "hvac-verify", "{name}");
+        let (alone, verified) = (&alone.results[0], &verified.results[0]);
+        assert_eq!(alone.refused, 0);
+        // The second look only drops: what stays is the detector's answer, unchanged.
+        assert!(
+            verified
+                .detections
+                .iter()
+                .all(|d| alone.detections.contains(d)),
+            "{name}: a detection changed"
+        );
+        assert_eq!(
+            verified.refused as usize,
+            alone.detections.len() - verified.detections.len(),
+            "{name}: refused counts the dropped"
+        );
+        let (found_alone, false_alone) = score(&alone.detections, &truth);
+        let (found_verified, false_verified) = score(&verified.detections, &truth);
+        assert_eq!(
+            found_verified, found_alone,
+            "{name}: a true symbol was lost"
+        );
+        assert!(
+            false_verified * 3 <= false_alone,
+            "{name}: {false_alone} false detections alone, still {false_verified} verified"
+        );
+    }
+    // Pages of one call are looked at in one batch, each with its own detections.
+    let images: Vec<Vec<u8>> = PAGES.iter().map(|name| page(name).0).collect();
+    let both = detect(&mut client, images, true).await;
+    for (name, result) in PAGES.iter().zip(&both.results) {
+        let alone = detect(&mut client, vec![page(name).0], true).await;
+        assert_eq!(result.detections, alone.results[0].detections, "{name}");
+        assert_eq!(result.refused, alone.results[0].refused, "{name}");
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_a_verifier_answers_as_it_is() {
+    let (mut client, stop) = support::start("test-2class", support::cpu_engine(), 12_000_000).await;
+    let (image, _) = page(PAGES[0]);
+    let alone = detect(&mut client, vec![image.clone()], false).await;
+    let asked = detect(&mut client, vec![image], true).await;
+    assert_eq!(asked.verified_by, "");
+    assert_eq!(asked.results[0].refused, 0);
+    assert_eq!(asked.results[0].detections, alone.results[0].detections);
+    stop.cancel();
+}
+
+/// The verifier's inputs for a few boxes, as training/train_verifier.py crops them
+/// (tests/detector/make_verifier_crops.py; tests/python checks it is still so).
+#[derive(Deserialize)]
+struct TrainingCrops {
+    page: String,
+    boxes: Vec<[f32; 4]>,
+    inputs: Vec<Vec<f32>>,
+}
+
+#[test]
+fn the_crop_is_the_one_the_verifier_was_trained_on() {
+    let fixture: TrainingCrops = serde_json::from_slice(
+        &std::fs::read(repo().join("tests/detector/verifier_crops.json")).unwrap(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(repo().join(&fixture.page)).unwrap();
+    let page = decode(&bytes, &Limits::default()).unwrap().image;
+    assert_eq!(fixture.boxes.len(), fixture.inputs.len());
+    for (index, (b, trained)) in fixture.boxes.iter().zip(&fixture.inputs).enumerate() {
+        let mut made = Vec::new();
+        crop_input(&page, &BoxF::new(b[0], b[1], b[2], b[3]), &mut made);
+        assert_eq!(made.len(), trained.len());
+        let worst = made
+            .iter()
+            .zip(trained)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0_f32, f32::max);
+        // The fixture is rounded to 5 decimals; sums in another order differ by less.
+        assert!(worst < 1e-4, "box {index} {b:?}: max difference {worst}");
+    }
+}
