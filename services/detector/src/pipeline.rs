@@ -17,7 +17,7 @@ use plenum_vision::letterbox::{PAD_VALUE, to_nchw_f32};
 use plenum_vision::resize::resize_linear;
 use plenum_vision::tiles::{crop, tile_grid};
 
-use crate::verify::{CROP, Verifier, crop_input};
+use crate::verify::{CROP, Verifier, crop_input, drop_nested};
 use crate::yolo::{self, RawDetection};
 
 /// How one call wants its images fitted and filtered, already validated.
@@ -451,7 +451,8 @@ struct PreparedPage {
 }
 
 /// Drops from each page's detections those `verifier` refuses, in one batch for
-/// the whole call, and counts them. Pages not kept for it are left as they are.
+/// the whole call, then those nested in a better one of their class, and counts
+/// them. Pages not kept for it are left as they are.
 async fn second_look(
     verifier: &Verifier,
     pages: &[Option<RgbImage>],
@@ -475,6 +476,7 @@ async fn second_look(
         if page.is_some() {
             let before = result.detections.len();
             result.detections.retain(|_| keep.next().unwrap_or(true));
+            drop_nested(&mut result.detections);
             result.refused = (before - result.detections.len()) as u32;
         }
     }

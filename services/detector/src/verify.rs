@@ -8,6 +8,8 @@ use plenum_engine::tch::{Kind, Tensor};
 use plenum_engine::{Engine, EngineError, ModelManifest};
 use plenum_vision::geometry::BoxF;
 
+use crate::pipeline::Detection;
+
 /// The verifier's input side, in pixels.
 pub const CROP: usize = 48;
 /// The crop's side over the box's longer side: the outline and a little around it.
@@ -18,6 +20,9 @@ const MARGIN: i64 = 4;
 const REFUSE_AT: f32 = 0.5;
 /// The verifier's label for "not a symbol".
 const NONE: &str = "none";
+/// A detection this share of whose area lies inside a better one of its class is a
+/// second box on the same symbol: symbols on a drawing do not nest.
+const NESTED: f32 = 0.8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifierError {
@@ -81,6 +86,42 @@ impl Verifier {
         })?;
         Ok(none.into_iter().map(|p| p < REFUSE_AT).collect())
     }
+}
+
+/// Drops the detections lying mostly ([`NESTED`]) inside a better-scored one of the
+/// same class: class-wise NMS keeps both when their IoU stays under its threshold (a
+/// box on a VAV box's outline and one on its diagonal), and the verifier rightly sees
+/// a symbol in each crop. Returns how many were dropped.
+pub fn drop_nested(detections: &mut Vec<Detection>) -> usize {
+    let mut order: Vec<usize> = (0..detections.len()).collect();
+    order.sort_by(|&a, &b| detections[b].score.total_cmp(&detections[a].score));
+    let mut kept: Vec<usize> = Vec::with_capacity(order.len());
+    for index in order {
+        let candidate = &detections[index];
+        let nested = kept.iter().any(|&better| {
+            let better = &detections[better];
+            better.class == candidate.class && inside_share(&candidate.bbox, &better.bbox) >= NESTED
+        });
+        if !nested {
+            kept.push(index);
+        }
+    }
+    let before = detections.len();
+    let mut keep = vec![false; before];
+    for index in kept {
+        keep[index] = true;
+    }
+    let mut flags = keep.into_iter();
+    detections.retain(|_| flags.next().unwrap_or(true));
+    before - detections.len()
+}
+
+/// The share of the smaller of the two boxes that lies inside the other.
+fn inside_share(a: &BoxF, b: &BoxF) -> f32 {
+    let inter = (a.x_max.min(b.x_max) - a.x_min.max(b.x_min)).max(0.0)
+        * (a.y_max.min(b.y_max) - a.y_min.max(b.y_min)).max(0.0);
+    let smaller = a.area().min(b.area());
+    if smaller > 0.0 { inter / smaller } else { 0.0 }
 }
 
 /// A page pixel in grey, as OpenCV's `IMREAD_GRAYSCALE` reads pages in training (its
@@ -211,6 +252,34 @@ mod tests {
         // 7 px of margin each side out of 54 is 6.2 of 48 outputs.
         assert_eq!(at(24, 5), 1.0);
         assert_eq!(at(24, 7), -1.0);
+    }
+
+    fn detection(class: usize, score: f32, bbox: [f32; 4]) -> Detection {
+        Detection {
+            bbox: BoxF::new(bbox[0], bbox[1], bbox[2], bbox[3]),
+            class,
+            score,
+        }
+    }
+
+    #[test]
+    fn a_box_inside_a_better_one_of_its_class_is_dropped_and_only_that() {
+        let mut detections = vec![
+            // A VAV box's outline, and a weaker box on its diagonal half inside it.
+            detection(1, 0.9, [100.0, 100.0, 160.0, 130.0]),
+            detection(1, 0.4, [100.0, 100.0, 135.0, 130.0]),
+            // The same nesting across classes stays: the verifier already decided.
+            detection(2, 0.5, [102.0, 102.0, 130.0, 128.0]),
+            // Neighbours of one class touching at an edge stay.
+            detection(3, 0.8, [300.0, 300.0, 330.0, 330.0]),
+            detection(3, 0.7, [325.0, 300.0, 355.0, 330.0]),
+            // A stronger box inside a weaker one: the weaker, outer one goes.
+            detection(0, 0.3, [500.0, 500.0, 560.0, 560.0]),
+            detection(0, 0.95, [505.0, 505.0, 555.0, 555.0]),
+        ];
+        assert_eq!(drop_nested(&mut detections), 2);
+        let scores: Vec<f32> = detections.iter().map(|d| d.score).collect();
+        assert_eq!(scores, vec![0.9, 0.5, 0.8, 0.7, 0.95]);
     }
 
     #[test]

@@ -321,13 +321,13 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
 
     // The generator's pages must stay no worse than before: recall 0.980, precision
     // 0.838 and exact tags 0.965 of all 790 symbols before the detector was retrained
-    // for issue 12; 0.997 / 0.842 / 0.982 after; 0.997 / 0.984 / 0.987 with the
-    // verifier's second look (2026-11-30). (Exact tags were 0.828 when the page was
+    // for issue 12; 0.997 / 0.842 / 0.982 after; 0.997 / 0.991 / 0.990 with the
+    // detector's second look (2026-11-30). (Exact tags were 0.828 when the page was
     // read at the same time as detection, without the mask.)
     let own = own.all();
     for (what, value, floor) in [
         ("recall", own.recall(), 0.98),
-        ("precision", own.precision(), 0.97),
+        ("precision", own.precision(), 0.98),
         ("exact tags", own.tags(), 0.98),
     ] {
         assert!(
@@ -354,7 +354,8 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
 /// Recall, precision and exact tags the independent pages must keep, 202 symbols,
 /// measured 2026-11-30: hvac-yolov8n retrained with domain randomization reached
 /// 0.936 / 0.548 / 0.782 (the model before it: 0.693 / 0.569 / 0.609); with the
-/// verifier's second look (hvac-verify), 0.926 / 0.912 / 0.812: look-alikes no longer
+/// detector's second look (the hvac-verify crop classifier, then same-class boxes
+/// nested in a better one dropped), 0.926 / 0.944 / 0.827: look-alikes no longer
 /// count as symbols nor take their tags. A little slack for BLAS; the goal is
 /// 0.97 / 0.97 / 0.93.
-const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.91, 0.89, 0.79);
+const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.91, 0.92, 0.81);
