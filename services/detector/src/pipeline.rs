@@ -59,7 +59,7 @@ pub struct ImageResult {
     pub height: u32,
     pub tiles: u32,
     pub detections: Vec<Detection>,
-    /// Detections the verifier dropped.
+    /// Detections the second look dropped.
     pub refused: u32,
 }
 
@@ -375,7 +375,7 @@ impl Detector {
         }
         if let Some(verifier) = self.verifier.as_ref().filter(|_| options.verify) {
             let pages: Vec<Option<RgbImage>> = prepared.into_iter().map(|p| p.decoded).collect();
-            second_look(verifier, &pages, &mut results).await?;
+            second_look(verifier, pages, &mut results).await?;
         }
         Ok(results)
     }
@@ -455,25 +455,37 @@ struct PreparedPage {
 /// them. Pages not kept for it are left as they are.
 async fn second_look(
     verifier: &Verifier,
-    pages: &[Option<RgbImage>],
+    pages: Vec<Option<RgbImage>>,
     results: &mut [ImageResult],
 ) -> Result<(), PipelineError> {
-    let looked_at = || {
-        pages
-            .iter()
-            .zip(results.iter())
-            .filter_map(|(page, result)| Some((page.as_ref()?, result)))
-    };
-    let count: usize = looked_at().map(|(_, r)| r.detections.len()).sum();
-    let mut crops = Vec::with_capacity(count * CROP * CROP);
-    for (page, result) in looked_at() {
-        for detection in &result.detections {
-            crop_input(page, &detection.bbox, &mut crops);
+    let looked_at: Vec<bool> = pages.iter().map(Option::is_some).collect();
+    let boxes: Vec<Vec<BoxF>> = results
+        .iter()
+        .map(|result| result.detections.iter().map(|d| d.bbox).collect())
+        .collect();
+    let count: usize = boxes
+        .iter()
+        .zip(&pages)
+        .filter(|(_, page)| page.is_some())
+        .map(|(b, _)| b.len())
+        .sum();
+    // Cropping reads up to every pixel of every page: CPU work, off the async threads.
+    let crops = tokio::task::spawn_blocking(move || {
+        let mut crops = Vec::with_capacity(count * CROP * CROP);
+        for (page, boxes) in pages.iter().zip(&boxes) {
+            if let Some(page) = page {
+                for bbox in boxes {
+                    crop_input(page, bbox, &mut crops);
+                }
+            }
         }
-    }
+        crops
+    })
+    .await
+    .map_err(|error| PipelineError::Internal(error.to_string()))?;
     let mut keep = verifier.keep(crops, count).await?.into_iter();
-    for (page, result) in pages.iter().zip(results.iter_mut()) {
-        if page.is_some() {
+    for (looked, result) in looked_at.into_iter().zip(results.iter_mut()) {
+        if looked {
             let before = result.detections.len();
             result.detections.retain(|_| keep.next().unwrap_or(true));
             drop_nested(&mut result.detections);
