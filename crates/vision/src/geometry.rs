@@ -39,11 +39,16 @@ impl BoxF {
         self.width() * self.height()
     }
 
+    /// The area the two boxes share.
+    pub fn intersection(&self, other: &BoxF) -> f32 {
+        (self.x_max.min(other.x_max) - self.x_min.max(other.x_min)).max(0.0)
+            * (self.y_max.min(other.y_max) - self.y_min.max(other.y_min)).max(0.0)
+    }
+
     /// Intersection over union, computed as torchvision's NMS kernel does (so a threshold
     /// comparison gives the same answer); 0 when both boxes are empty.
     pub fn iou(&self, other: &BoxF) -> f32 {
-        let inter = (self.x_max.min(other.x_max) - self.x_min.max(other.x_min)).max(0.0)
-            * (self.y_max.min(other.y_max) - self.y_min.max(other.y_min)).max(0.0);
+        let inter = self.intersection(other);
         let union = self.area() + other.area() - inter;
         if union > 0.0 { inter / union } else { 0.0 }
     }

@@ -66,10 +66,6 @@ impl Verifier {
         &self.engine.manifest().name
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// For each crop made by [`crop_input`] (`count` of them, back to back in
     /// `inputs`): whether the detection stays.
     pub async fn keep(&self, inputs: Vec<f32>, count: usize) -> Result<Vec<bool>, EngineError> {
@@ -118,10 +114,12 @@ pub fn drop_nested(detections: &mut Vec<Detection>) -> usize {
 
 /// The share of the smaller of the two boxes that lies inside the other.
 fn inside_share(a: &BoxF, b: &BoxF) -> f32 {
-    let inter = (a.x_max.min(b.x_max) - a.x_min.max(b.x_min)).max(0.0)
-        * (a.y_max.min(b.y_max) - a.y_min.max(b.y_min)).max(0.0);
     let smaller = a.area().min(b.area());
-    if smaller > 0.0 { inter / smaller } else { 0.0 }
+    if smaller > 0.0 {
+        a.intersection(b) / smaller
+    } else {
+        0.0
+    }
 }
 
 /// A page pixel in grey, as OpenCV's `IMREAD_GRAYSCALE` reads pages in training (its
