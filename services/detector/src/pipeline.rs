@@ -17,7 +17,7 @@ use plenum_vision::letterbox::{PAD_VALUE, to_nchw_f32};
 use plenum_vision::resize::resize_linear;
 use plenum_vision::tiles::{crop, tile_grid};
 
-use crate::verify::{CROP, Verifier, crop_input, drop_nested};
+use crate::verify::{CROP, Verdict, Verifier, crop_input, drop_nested};
 use crate::yolo::{self, RawDetection};
 
 /// How one call wants its images fitted and filtered, already validated.
@@ -61,6 +61,9 @@ pub struct ImageResult {
     pub detections: Vec<Detection>,
     /// Detections the second look dropped.
     pub refused: u32,
+    /// Detections the second look gave another class (those kept and those then
+    /// dropped as nested or not asked for).
+    pub relabeled: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -371,11 +374,12 @@ impl Detector {
                 tiles: page.inputs.len() as u32,
                 detections,
                 refused: 0,
+                relabeled: 0,
             });
         }
         if let Some(verifier) = self.verifier.as_ref().filter(|_| options.verify) {
             let pages: Vec<Option<RgbImage>> = prepared.into_iter().map(|p| p.decoded).collect();
-            second_look(verifier, pages, &mut results).await?;
+            second_look(verifier, pages, options.classes.as_deref(), &mut results).await?;
         }
         Ok(results)
     }
@@ -450,12 +454,14 @@ struct PreparedPage {
     decoded: Option<RgbImage>,
 }
 
-/// Drops from each page's detections those `verifier` refuses, in one batch for
-/// the whole call, then those nested in a better one of their class, and counts
-/// them. Pages not kept for it are left as they are.
+/// Drops from each page's detections those `verifier` refuses and gives those it is
+/// sure the detector misnamed its class, in one batch for the whole call; then drops
+/// those nested in a better one of their class, and those whose new class the call
+/// did not ask for. Pages not kept for it are left as they are.
 async fn second_look(
     verifier: &Verifier,
     pages: Vec<Option<RgbImage>>,
+    wanted: Option<&[usize]>,
     results: &mut [ImageResult],
 ) -> Result<(), PipelineError> {
     let looked_at: Vec<bool> = pages.iter().map(Option::is_some).collect();
@@ -463,12 +469,13 @@ async fn second_look(
         .iter()
         .map(|result| result.detections.iter().map(|d| d.bbox).collect())
         .collect();
-    let count: usize = boxes
+    let detected: Vec<usize> = results
         .iter()
-        .zip(&pages)
-        .filter(|(_, page)| page.is_some())
-        .map(|(b, _)| b.len())
-        .sum();
+        .zip(&looked_at)
+        .filter(|(_, looked)| **looked)
+        .flat_map(|(result, _)| result.detections.iter().map(|d| d.class))
+        .collect();
+    let count = detected.len();
     // Cropping reads up to every pixel of every page: CPU work, off the async threads.
     let crops = tokio::task::spawn_blocking(move || {
         let mut crops = Vec::with_capacity(count * CROP * CROP);
@@ -483,14 +490,27 @@ async fn second_look(
     })
     .await
     .map_err(|error| PipelineError::Internal(error.to_string()))?;
-    let mut keep = verifier.keep(crops, count).await?.into_iter();
+    let mut verdicts = verifier.judge(crops, &detected).await?.into_iter();
     for (looked, result) in looked_at.into_iter().zip(results.iter_mut()) {
-        if looked {
-            let before = result.detections.len();
-            result.detections.retain(|_| keep.next().unwrap_or(true));
-            drop_nested(&mut result.detections);
-            result.refused = (before - result.detections.len()) as u32;
+        if !looked {
+            continue;
         }
+        let before = result.detections.len();
+        let mut relabeled = 0;
+        result
+            .detections
+            .retain_mut(|detection| match verdicts.next() {
+                Some(Verdict::Refused) => false,
+                Some(Verdict::Class(class)) if class != detection.class => {
+                    relabeled += 1;
+                    detection.class = class;
+                    wanted.is_none_or(|wanted| wanted.contains(&class))
+                }
+                Some(Verdict::Class(_)) | None => true,
+            });
+        drop_nested(&mut result.detections);
+        result.refused = (before - result.detections.len()) as u32;
+        result.relabeled = relabeled;
     }
     Ok(())
 }

@@ -162,6 +162,7 @@ impl DetectorApi for DetectorService {
                     height: image.height,
                     tiles: image.tiles,
                     refused: image.refused,
+                    relabeled: image.relabeled,
                     detections: image
                         .detections
                         .into_iter()

@@ -1,7 +1,9 @@
 //! The second look: a small classifier of the crop around each detection drops the
 //! look-alikes the detector takes for symbols (grid bubbles and octagons for a
-//! thermostat's hexagon). It is trained on the detector's own mistakes by
-//! `training/train_verifier.py`, whose crop this file must reproduce exactly.
+//! thermostat's hexagon), and corrects the class of a symbol the detector named
+//! wrongly (a small diffuser taken for a thermostat). It is trained on the detector's
+//! own mistakes by `training/train_verifier.py`, whose crop this file must reproduce
+//! exactly.
 
 use image::{Rgb, RgbImage};
 use plenum_engine::tch::{Kind, Tensor};
@@ -18,6 +20,12 @@ const CONTEXT: f32 = 1.25;
 const MARGIN: i64 = 4;
 /// A detection is dropped when the verifier gives `none` at least this probability.
 const REFUSE_AT: f32 = 0.5;
+/// A detection takes the verifier's class instead of the detector's when the verifier
+/// gives that class at least this probability. The verifier sees the symbol alone at
+/// 48 px, where the detector sees it among the page at a fraction of a 20 px symbol's
+/// size; it is sure (≥ 0.99) of the small diffusers the detector calls thermostats on
+/// the independent renderer's pages, so only a near-certain answer overrides.
+const RELABEL_AT: f32 = 0.9;
 /// The verifier's label for "not a symbol".
 const NONE: &str = "none";
 /// A detection this share of whose area lies inside a better one of its class is a
@@ -66,21 +74,62 @@ impl Verifier {
         &self.engine.manifest().name
     }
 
-    /// For each crop made by [`crop_input`] (`count` of them, back to back in
-    /// `inputs`): whether the detection stays.
-    pub async fn keep(&self, inputs: Vec<f32>, count: usize) -> Result<Vec<bool>, EngineError> {
-        if count == 0 {
+    /// For each crop made by [`crop_input`] (back to back in `inputs`, one per
+    /// entry of `detected`, the class the detector gave it): what becomes of the
+    /// detection.
+    pub async fn judge(
+        &self,
+        inputs: Vec<f32>,
+        detected: &[usize],
+    ) -> Result<Vec<Verdict>, EngineError> {
+        if detected.is_empty() {
             return Ok(Vec::new());
         }
         let side = CROP as i64;
-        let input = Tensor::from_slice(&inputs).view([count as i64, 1, side, side]);
+        let input = Tensor::from_slice(&inputs).view([detected.len() as i64, 1, side, side]);
         drop(inputs);
         let probabilities = self.engine.infer(input).await?.to_kind(Kind::Float);
-        let none = probabilities.select(1, self.none as i64);
-        let none = Vec::<f32>::try_from(&none).map_err(|error| {
-            EngineError::NotReady(format!("the verifier's answer is unreadable: {error}"))
-        })?;
-        Ok(none.into_iter().map(|p| p < REFUSE_AT).collect())
+        let labels = self.none + 1;
+        let probabilities = Vec::<f32>::try_from(&probabilities.flatten(0, -1))
+            .ok()
+            .filter(|p| p.len() == detected.len() * labels)
+            .ok_or_else(|| {
+                EngineError::NotReady(format!(
+                    "the verifier's answer is not {} x {labels} probabilities",
+                    detected.len()
+                ))
+            })?;
+        Ok(probabilities
+            .chunks(labels)
+            .zip(detected)
+            .map(|(p, &class)| verdict(p, class, self.none))
+            .collect())
+    }
+}
+
+/// What the second look makes of one detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not a symbol: dropped.
+    Refused,
+    /// A symbol of this class (the detector's, or the verifier's when it is sure).
+    Class(usize),
+}
+
+/// The verdict on one crop from the verifier's `probabilities` (the classes, then
+/// `none` at index `none`) for a detection of class `detected`.
+pub fn verdict(probabilities: &[f32], detected: usize, none: usize) -> Verdict {
+    if probabilities[none] >= REFUSE_AT {
+        return Verdict::Refused;
+    }
+    let surest = probabilities[..none]
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(class, &p)| (class, p));
+    match surest {
+        Some((class, p)) if class != detected && p >= RELABEL_AT => Verdict::Class(class),
+        _ => Verdict::Class(detected),
     }
 }
 
@@ -192,6 +241,16 @@ pub fn manifest_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verdict_refuses_on_none_and_relabels_only_when_sure() {
+        // Labels: two classes, then none at 2.
+        assert_eq!(verdict(&[0.3, 0.2, 0.5], 0, 2), Verdict::Refused);
+        assert_eq!(verdict(&[0.6, 0.0, 0.4], 1, 2), Verdict::Class(1));
+        assert_eq!(verdict(&[0.1, 0.85, 0.05], 0, 2), Verdict::Class(0));
+        assert_eq!(verdict(&[0.02, 0.95, 0.03], 0, 2), Verdict::Class(1));
+        assert_eq!(verdict(&[0.95, 0.02, 0.03], 0, 2), Verdict::Class(0));
+    }
 
     fn page(width: u32, height: u32, ink: impl Fn(u32, u32) -> bool) -> RgbImage {
         RgbImage::from_fn(width, height, |x, y| {

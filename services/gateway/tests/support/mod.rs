@@ -197,6 +197,7 @@ impl detector_server::Detector for FakeDetector {
                     height: 0,
                     tiles: 1,
                     refused: 0,
+                    relabeled: 0,
                 })
                 .collect(),
             model: "fake".into(),
