@@ -104,6 +104,7 @@ impl Clients {
                 classify_angle: false,
                 ignore_regions,
                 read_within: vec![],
+                join_broken_lines: false,
             })
             .await
             .unwrap();
@@ -181,6 +182,7 @@ fn main() {
         r#box: bx(34.0, 15.0, 60.0, 25.0),
         text: "MD-31".into(),
         score: 0.95,
+        direction: ocr::ReadingDirection::LeftToRight as i32,
     }];
     let detector = FakeServer::detector(Behaviour::new(), detections);
     let ocr_fake = FakeServer::ocr(Behaviour::new(), lines);

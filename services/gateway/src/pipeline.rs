@@ -364,7 +364,13 @@ impl Pipeline {
                     match tag {
                         Some(l) => {
                             let line = &lines[*l];
-                            symbol.tag = tag_text(&line.text);
+                            match patterns.repair(&symbol.class_name, &tags[*l]) {
+                                Some(repaired) => {
+                                    symbol.tag = repaired;
+                                    symbol.tag_as_read = tags[*l].clone();
+                                }
+                                None => symbol.tag = tags[*l].clone(),
+                            }
                             symbol.tag_score = line.score;
                             symbol.tag_box = Some(to_box(line.rect));
                         }
@@ -488,12 +494,14 @@ impl Pipeline {
                     // With the angle classifier, as RapidOCR reads by default: a tall
                     // text box is turned 90° counter-clockwise before it is read, so
                     // text written bottom-to-top comes out upside down and only the
-                    // classifier's 180° turn makes it readable.
+                    // classifier's 180° turn makes it readable. Vertical tags the
+                    // text detector broke at the hyphen are joined and read whole.
                     let mut request = tonic::Request::new(ocr::ReadTextRequest {
                         image,
                         classify_angle: true,
                         ignore_regions,
                         read_within,
+                        join_broken_lines: true,
                     });
                     if let Some(timeout) = timeout {
                         request.set_timeout(timeout);

@@ -31,13 +31,80 @@ impl TagPatterns {
         Self(compiled)
     }
 
-    /// Whether `tag` (already cleaned by `tag_text`) fits `class`.
+    /// Whether `tag` (already cleaned by `tag_text`) fits `class`, as read or once
+    /// [`repaired`](Self::repair).
     pub fn fit(&self, class: &str, tag: &str) -> Fit {
         match self.0.get(class) {
             Some(regex) if regex.is_match(tag) => Fit::Matches,
+            Some(_) if self.repair(class, tag).is_some() => Fit::Matches,
             Some(_) => Fit::Misses,
             None => Fit::Unknown,
         }
+    }
+
+    /// `tag` made to fit `class`'s pattern by the one correction a recognizer's
+    /// slip explains: a character swapped for one it resembles (`S0-336` for
+    /// `SD-336`, `MO-703` for `MD-703`) or the hyphen between the letters and the
+    /// digits lost (`T215`). None when the tag fits as read, the class has no
+    /// pattern, or no single correction fits; also when more than one does, since
+    /// choosing between them would be a guess. A straight stroke at either end may
+    /// also be a leader line or the symbol's edge read as `I`: dropping it is one
+    /// more correction, so `MD-21I` stays as read (`MD-211` and `MD-21` both fit).
+    pub fn repair(&self, class: &str, tag: &str) -> Option<String> {
+        let regex = self.0.get(class)?;
+        if regex.is_match(tag) {
+            return None;
+        }
+        let chars: Vec<char> = tag.chars().collect();
+        let mut fits: Vec<String> = Vec::new();
+        let mut consider = |candidate: String| {
+            if regex.is_match(&candidate) && !fits.contains(&candidate) {
+                fits.push(candidate);
+            }
+        };
+        let stroke = |c: char| matches!(c, 'I' | 'l' | '|' | '1');
+        if chars.len() > 1 {
+            if stroke(chars[0]) {
+                consider(chars[1..].iter().collect());
+            }
+            if stroke(chars[chars.len() - 1]) {
+                consider(chars[..chars.len() - 1].iter().collect());
+            }
+        }
+        for (index, &c) in chars.iter().enumerate() {
+            for &instead in look_alikes(c) {
+                let mut candidate = chars.clone();
+                candidate[index] = instead;
+                consider(candidate.into_iter().collect());
+            }
+            let letter_then_digit =
+                index > 0 && chars[index - 1].is_ascii_alphabetic() && c.is_ascii_digit();
+            if letter_then_digit {
+                let mut candidate = chars.clone();
+                candidate.insert(index, '-');
+                consider(candidate.into_iter().collect());
+            }
+        }
+        (fits.len() == 1).then(|| fits.remove(0))
+    }
+}
+
+/// The characters a recognizer takes `c` for on drawings, or `c` for them: round
+/// letters and digits, straight strokes, and the pairs that differ by a corner.
+fn look_alikes(c: char) -> &'static [char] {
+    match c {
+        '0' => &['O', 'D'],
+        'O' => &['0', 'D'],
+        'D' => &['0', 'O'],
+        '1' => &['I', 'L'],
+        'I' | 'l' | '|' => &['1', 'I'],
+        '5' => &['S'],
+        'S' => &['5'],
+        '8' => &['B'],
+        'B' => &['8'],
+        '2' => &['Z'],
+        'Z' => &['2'],
+        _ => &[],
     }
 }
 
@@ -69,6 +136,49 @@ mod tests {
         assert_eq!(p.fit("damper", "FD-3"), Fit::Matches);
         assert_eq!(p.fit("damper", "FD-3 EXTRA"), Fit::Misses);
         assert_eq!(p.fit("damper", "XD-3"), Fit::Misses);
+    }
+
+    #[test]
+    fn a_tag_one_slip_from_its_pattern_is_repaired_and_only_then() {
+        let p = patterns(&[
+            ("diffuser", r"(SD|RD|CD)-\d+"),
+            ("damper", r"(D|FD|MD)-\d+"),
+            ("thermostat", r"TS?-\d+"),
+            ("vav_box", r"VAV-\d+"),
+        ]);
+        for (class, read, repaired) in [
+            ("diffuser", "S0-336", "SD-336"),
+            ("diffuser", "CO-392", "CD-392"),
+            ("damper", "MO-703", "MD-703"),
+            ("thermostat", "T215", "T-215"),
+            ("vav_box", "VAV-1O8", "VAV-108"),
+        ] {
+            assert_eq!(p.repair(class, read).as_deref(), Some(repaired), "{read}");
+            assert_eq!(p.fit(class, read), Fit::Matches, "{read}");
+        }
+        // Fits as read; too far (two slips, a letter that resembles nothing needed);
+        // a digit misread as another digit is no slip it can see.
+        for (class, read) in [
+            ("diffuser", "SD-336"),
+            ("diffuser", "S0-33G"),
+            ("diffuser", "SF-38"),
+            ("vav_box", "VAV-709"),
+            ("thermostat", "ITCLOSET"),
+        ] {
+            assert_eq!(p.repair(class, read), None, "{read}");
+        }
+        assert_eq!(p.fit("diffuser", "SF-38"), Fit::Misses);
+        // A stroke at an end is a digit or a line: both fit, so neither is chosen.
+        assert_eq!(p.repair("damper", "MD-21I"), None);
+        assert_eq!(p.repair("damper", "IMD-21").as_deref(), Some("MD-21"));
+        // `0-12` has one correction that fits (`O-12` does not); `D0-5` has none.
+        assert_eq!(p.repair("damper", "0-12").as_deref(), Some("D-12"));
+        assert_eq!(p.repair("damper", "D0-5"), None);
+        // Ambiguous between two corrections: none.
+        let p = patterns(&[("tag", r"(AD|A0)-\d+")]);
+        assert_eq!(p.repair("tag", "AO-1"), None);
+        // A class without a pattern is never repaired.
+        assert_eq!(p.repair("diffuser", "S0-336"), None);
     }
 
     #[test]

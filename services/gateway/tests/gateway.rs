@@ -63,6 +63,7 @@ fn line(text: &str, b: (f32, f32, f32, f32)) -> ocr::TextLine {
         r#box: bx(b.0, b.1, b.2, b.3),
         text: text.into(),
         score: 0.95,
+        direction: ocr::ReadingDirection::LeftToRight as i32,
     }
 }
 
@@ -166,6 +167,8 @@ async fn tags_are_joined_to_their_symbols() {
     // line: the caller wants the page's other text too.
     assert_eq!(ob.last_ignore_regions.load(Ordering::SeqCst), 3);
     assert!(ob.last_read_within.lock().unwrap().is_empty());
+    // ... and to join vertical tags its text detector broke in two.
+    assert!(ob.last_join_broken_lines.load(Ordering::SeqCst));
     assert_eq!(
         metric(
             &gw.registry,
@@ -174,6 +177,36 @@ async fn tags_are_joined_to_their_symbols() {
         ),
         1.0
     );
+}
+
+/// A tag OCR misread by one look-alike character is corrected when the corrected
+/// tag fits its class's pattern, and says what was read; a class without a pattern
+/// keeps what was read.
+#[tokio::test]
+async fn a_tag_one_slip_from_its_class_pattern_is_corrected_saying_what_was_read() {
+    let (detections, mut lines) = page();
+    lines[1].text = "VAV-2O3".into();
+    lines[3].text = "MO-31".into();
+    let db = Behaviour::new();
+    db.tag_patterns
+        .lock()
+        .unwrap()
+        .insert("vav_box".into(), r"VAV-\d+".into());
+    let detector = FakeServer::detector(db, detections);
+    let ocr = FakeServer::ocr(Behaviour::new(), lines);
+    let mut gw = start(settings(vec![detector.url()], vec![ocr.url()])).await;
+    let response = gw
+        .client
+        .analyze(analyze(png(800, 600), pb::AnalyzeOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let tags: Vec<(&str, &str)> = response
+        .symbols
+        .iter()
+        .map(|s| (s.tag.as_str(), s.tag_as_read.as_str()))
+        .collect();
+    assert_eq!(tags, vec![("VAV-203", "VAV-2O3"), ("MO-31", ""), ("", "")]);
 }
 
 /// The sample page analyzed asking for the tags of `classes` only; the OCR fake's

@@ -316,6 +316,7 @@ fn symbol_and_tag() -> (det::Detection, ocr::TextLine) {
             r#box: bx(127.0, 115.0, 175.0, 125.0),
             text: "VAV-203".into(),
             score: 0.95,
+            direction: ocr::ReadingDirection::LeftToRight as i32,
         },
     )
 }

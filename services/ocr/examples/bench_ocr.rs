@@ -50,6 +50,7 @@ async fn main() {
             classify_angle: true,
             ignore_regions: vec![],
             read_within: vec![],
+            join_broken_lines: false,
         })
     } else {
         let mut names: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/ocr/crops"))

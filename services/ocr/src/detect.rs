@@ -397,20 +397,34 @@ pub fn reading_order(mut boxes: Vec<[PointF; 4]>) -> Vec<[PointF; 4]> {
 /// replicated border), turned 90° counter-clockwise when at least 1.5 times taller
 /// than wide. `None` for a degenerate box.
 pub fn crop(image: &RgbImage, quad: &[PointF; 4]) -> Option<RgbImage> {
-    let dist = |a: PointF, b: PointF| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
-    let w = dist(quad[0], quad[1]).max(dist(quad[2], quad[3])) as u32;
-    let h = dist(quad[0], quad[3]).max(dist(quad[1], quad[2])) as u32;
+    let (w, h) = crop_size(quad);
     if w == 0 || h == 0 {
         return None;
     }
     let (fw, fh) = (w as f32, h as f32);
     let m = perspective_transform(quad, &[[0.0, 0.0], [fw, 0.0], [fw, fh], [0.0, fh]])?;
     let crop = warp_perspective_cubic(image, &m, w, h);
-    if f64::from(h) / f64::from(w) >= 1.5 {
+    if read_turned(quad) {
         Some(image::imageops::rotate270(&crop))
     } else {
         Some(crop)
     }
+}
+
+/// Whether [`crop`] turns the line 90° counter-clockwise before it is read: the box
+/// is at least 1.5 times taller than wide, so its text runs bottom to top (or top to
+/// bottom, once the angle classifier turns it).
+pub fn read_turned(quad: &[PointF; 4]) -> bool {
+    let (w, h) = crop_size(quad);
+    w > 0 && f64::from(h) / f64::from(w) >= 1.5
+}
+
+/// The crop's width and height in whole pixels: the longer of each pair of sides.
+pub fn crop_size(quad: &[PointF; 4]) -> (u32, u32) {
+    let dist = |a: PointF, b: PointF| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+    let w = dist(quad[0], quad[1]).max(dist(quad[2], quad[3])) as u32;
+    let h = dist(quad[0], quad[3]).max(dist(quad[1], quad[2])) as u32;
+    (w, h)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! [`service`] is the gRPC face, [`work`] admits requests by their working memory.
 #![forbid(unsafe_code)]
 
+pub mod broken;
 pub mod detect;
 pub mod page;
 pub mod reader;

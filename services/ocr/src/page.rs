@@ -7,6 +7,7 @@ use plenum_engine::tch::{Kind, Tensor};
 use plenum_engine::{Engine, EngineError};
 use plenum_vision::quad::PointF;
 
+use crate::broken::join_broken_lines;
 use crate::detect::{self, Page, PageTooLarge, TEXT_SCORE};
 use crate::reader::Reader;
 use crate::work::OcrWork;
@@ -18,6 +19,31 @@ pub struct Line {
     pub quad: [PointF; 4],
     pub text: String,
     pub score: f32,
+    /// Which way across the page the text runs.
+    pub direction: Direction,
+}
+
+/// Which way across the page a line's text runs, from how it was read: turned 90°
+/// counter-clockwise when tall, then perhaps 180° by the angle classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    LeftToRight,
+    BottomToTop,
+    RightToLeft,
+    TopToBottom,
+}
+
+impl Direction {
+    pub fn of(turned_90: bool, turned_180: bool) -> Self {
+        match (turned_90, turned_180) {
+            (false, false) => Self::LeftToRight,
+            // Turned 90° counter-clockwise, text written top to bottom stands upright;
+            // text written bottom to top comes out upside down and needs the 180°.
+            (true, false) => Self::TopToBottom,
+            (false, true) => Self::RightToLeft,
+            (true, true) => Self::BottomToTop,
+        }
+    }
 }
 
 /// The text detector beside the crop reader.
@@ -57,12 +83,15 @@ impl PageReader {
 
     /// The lines of `image` in reading order, those read with a score under 0.5 left
     /// out, as RapidOCR returns them. With `within` regions (source pixels), only the
-    /// lines whose box touches one of them are read; empty reads every line.
+    /// lines whose box touches one of them are read; empty reads every line. With
+    /// `join_broken`, the pieces of a vertical line the text detector broke are
+    /// joined and read as one ([`broken`](crate::broken)).
     pub async fn read(
         &self,
         image: RgbImage,
         classify_angle: bool,
         within: &[[f32; 4]],
+        join_broken: bool,
     ) -> Result<Vec<Line>, ReadError> {
         let prepared = tokio::task::spawn_blocking(move || {
             let Some(page) = Page::new(image)? else {
@@ -89,13 +118,16 @@ impl PageReader {
         let within = within.to_vec();
         let (page, quads, crops) = tokio::task::spawn_blocking(move || {
             let (w, h) = page.image.dimensions();
-            let quads = detect::reading_order(detect::boxes_from_map(
+            let mut quads = detect::reading_order(detect::boxes_from_map(
                 &pred,
                 width as usize,
                 height as usize,
                 w,
                 h,
             ));
+            if join_broken {
+                quads = detect::reading_order(join_broken_lines(quads));
+            }
             let (quads, crops): (Vec<_>, Vec<_>) = quads
                 .into_iter()
                 .filter(|quad| within.is_empty() || touches_any(&page.to_source(quad), &within))
@@ -114,6 +146,7 @@ impl PageReader {
             .zip(read)
             .filter(|(_, r)| r.score >= TEXT_SCORE)
             .map(|(quad, r)| Line {
+                direction: Direction::of(detect::read_turned(quad), r.rotated),
                 quad: page.to_source(quad),
                 text: r.text,
                 score: r.score,

@@ -11,7 +11,7 @@ use plenum_runtime::status::invalid_field as bad;
 use plenum_vision::decode::{Limits, decode, dimensions};
 use tonic::{Request, Response, Status};
 
-use crate::page::{Line, PageReader, ReadError};
+use crate::page::{Direction, Line, PageReader, ReadError};
 
 pub struct OcrService {
     /// Empty while the models load: calls are then UNAVAILABLE at once.
@@ -144,7 +144,12 @@ impl Ocr for OcrService {
         .map_err(|e| bad("image", e.to_string()))?;
         let (width, height) = image.dimensions();
         let lines = reader
-            .read(image, request.classify_angle, &within)
+            .read(
+                image,
+                request.classify_angle,
+                &within,
+                request.join_broken_lines,
+            )
             .await
             .map_err(|error| match error {
                 ReadError::Engine(error) => engine_status(error),
@@ -222,5 +227,11 @@ fn text_line(line: Line) -> pb::TextLine {
         }),
         text: line.text,
         score: line.score,
+        direction: match line.direction {
+            Direction::LeftToRight => pb::ReadingDirection::LeftToRight,
+            Direction::BottomToTop => pb::ReadingDirection::BottomToTop,
+            Direction::RightToLeft => pb::ReadingDirection::RightToLeft,
+            Direction::TopToBottom => pb::ReadingDirection::TopToBottom,
+        } as i32,
     }
 }

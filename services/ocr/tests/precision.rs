@@ -34,6 +34,7 @@ async fn asked_for_int8_the_service_runs_det_at_fp32_and_reads_the_tag() {
             classify_angle: true,
             ignore_regions: vec![],
             read_within: vec![],
+            join_broken_lines: false,
         })
         .await
         .expect("read")

@@ -57,6 +57,7 @@ async fn read_text_reads_what_rapidocr_reads() {
                 classify_angle: true,
                 ignore_regions: vec![],
                 read_within: vec![],
+                join_broken_lines: false,
             })
             .await
             .expect("read")
@@ -132,6 +133,41 @@ async fn read_text_reads_what_rapidocr_reads() {
     );
 }
 
+/// Each line says which way its text runs across the page (the gateway joins a
+/// vertical tag the text detector broke in two in that order): labels turned 90°
+/// clockwise run top to bottom, 90° counter-clockwise bottom to top, 180° right to
+/// left (tests/ocr/make_read_reference.py turns them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_line_says_which_way_its_text_runs() {
+    use pb::ReadingDirection as Way;
+    let (mut client, shutdown) = start().await;
+    for (image, text, way) in [
+        ("tag_ahu.png", "AHU-1", Way::LeftToRight),
+        ("tag_cw.png", "VAV-117", Way::TopToBottom),
+        ("tag_ccw.png", "SD-42", Way::BottomToTop),
+        ("tag_180.png", "FD-305", Way::RightToLeft),
+    ] {
+        let response = client
+            .read_text(pb::ReadTextRequest {
+                image: std::fs::read(repo().join("tests/ocr/read").join(image)).unwrap(),
+                classify_angle: true,
+                ignore_regions: vec![],
+                read_within: vec![],
+                join_broken_lines: false,
+            })
+            .await
+            .expect("read")
+            .into_inner();
+        let lines: Vec<(&str, Way)> = response
+            .lines
+            .iter()
+            .map(|l| (l.text.as_str(), l.direction()))
+            .collect();
+        assert_eq!(lines, vec![(text, way)], "{image}");
+    }
+    shutdown.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pages_are_named_and_the_service_keeps_serving() {
     let (mut client, shutdown) = start().await;
@@ -167,6 +203,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
                 classify_angle: false,
                 ignore_regions: vec![],
                 read_within: vec![],
+                join_broken_lines: false,
             })
             .await
             .expect_err(what);
@@ -190,6 +227,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
             classify_angle: false,
             ignore_regions: vec![],
             read_within: vec![],
+            join_broken_lines: false,
         })
         .await
         .expect("still serving")
@@ -228,6 +266,7 @@ async fn a_page_of_black_ink_on_transparency_reads_as_ink_on_white() {
             classify_angle: false,
             ignore_regions: vec![],
             read_within: vec![],
+            join_broken_lines: false,
         })
         .await
         .expect("read")

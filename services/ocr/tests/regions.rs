@@ -36,6 +36,7 @@ async fn read(
             classify_angle: false,
             ignore_regions: ignore,
             read_within: within,
+            join_broken_lines: false,
         })
         .await
         .unwrap()
@@ -99,6 +100,7 @@ async fn a_malformed_region_is_refused_naming_it() {
                     classify_angle: false,
                     ignore_regions,
                     read_within,
+                    join_broken_lines: false,
                 })
                 .await
                 .unwrap_err();

@@ -46,6 +46,10 @@ pub struct Behaviour {
     pub last_read_within: Mutex<Vec<common::Box>>,
     /// Whether the last Detect call asked for the verifier's second look.
     pub last_verify: AtomicBool,
+    /// Whether the last ReadText call asked to join broken vertical lines.
+    pub last_join_broken_lines: AtomicBool,
+    /// The per-class tag patterns a fake detector sends with its answer.
+    pub tag_patterns: Mutex<std::collections::HashMap<String, String>>,
     /// Whether the last call carried a `traceparent`.
     pub last_traceparent: Mutex<Option<String>>,
 }
@@ -203,7 +207,7 @@ impl detector_server::Detector for FakeDetector {
             model: "fake".into(),
             placement: common::Placement::Cpu as i32,
             known_classes: KNOWN_CLASSES.map(String::from).to_vec(),
-            tag_patterns: Default::default(),
+            tag_patterns: self.behaviour.tag_patterns.lock().unwrap().clone(),
             verified_by: String::new(),
         };
         self.behaviour
@@ -240,6 +244,9 @@ impl ocr_server::Ocr for FakeOcr {
             .lock()
             .unwrap()
             .clone_from(&request.get_ref().read_within);
+        self.behaviour
+            .last_join_broken_lines
+            .store(request.get_ref().join_broken_lines, Ordering::SeqCst);
         let answer = ocr::ReadTextResponse {
             lines: self.lines.clone(),
             width: 0,
