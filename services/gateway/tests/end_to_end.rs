@@ -322,8 +322,9 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
     // The generator's pages must stay no worse than before: recall 0.980, precision
     // 0.838 and exact tags 0.965 of all 790 symbols before the detector was retrained
     // for issue 12; 0.997 / 0.842 / 0.982 after; 0.997 / 0.991 / 0.990 with the
-    // detector's second look (2026-11-30). (Exact tags were 0.828 when the page was
-    // read at the same time as detection, without the mask.)
+    // detector's second look (2026-11-30); 1.000 / 1.000 / 0.992 once it also
+    // corrects classes (2026-11-30). (Exact tags were 0.828 when the page was read at
+    // the same time as detection, without the mask.)
     let own = own.all();
     for (what, value, floor) in [
         ("recall", own.recall(), 0.98),
@@ -356,6 +357,9 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
 /// 0.936 / 0.548 / 0.782 (the model before it: 0.693 / 0.569 / 0.609); with the
 /// detector's second look (the hvac-verify crop classifier, then same-class boxes
 /// nested in a better one dropped), 0.926 / 0.944 / 0.827: look-alikes no longer
-/// count as symbols nor take their tags. A little slack for BLAS; the goal is
+/// count as symbols nor take their tags; 0.946 / 0.974 / 0.881 once the verifier
+/// also corrects a class it is sure of (small diffusers taken for thermostats), OCR
+/// joins vertical tags broken at the hyphen, and a tag one look-alike slip from its
+/// class's pattern is corrected. A little slack for BLAS; the goal is
 /// 0.97 / 0.97 / 0.93.
-const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.91, 0.92, 0.81);
+const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.93, 0.955, 0.86);
