@@ -10,7 +10,7 @@
 
 use plenum_vision::quad::PointF;
 
-use crate::detect::{crop_size, read_turned};
+use crate::detect::{crop_size, stands};
 
 /// Two pieces are one column when they overlap across it by this share of the
 /// narrower one.
@@ -83,8 +83,8 @@ impl Piece {
         let (w, h) = crop_size(quad);
         Self {
             extent: Extent::of(quad),
-            standing: read_turned(quad),
-            lying: h > 0 && f64::from(w) / f64::from(h) >= 1.5,
+            standing: stands(w, h),
+            lying: stands(h, w),
             joined: false,
         }
     }

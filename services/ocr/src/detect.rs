@@ -404,7 +404,7 @@ pub fn crop(image: &RgbImage, quad: &[PointF; 4]) -> Option<RgbImage> {
     let (fw, fh) = (w as f32, h as f32);
     let m = perspective_transform(quad, &[[0.0, 0.0], [fw, 0.0], [fw, fh], [0.0, fh]])?;
     let crop = warp_perspective_cubic(image, &m, w, h);
-    if read_turned(quad) {
+    if stands(w, h) {
         Some(image::imageops::rotate270(&crop))
     } else {
         Some(crop)
@@ -416,6 +416,12 @@ pub fn crop(image: &RgbImage, quad: &[PointF; 4]) -> Option<RgbImage> {
 /// bottom, once the angle classifier turns it).
 pub fn read_turned(quad: &[PointF; 4]) -> bool {
     let (w, h) = crop_size(quad);
+    stands(w, h)
+}
+
+/// Whether a `w`×`h` crop is at least 1.5 times taller than wide, RapidOCR's test
+/// for turning it.
+pub fn stands(w: u32, h: u32) -> bool {
     w > 0 && f64::from(h) / f64::from(w) >= 1.5
 }
 

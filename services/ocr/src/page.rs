@@ -118,16 +118,11 @@ impl PageReader {
         let within = within.to_vec();
         let (page, quads, crops) = tokio::task::spawn_blocking(move || {
             let (w, h) = page.image.dimensions();
-            let mut quads = detect::reading_order(detect::boxes_from_map(
-                &pred,
-                width as usize,
-                height as usize,
-                w,
-                h,
-            ));
+            let mut quads = detect::boxes_from_map(&pred, width as usize, height as usize, w, h);
             if join_broken {
-                quads = detect::reading_order(join_broken_lines(quads));
+                quads = join_broken_lines(quads);
             }
+            let quads = detect::reading_order(quads);
             let (quads, crops): (Vec<_>, Vec<_>) = quads
                 .into_iter()
                 .filter(|quad| within.is_empty() || touches_any(&page.to_source(quad), &within))

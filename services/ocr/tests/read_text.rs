@@ -2,10 +2,13 @@
 //! and scores as RapidOCR 1.4.4 (`RapidOCR()(path)`) on rendered HVAC labels and a
 //! drawing sheet (tests/ocr/make_read_reference.py); bad pages named; still serving.
 
+use std::path::PathBuf;
+
 use image::ImageEncoder;
-use plenum_proto::ocr::v1 as pb;
+use plenum_proto::ocr::v1::{self as pb, ocr_client::OcrClient};
 use serde::Deserialize;
 use tonic::Code;
+use tonic::transport::Channel;
 
 mod support;
 
@@ -38,6 +41,22 @@ struct Line {
 const BOX_TOLERANCE_PX: f32 = 2.0;
 const SCORE_TOLERANCE: f32 = 0.01;
 
+/// ReadText on the image at `path` as RapidOCR reads by default: with the angle
+/// classifier, nothing painted out, every line read, none joined.
+async fn read(client: &mut OcrClient<Channel>, path: PathBuf) -> pb::ReadTextResponse {
+    client
+        .read_text(pb::ReadTextRequest {
+            image: std::fs::read(path).unwrap(),
+            classify_angle: true,
+            ignore_regions: vec![],
+            read_within: vec![],
+            join_broken_lines: false,
+        })
+        .await
+        .expect("read")
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_text_reads_what_rapidocr_reads() {
     let dir = repo().join("tests/ocr");
@@ -51,17 +70,7 @@ async fn read_text_reads_what_rapidocr_reads() {
     )];
     let mut failures = Vec::new();
     for case in &reference.cases {
-        let response = client
-            .read_text(pb::ReadTextRequest {
-                image: std::fs::read(dir.join(&case.image)).unwrap(),
-                classify_angle: true,
-                ignore_regions: vec![],
-                read_within: vec![],
-                join_broken_lines: false,
-            })
-            .await
-            .expect("read")
-            .into_inner();
+        let response = read(&mut client, dir.join(&case.image)).await;
         assert_eq!((response.width, response.height), (case.width, case.height));
         let texts_equal = response.lines.len() == case.lines.len()
             && response
@@ -147,17 +156,7 @@ async fn each_line_says_which_way_its_text_runs() {
         ("tag_ccw.png", "SD-42", Way::BottomToTop),
         ("tag_180.png", "FD-305", Way::RightToLeft),
     ] {
-        let response = client
-            .read_text(pb::ReadTextRequest {
-                image: std::fs::read(repo().join("tests/ocr/read").join(image)).unwrap(),
-                classify_angle: true,
-                ignore_regions: vec![],
-                read_within: vec![],
-                join_broken_lines: false,
-            })
-            .await
-            .expect("read")
-            .into_inner();
+        let response = read(&mut client, repo().join("tests/ocr/read").join(image)).await;
         let lines: Vec<(&str, Way)> = response
             .lines
             .iter()
