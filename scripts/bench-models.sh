@@ -102,6 +102,10 @@ run_rust() { # format round model
         --format "$1" | tee "$TMP/$1.out" | grep -v '^BENCH_JSON '
     grep '^BENCH_JSON ' "$TMP/$1.out" | sed 's/^BENCH_JSON //' >"$TMP/$1.$2.$3.json"
 }
+run_onnx() { # round model: ONNX Runtime inside the Rust process, as the engine runs it
+    [[ $2 == yolo-page ]] && return
+    run_rust onnx "$1" "$2"
+}
 run_ort() { # round model
     [[ $2 == yolo-page ]] && return  # no ONNX source for the detector
     echo "== round $1, $2: onnxruntime (Python)"
@@ -114,9 +118,11 @@ run_ort() { # round model
 for ((round = 1; round <= ROUNDS; round++)); do
     for model in $MODELS; do
         if ((round % 2)); then
-            run_rust aoti "$round" "$model"; run_rust ts "$round" "$model"; run_ort "$round" "$model"
+            run_rust aoti "$round" "$model"; run_rust ts "$round" "$model"; run_onnx "$round" "$model"
+            run_ort "$round" "$model"
         else
-            run_ort "$round" "$model"; run_rust ts "$round" "$model"; run_rust aoti "$round" "$model"
+            run_ort "$round" "$model"; run_onnx "$round" "$model"; run_rust ts "$round" "$model"
+            run_rust aoti "$round" "$model"
         fi
     done
 done
@@ -140,9 +146,9 @@ def pooled(backend):
             models.setdefault(m["model"], {"input": m["input"], "samples": []})["samples"] += m["samples_ms"]
     return models
 
-aoti, ts, ort = pooled("aoti"), pooled("ts"), pooled("ort")
-print("| model | input | AOTInductor ms | TorchScript ms | ORT ms | AOTI / TorchScript | AOTI / ORT |")
-print("|---|---|---:|---:|---:|---:|---:|")
+aoti, ts, ort, onnx = pooled("aoti"), pooled("ts"), pooled("ort"), pooled("onnx")
+print("| model | input | AOTInductor ms | TorchScript ms | ORT in Rust ms | ORT (Python) ms | AOTI / TorchScript | AOTI / ORT |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 for key in ("det", "rec", "cls", "det-page", "yolo-page"):
     if key not in ts:
         continue
@@ -151,5 +157,6 @@ for key in ("det", "rec", "cls", "det-page", "yolo-page"):
     if key in ort:
         assert ts[key]["input"] == ort[key]["input"], (ts[key], ort[key])
     orts, ratio = (f"{o:.1f}", f"{a / o:.2f}") if o else ("", "")
-    print(f"| {key} | {ts[key]['input']} | {a:.1f} | {t:.1f} | {orts} | {a / t:.2f} | {ratio} |")
+    inproc = f"{statistics.median(onnx[key]['samples']):.1f}" if key in onnx else ""
+    print(f"| {key} | {ts[key]['input']} | {a:.1f} | {t:.1f} | {inproc} | {orts} | {a / t:.2f} | {ratio} |")
 PY

@@ -32,5 +32,8 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$ROOT/training/runs/yolo-config}"
 mkdir -p "$YOLO_CONFIG_DIR"
 "$PY" "$ROOT/models/provision_aoti.py" "$@"
+# RapidOCR's ONNX files for ONNX Runtime, each timed here against its package and TorchScript:
+# `--model-format auto` runs ONNX Runtime for a model only where it was the fastest (~1 min, once).
+"$PY" "$ROOT/models/provision_onnx.py" "$@"
 
 # The YOLO detector's TorchScript (models/detector, trained by training/) is provisioned separately.

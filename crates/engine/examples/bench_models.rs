@@ -1,9 +1,10 @@
-//! CPU speed of the models on libtorch from Rust, without the engine: each model's
-//! TorchScript (tch `CModule`) or its AOTInductor package (`plenum_engine::aoti`, as
-//! provisioned by models/provision_aoti.py) called directly on fixed inputs.
+//! CPU speed of the models from Rust, without the engine: each model's TorchScript (tch
+//! `CModule`), its AOTInductor package (`plenum_engine::aoti`, as provisioned by
+//! models/provision_aoti.py) or its ONNX file on ONNX Runtime in this process
+//! (`plenum_engine::onnx`, models/provision_onnx.py) called directly on fixed inputs.
 //!
 //!   OMP_WAIT_POLICY=PASSIVE cargo run --release --workspace --example bench_models \
-//!       -- [--threads 2] [--warmup 3] [--runs 10] [--model det,rec,cls] [--format ts|aoti]
+//!       -- [--threads 2] [--warmup 3] [--runs 10] [--model det,rec,cls] [--format ts|aoti|onnx]
 //!
 //! Prints a table (median and p90 per model) and one line starting with `BENCH_JSON `
 //! (the same, plus every sample) for scripts: `scripts/bench-models.sh` puts it beside
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use plenum_engine::ModelManifest;
 use plenum_engine::aoti::{AotiPackage, PackageManifest};
+use plenum_engine::onnx::{OnnxManifest, OnnxSession};
 use plenum_engine::tch::{self, CModule, Device, Kind, Tensor};
 
 /// Model key, manifest (under models/), input shape: the shapes of
@@ -38,29 +40,82 @@ const MODELS: [(&str, &str, [i64; 4]); 5] = [
     ),
 ];
 
+/// Which runtime runs the models.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    TorchScript,
+    Aoti,
+    /// ONNX Runtime in this process, as the engine runs it (`plenum_engine::onnx`).
+    Onnx,
+}
+
+impl Format {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "ts" => Ok(Self::TorchScript),
+            "aoti" => Ok(Self::Aoti),
+            "onnx" => Ok(Self::Onnx),
+            _ => Err(format!("--format {value}: ts, aoti or onnx")),
+        }
+    }
+
+    /// The name in BENCH_JSON.
+    fn backend(self) -> &'static str {
+        match self {
+            Self::TorchScript => "tch",
+            Self::Aoti => "aoti",
+            Self::Onnx => "onnx",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::TorchScript => "TorchScript (libtorch)",
+            Self::Aoti => "AOTInductor (libtorch)",
+            Self::Onnx => "ONNX Runtime (in process)",
+        }
+    }
+}
+
 /// One way of running a model.
 enum Runner {
     TorchScript(CModule),
     Aoti(AotiPackage),
+    Onnx(OnnxSession),
 }
 
 impl Runner {
-    fn load(manifest: &ModelManifest, aoti: bool) -> Result<Self, Box<dyn std::error::Error>> {
+    fn load(
+        manifest: &ModelManifest,
+        format: Format,
+        threads: usize,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         manifest.verify()?;
-        if aoti {
-            let sidecar = PackageManifest::beside(manifest)?
-                .ok_or_else(|| format!("{}: no AOTInductor package provisioned", manifest.name))?;
-            return Ok(Self::Aoti(AotiPackage::load(&sidecar.path())?));
+        match format {
+            Format::Aoti => {
+                let sidecar = PackageManifest::beside(manifest)?.ok_or_else(|| {
+                    format!("{}: no AOTInductor package provisioned", manifest.name)
+                })?;
+                Ok(Self::Aoti(AotiPackage::load(&sidecar.path())?))
+            }
+            Format::Onnx => {
+                let sidecar = OnnxManifest::beside(manifest)?
+                    .ok_or_else(|| format!("{}: no ONNX file provisioned", manifest.name))?;
+                Ok(Self::Onnx(OnnxSession::load(&sidecar, threads)?))
+            }
+            Format::TorchScript => {
+                let mut module = CModule::load_on_device(manifest.model_path(), Device::Cpu)?;
+                module.f_set_eval()?;
+                Ok(Self::TorchScript(module))
+            }
         }
-        let mut module = CModule::load_on_device(manifest.model_path(), Device::Cpu)?;
-        module.f_set_eval()?;
-        Ok(Self::TorchScript(module))
     }
 
     fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
         match self {
             Self::TorchScript(module) => module.forward_ts(&[input]).map_err(|e| e.to_string()),
             Self::Aoti(package) => package.run(input),
+            Self::Onnx(session) => session.run(input),
         }
     }
 }
@@ -72,7 +127,7 @@ struct Options {
     dir: PathBuf,
     /// Model keys to run, in `MODELS` order.
     only: Vec<String>,
-    aoti: bool,
+    format: Format,
 }
 
 fn options() -> Result<Options, String> {
@@ -82,7 +137,7 @@ fn options() -> Result<Options, String> {
         runs: 10,
         dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"),
         only: MODELS.iter().map(|(key, _, _)| (*key).to_owned()).collect(),
-        aoti: false,
+        format: Format::TorchScript,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -97,13 +152,7 @@ fn options() -> Result<Options, String> {
             "--warmup" => options.warmup = number()?,
             "--runs" => options.runs = number()?.max(1),
             "--models" => options.dir = PathBuf::from(&value),
-            "--format" => {
-                options.aoti = match value.as_str() {
-                    "ts" => false,
-                    "aoti" => true,
-                    _ => return Err(format!("--format {value}: ts or aoti")),
-                }
-            }
+            "--format" => options.format = Format::parse(&value)?,
             "--model" => {
                 options.only = value.split(',').map(str::to_owned).collect();
                 if let Some(bad) = options
@@ -118,7 +167,7 @@ fn options() -> Result<Options, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; use --threads N --warmup N --runs N --model det,rec,cls --models DIR --format ts|aoti"
+                    "unknown flag {flag}; use --threads N --warmup N --runs N --model det,rec,cls --models DIR --format ts|aoti|onnx"
                 ));
             }
         }
@@ -175,14 +224,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     plenum_engine::omp::ensure_passive_wait_policy();
     let options = options()?;
     tch::set_num_threads(options.threads);
-    let backend = if options.aoti { "aoti" } else { "tch" };
+    let backend = options.format.backend();
     println!(
-        "{} (libtorch) on CPU, {} threads, median of {} runs after {} warm-up",
-        if options.aoti {
-            "AOTInductor"
-        } else {
-            "TorchScript"
-        },
+        "{} on CPU, {} threads, median of {} runs after {} warm-up",
+        options.format.title(),
         tch::get_num_threads(),
         options.runs,
         options.warmup
@@ -193,7 +238,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let manifest = ModelManifest::load(&options.dir.join(manifest))?;
-        let mut runner = Runner::load(&manifest, options.aoti)?;
+        let threads = usize::try_from(options.threads).unwrap_or(1).max(1);
+        let mut runner = Runner::load(&manifest, options.format, threads)?;
         tch::manual_seed(0);
         let input = Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let samples = bench(&mut runner, &input, options.warmup, options.runs)?;

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tch::{Device, Tensor};
 
+use crate::ModelManifest;
 use crate::model::{Model, TorchScript};
-use crate::{EngineError, ModelManifest};
 
 unsafe extern "C" {
     fn plenum_aoti_load(path: *const c_char, error: *mut *mut c_char) -> *mut c_void;
@@ -35,12 +35,17 @@ unsafe extern "C" {
 /// Which model file the engine runs on the CPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelFormat {
-    /// The AOTInductor package when one was provisioned for this TorchScript file, else
-    /// TorchScript.
+    /// The fastest provisioned for this TorchScript file on this CPU: ONNX Runtime where
+    /// provisioning timed it faster than the package ([`crate::onnx`]), else the
+    /// AOTInductor package, else TorchScript.
     #[default]
     Auto,
     /// Always TorchScript (the portable format; for comparisons and as an escape hatch).
     Torchscript,
+    /// The AOTInductor package where one was provisioned, else TorchScript.
+    Package,
+    /// ONNX Runtime where it was provisioned, else TorchScript.
+    Onnx,
 }
 
 /// The sidecar manifest provisioning writes beside a model's manifest.
@@ -94,7 +99,7 @@ impl PackageManifest {
     }
 
     /// Why this package cannot stand in for `manifest`'s model, if it cannot.
-    fn unusable(&self, manifest: &ModelManifest) -> Option<String> {
+    pub(crate) fn unusable(&self, manifest: &ModelManifest) -> Option<String> {
         if self.device != "cpu" {
             return Some(format!("it is for {}, not the CPU", self.device));
         }
@@ -209,6 +214,20 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    pub(crate) fn new(
+        package: AotiPackage,
+        sidecar: PackageManifest,
+        torchscript: TorchScript,
+    ) -> Self {
+        Self {
+            package,
+            torchscript,
+            device: Device::Cpu,
+            min_input: sidecar.min_input,
+            max_input: sidecar.max_input,
+        }
+    }
+
     /// Whether the package was compiled for this input's sizes, batch aside.
     fn fits(&self, size: &[i64]) -> bool {
         if !self.min_input.is_empty() && size.len() != self.min_input.len() {
@@ -252,30 +271,6 @@ impl Model for Compiled {
         self.torchscript.move_to(device)?;
         self.device = device;
         Ok(())
-    }
-}
-
-/// Loads `manifest`'s model as `format` asks: its checked TorchScript file, and the
-/// AOTInductor package beside it when there is a usable one (checksum first). A package
-/// that is stale or fails to load is logged and skipped: TorchScript still serves.
-pub fn load(manifest: &ModelManifest, format: ModelFormat) -> Result<Box<dyn Model>, EngineError> {
-    let torchscript = TorchScript::load(manifest)?;
-    if format == ModelFormat::Torchscript {
-        return Ok(Box::new(torchscript));
-    }
-    match load_package(manifest) {
-        Ok(Some((package, sidecar))) => Ok(Box::new(Compiled {
-            package,
-            torchscript,
-            device: Device::Cpu,
-            min_input: sidecar.min_input,
-            max_input: sidecar.max_input,
-        })),
-        Ok(None) => Ok(Box::new(torchscript)),
-        Err(why) => {
-            tracing::warn!(model = %manifest.name, "not using the AOTInductor package: {why}; running TorchScript");
-            Ok(Box::new(torchscript))
-        }
     }
 }
 

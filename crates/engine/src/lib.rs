@@ -7,7 +7,8 @@
 //! revokes the lease. Moves happen between batches and never drop a request.
 //!
 //! Rooms: [`manifest`] describes a model file, [`model`] is what runs it (TorchScript),
-//! [`aoti`] runs its AOTInductor package on the CPU when one was provisioned,
+//! [`aoti`] runs its AOTInductor package on the CPU when one was provisioned, [`onnx`]
+//! ONNX Runtime where provisioning timed it fastest on this CPU,
 //! [`worker`] is the inference thread, [`placement`] follows the lease, [`health`] tells
 //! a service when a model's thread has stopped, [`serving`] is a model service's
 //! health from bind to exit, [`metrics`] reports, [`omp`] fixes
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod model;
 mod offload;
 pub mod omp;
+pub mod onnx;
 mod placement;
 pub mod serving;
 pub mod status;

@@ -1,6 +1,6 @@
 //! What the inference thread drives: a [`Model`] (the TorchScript one here, the
-//! AOTInductor one in [`crate::aoti`], fakes in tests) and the [`ModelLoader`] that
-//! makes it from a manifest.
+//! AOTInductor one in [`crate::aoti`], ONNX Runtime in [`crate::onnx`], fakes in tests)
+//! and the [`ModelLoader`] that makes it from a manifest, picking among them ([`load`]).
 //!
 //! A model returns errors it understands (`Err`) and the batch fails; a panic that
 //! escapes it stops the model's thread for good, because its weights may be half moved
@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use tch::{CModule, Device, Kind, Tensor};
 
-use crate::aoti::ModelFormat;
+use crate::aoti::{self, ModelFormat, PackageManifest};
+use crate::onnx::{self, OnnxManifest};
 use crate::{EngineError, ModelManifest};
 
 /// One loaded model, called only from its engine's thread.
@@ -26,7 +27,7 @@ type Load = dyn Fn(&ModelManifest) -> Result<Box<dyn Model>, EngineError> + Send
 
 /// Makes the model a manifest names; called once per engine, on a blocking thread.
 /// The default loads the TorchScript file after checking its checksum, and on the CPU
-/// runs the AOTInductor package provisioned for it, if any ([`crate::aoti`]).
+/// runs the fastest runtime provisioned for it ([`crate::aoti`], [`crate::onnx`]).
 #[derive(Clone)]
 pub struct ModelLoader(Arc<Load>);
 
@@ -37,10 +38,10 @@ impl ModelLoader {
         Self(Arc::new(load))
     }
 
-    /// The product's loader: TorchScript, or its AOTInductor package on the CPU when
-    /// `format` allows and one was provisioned.
+    /// The product's loader: TorchScript, or on the CPU the AOTInductor package or ONNX
+    /// Runtime when `format` allows and one was provisioned.
     pub fn for_format(format: ModelFormat) -> Self {
-        Self::new(move |manifest| crate::aoti::load(manifest, format))
+        Self::new(move |manifest| load(manifest, format))
     }
 
     pub(crate) fn load(&self, manifest: &ModelManifest) -> Result<Box<dyn Model>, EngineError> {
@@ -125,4 +126,55 @@ impl Model for TorchScript {
             }
         }
     }
+}
+
+/// Loads `manifest`'s model as `format` asks: its checked TorchScript file, and on the CPU
+/// the runtime provisioned beside it that `format` picks. A sidecar that is stale, or a
+/// file or library that fails to load, is logged and skipped: TorchScript still serves.
+pub fn load(manifest: &ModelManifest, format: ModelFormat) -> Result<Box<dyn Model>, EngineError> {
+    let torchscript = TorchScript::load(manifest)?;
+    let use_onnx = match format {
+        ModelFormat::Torchscript => return Ok(Box::new(torchscript)),
+        ModelFormat::Package => false,
+        ModelFormat::Onnx => true,
+        ModelFormat::Auto => onnx_was_fastest(manifest),
+    };
+    if use_onnx {
+        match onnx::load_session(manifest) {
+            Ok(Some((session, _))) => {
+                tracing::info!(model = %manifest.name, "running ONNX Runtime on the CPU");
+                return Ok(Box::new(onnx::on_cpu(session, torchscript)));
+            }
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(model = %manifest.name, "not using ONNX Runtime: {why}");
+            }
+        }
+        if format == ModelFormat::Onnx {
+            return Ok(Box::new(torchscript));
+        }
+    }
+    match aoti::load_package(manifest) {
+        Ok(Some((package, sidecar))) => {
+            Ok(Box::new(aoti::Compiled::new(package, sidecar, torchscript)))
+        }
+        Ok(None) => Ok(Box::new(torchscript)),
+        Err(why) => {
+            tracing::warn!(model = %manifest.name, "not using the AOTInductor package: {why}; running TorchScript");
+            Ok(Box::new(torchscript))
+        }
+    }
+}
+
+/// Whether provisioning timed ONNX Runtime faster on this machine than the runtime that
+/// would run otherwise: the usable AOTInductor package, or TorchScript.
+fn onnx_was_fastest(manifest: &ModelManifest) -> bool {
+    let Ok(Some(sidecar)) = OnnxManifest::beside(manifest) else {
+        return false;
+    };
+    let package = PackageManifest::beside(manifest)
+        .ok()
+        .flatten()
+        .filter(|package| package.unusable(manifest).is_none());
+    sidecar.fastest_against(package.as_ref().map(|package| package.sha256.as_str()))
 }

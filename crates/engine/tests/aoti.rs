@@ -183,7 +183,7 @@ async fn the_engine_answers_the_same_with_the_package_and_with_torchscript() {
         ("ppocr-mobile-v2-cls", [20, 3, 48, 192]),
     ] {
         let input = random(&shape, 7);
-        let compiled = engine(name, ModelFormat::Auto).await;
+        let compiled = engine(name, ModelFormat::Package).await;
         let scripted = engine(name, ModelFormat::Torchscript).await;
         let got = compiled.infer(input.shallow_clone()).await.expect("answer");
         let want = scripted.infer(input.shallow_clone()).await.expect("answer");
@@ -197,7 +197,7 @@ async fn an_input_of_sizes_the_package_was_not_compiled_for_gets_torchscripts_an
     // The angle classifier was compiled for 48x192 crops and its code would not check;
     // TorchScript (adaptive pooling) answers any size.
     let input = random(&[2, 3, 40, 100], 3);
-    let compiled = engine("ppocr-mobile-v2-cls", ModelFormat::Auto).await;
+    let compiled = engine("ppocr-mobile-v2-cls", ModelFormat::Package).await;
     let scripted = engine("ppocr-mobile-v2-cls", ModelFormat::Torchscript).await;
     let got = compiled.infer(input.shallow_clone()).await.expect("answer");
     let want = scripted.infer(input).await.expect("answer");
