@@ -32,6 +32,8 @@ pub struct DetectOptions {
     pub input_size: u32,
     /// Drop the detections the model's verifier refuses (when it has one).
     pub verify: bool,
+    /// Look again at half scale when the page's symbols came out large.
+    pub large_symbol_pass: bool,
 }
 
 /// How one page is fed to the model.
@@ -179,15 +181,17 @@ impl Detector {
             tiling: Tiling::Auto,
             input_size: self.native_size,
             verify: true,
+            large_symbol_pass: true,
         };
         self.work_bytes(side, side, &options)
     }
 
     /// The working memory of detecting on one `width`×`height` page: the decoded
-    /// page (kept for the verifier's crops when the call verifies), its model inputs
-    /// twice over (the pixels, then the tensor made from them), and the model's passes
-    /// over them when it computes on the CPU. The verifier's crops are small beside
-    /// these.
+    /// page (kept for the verifier's crops and the large-symbol pass), its model
+    /// inputs twice over (the pixels, then the tensor made from them), and the model's
+    /// passes over them when it computes on the CPU; with the large-symbol pass, its
+    /// half-scale input and pass too, since whether it runs is known only after the
+    /// first. The verifier's crops are small beside these.
     pub fn work_bytes(&self, width: u32, height: u32, options: &DetectOptions) -> u64 {
         let decoded = u64::from(width) * u64::from(height) * DECODE_BYTES_PER_PIXEL;
         let (inputs, side_w, side_h) = match self.fit(width, height, options) {
@@ -198,9 +202,27 @@ impl Detector {
                 self.native_size,
             ),
         };
-        let row_elements = 3 * u64::from(side_w) * u64::from(side_h);
-        let tensors = 2 * inputs as u64 * row_elements * 4;
-        decoded + tensors + self.engine.host_work_bytes(inputs, row_elements)
+        let pass_bytes = |inputs: usize, side_w: u32, side_h: u32| {
+            let row_elements = 3 * u64::from(side_w) * u64::from(side_h);
+            2 * inputs as u64 * row_elements * 4 + self.engine.host_work_bytes(inputs, row_elements)
+        };
+        let large_symbol_pass = match self.large_symbol_side(width, height, options) {
+            Some(half) => pass_bytes(1, half, half),
+            None => 0,
+        };
+        decoded + pass_bytes(inputs, side_w, side_h) + large_symbol_pass
+    }
+
+    /// The letterbox size of the large-symbol pass over a `width`×`height` page, when
+    /// the call asks for it and the page is letterboxed whole: half the first pass's.
+    fn large_symbol_side(&self, width: u32, height: u32, options: &DetectOptions) -> Option<u32> {
+        if !options.large_symbol_pass || options.tiling != Tiling::Auto {
+            return None;
+        }
+        match self.fit(width, height, options) {
+            Fit::Letterbox(size) => Some((size / 2).div_ceil(self.stride).max(1) * self.stride),
+            Fit::Tiles => None,
+        }
     }
 
     pub fn classes(&self) -> &[String] {
@@ -377,6 +399,8 @@ impl Detector {
                 relabeled: 0,
             });
         }
+        self.large_symbol_pass(&prepared, &mut results, options)
+            .await?;
         if let Some(verifier) = self.verifier.as_ref().filter(|_| options.verify) {
             let pages: Vec<Option<RgbImage>> = prepared.into_iter().map(|p| p.decoded).collect();
             second_look(verifier, pages, options.classes.as_deref(), &mut results).await?;
@@ -396,7 +420,10 @@ impl Detector {
                 let image = decode(bytes, &self.limits)
                     .map_err(|source| PipelineError::Decode { index, source })?;
                 let mut page = self.prepare_page(&image, options);
-                if self.verifies(options) {
+                let large_symbol_pass = self
+                    .large_symbol_side(image.width, image.height, options)
+                    .is_some();
+                if self.verifies(options) || large_symbol_pass {
                     page.decoded = Some(image.image);
                 }
                 Ok(page)
@@ -442,6 +469,85 @@ impl Detector {
             }
         }
     }
+
+    /// Gives each page whose symbols came out large (see [`LARGE_SYMBOL`]) a second
+    /// pass at half scale, and adds what it finds where the first pass found nothing.
+    /// The model was trained at one drawing scale: symbols twice that size and more
+    /// (a plan at another scale, a scan at a higher DPI) it misses at full scale and
+    /// finds at half, while at half scale it loses the small ones, which is why this
+    /// is a second pass and only where the first found large symbols.
+    async fn large_symbol_pass(
+        &self,
+        pages: &[PreparedPage],
+        results: &mut [ImageResult],
+        options: &DetectOptions,
+    ) -> Result<(), PipelineError> {
+        for (page, result) in pages.iter().zip(results.iter_mut()) {
+            let (Some(side), Some(image)) = (
+                self.large_symbol_side(page.width, page.height, options),
+                page.decoded.as_ref(),
+            ) else {
+                continue;
+            };
+            if !symbols_are_large(&result.detections) {
+                continue;
+            }
+            let boxed = letterbox_rect(image, side, self.stride);
+            let (width, height) = boxed.dimensions();
+            let input = Tensor::from_slice(&to_nchw_f32(&[&boxed]).0).view([
+                1,
+                3,
+                i64::from(height),
+                i64::from(width),
+            ]);
+            drop(boxed);
+            let output = self.engine.infer(input).await?;
+            let found = yolo::decode(
+                &output.get(0).to_kind(Kind::Float),
+                options.score_threshold,
+                options.iou_threshold,
+                options.classes.as_deref(),
+            );
+            for detection in found {
+                let bbox =
+                    yolo::scale_to_source(&detection.bbox, width, height, page.width, page.height);
+                let new = result
+                    .detections
+                    .iter()
+                    .all(|kept| kept.bbox.iou(&bbox) < SAME_SYMBOL_IOU);
+                if new {
+                    result.detections.push(Detection { bbox, ..detection });
+                }
+            }
+            result
+                .detections
+                .sort_by(|a, b| b.score.total_cmp(&a.score));
+            result.tiles += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The median longer side (page pixels) of a page's detections from which it gets the
+/// large-symbol pass. The generator's pages, drawn at the training scale, have medians
+/// of 29-38 px; the independent renderer's pages with 122 px VAV boxes the first pass
+/// missed, 68 and 86.
+pub const LARGE_SYMBOL: f32 = 60.0;
+
+/// A detection of the half-scale pass overlapping one of the first pass this much is
+/// the same symbol (the overlap at which detections count as found).
+const SAME_SYMBOL_IOU: f32 = 0.5;
+
+fn symbols_are_large(detections: &[Detection]) -> bool {
+    let mut sides: Vec<f32> = detections
+        .iter()
+        .map(|d| (d.bbox.x_max - d.bbox.x_min).max(d.bbox.y_max - d.bbox.y_min))
+        .collect();
+    if sides.is_empty() {
+        return false;
+    }
+    sides.sort_by(f32::total_cmp);
+    sides[sides.len() / 2] >= LARGE_SYMBOL
 }
 
 struct PreparedPage {

@@ -121,6 +121,7 @@ impl DetectorService {
             tiling,
             input_size,
             verify: options.verify,
+            large_symbol_pass: options.large_symbol_pass,
         })
     }
 }

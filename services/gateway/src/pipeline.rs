@@ -440,8 +440,10 @@ impl Pipeline {
                         options: Some(det::DetectOptions {
                             score_threshold,
                             // The pipeline's symbols are what users act on: the
-                            // verifier's second look drops most look-alikes.
+                            // verifier's second look drops most look-alikes, and a
+                            // page drawn at a larger scale gets a pass at half scale.
                             verify: true,
+                            large_symbol_pass: true,
                             ..Default::default()
                         }),
                     });

@@ -360,6 +360,7 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
 /// count as symbols nor take their tags; 0.946 / 0.974 / 0.881 once the verifier
 /// also corrects a class it is sure of (small diffusers taken for thermostats), OCR
 /// joins vertical tags broken at the hyphen, and a tag one look-alike slip from its
-/// class's pattern is corrected. A little slack for BLAS; the goal is
-/// 0.97 / 0.97 / 0.93.
-const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.93, 0.955, 0.86);
+/// class's pattern is corrected; 0.955 / 0.975 / 0.891 with the detector's
+/// large-symbol pass (two VAV boxes of ~120 px found, and tagged, at half scale). A
+/// little slack for BLAS; the goal is 0.97 / 0.97 / 0.93.
+const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.945, 0.965, 0.875);
