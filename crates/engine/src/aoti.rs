@@ -15,11 +15,11 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use crate::ModelManifest;
-use crate::model::{Model, TorchScript};
+use crate::manifest::{read_checked, read_sidecar};
+use crate::model::CpuRuntime;
 
 unsafe extern "C" {
     fn plenum_aoti_load(path: *const c_char, error: *mut *mut c_char) -> *mut c_void;
@@ -82,16 +82,11 @@ impl PackageManifest {
     /// The sidecar of `manifest` (`<name>.aoti.toml` in its folder), if provisioning
     /// wrote one.
     pub fn beside(manifest: &ModelManifest) -> Result<Option<Self>, String> {
-        let path = manifest.dir.join(format!("{}.aoti.toml", manifest.name));
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
-        };
-        let mut package: Self = toml::from_str(&text)
-            .map_err(|error| format!("{} is not a valid manifest: {error}", path.display()))?;
-        package.dir = manifest.dir.clone();
-        Ok(Some(package))
+        let sidecar: Option<Self> = read_sidecar(manifest, "aoti")?;
+        Ok(sidecar.map(|package| Self {
+            dir: manifest.dir.clone(),
+            ..package
+        }))
     }
 
     pub fn path(&self) -> PathBuf {
@@ -202,34 +197,29 @@ pub(crate) fn take_error(error: *mut c_char) -> String {
     }
 }
 
-/// The package on the CPU, the TorchScript module wherever else the model is placed
-/// (a CUDA package would have to be compiled on the GPU host) and for inputs outside the
-/// sizes the package was compiled for (the compiled code does not check them itself).
+/// The package with the sizes it was compiled for: it runs the CPU batches of those
+/// sizes ([`OnCpu`](crate::model::OnCpu) gives the rest, and every batch off the CPU,
+/// to TorchScript: a CUDA package would have to be compiled on the GPU host, and the
+/// compiled code does not check sizes itself).
 pub struct Compiled {
     package: AotiPackage,
-    torchscript: TorchScript,
-    device: Device,
     min_input: Vec<i64>,
     max_input: Vec<i64>,
 }
 
 impl Compiled {
-    pub(crate) fn new(
-        package: AotiPackage,
-        sidecar: PackageManifest,
-        torchscript: TorchScript,
-    ) -> Self {
+    pub(crate) fn new(package: AotiPackage, sidecar: PackageManifest) -> Self {
         Self {
             package,
-            torchscript,
-            device: Device::Cpu,
             min_input: sidecar.min_input,
             max_input: sidecar.max_input,
         }
     }
+}
 
+impl CpuRuntime for Compiled {
     /// Whether the package was compiled for this input's sizes, batch aside.
-    fn fits(&self, size: &[i64]) -> bool {
+    fn accepts(&self, size: &[i64]) -> bool {
         if !self.min_input.is_empty() && size.len() != self.min_input.len() {
             return false;
         }
@@ -241,36 +231,22 @@ impl Compiled {
     }
 
     /// Runs the package, in chunks of its largest batch.
-    fn run_package(&mut self, input: &Tensor) -> Result<Tensor, String> {
+    fn run(&mut self, input: &Tensor) -> Result<Tensor, String> {
         let max_batch = self.max_input.first().copied().unwrap_or(-1);
         let rows = input.size().first().copied().unwrap_or(0);
-        if max_batch < 1 || rows <= max_batch {
-            return self.package.run(input);
-        }
-        let chunks = input
-            .f_split(max_batch, 0)
-            .map_err(|error| error.to_string())?;
-        let outputs = chunks
-            .iter()
-            .map(|chunk| self.package.run(chunk))
-            .collect::<Result<Vec<_>, _>>()?;
-        Tensor::f_cat(&outputs, 0).map_err(|error| error.to_string())
-    }
-}
-
-impl Model for Compiled {
-    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
-        if self.device == Device::Cpu && self.fits(&input.size()) {
-            tch::no_grad(|| self.run_package(input))
-        } else {
-            self.torchscript.forward(input)
-        }
-    }
-
-    fn move_to(&mut self, device: Device) -> Result<(), String> {
-        self.torchscript.move_to(device)?;
-        self.device = device;
-        Ok(())
+        tch::no_grad(|| {
+            if max_batch < 1 || rows <= max_batch {
+                return self.package.run(input);
+            }
+            let chunks = input
+                .f_split(max_batch, 0)
+                .map_err(|error| error.to_string())?;
+            let outputs = chunks
+                .iter()
+                .map(|chunk| self.package.run(chunk))
+                .collect::<Result<Vec<_>, _>>()?;
+            Tensor::f_cat(&outputs, 0).map_err(|error| error.to_string())
+        })
     }
 }
 
@@ -286,16 +262,7 @@ pub fn load_package(
         return Err(why);
     }
     let path = sidecar.path();
-    let bytes =
-        std::fs::read(&path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let actual = format!("{:x}", Sha256::digest(&bytes));
-    if actual != sidecar.sha256 {
-        return Err(format!(
-            "{}: sha256 is {actual}, its manifest says {}; re-provision",
-            path.display(),
-            sidecar.sha256
-        ));
-    }
+    read_checked(&path, &sidecar.sha256)?;
     let threads = tch::get_num_threads();
     if sidecar.threads > 0 && sidecar.threads != threads {
         tracing::warn!(

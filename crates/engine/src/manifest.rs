@@ -322,6 +322,38 @@ pub fn default_models_dir(kind: &str) -> PathBuf {
         .unwrap_or(here)
 }
 
+/// The sidecar provisioning wrote beside `manifest` for another runtime
+/// (`<name>.<kind>.toml`: an AOTInductor package, an ONNX file), parsed; `None` when
+/// there is none.
+pub(crate) fn read_sidecar<T: serde::de::DeserializeOwned>(
+    manifest: &ModelManifest,
+    kind: &str,
+) -> Result<Option<T>, String> {
+    let path = manifest.dir.join(format!("{}.{kind}.toml", manifest.name));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|error| format!("{} is not a valid manifest: {error}", path.display()))
+}
+
+/// The bytes of a file a sidecar names, if they still have the sha256 it recorded.
+pub(crate) fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
+    let bytes =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let actual = format!("{:x}", Sha256::digest(&bytes));
+    if actual != sha256 {
+        return Err(format!(
+            "{}: sha256 is {actual}, its manifest says {sha256}; re-provision",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,52 @@ impl Model for TorchScript {
     }
 }
 
+/// A runtime faster than TorchScript on the CPU: an AOTInductor package
+/// ([`crate::aoti`]) or ONNX Runtime ([`crate::onnx`]).
+pub trait CpuRuntime: Send + 'static {
+    /// Whether it can run an input of these sizes (else TorchScript does).
+    fn accepts(&self, _size: &[i64]) -> bool {
+        true
+    }
+    /// Runs one batch on the CPU.
+    fn run(&mut self, input: &Tensor) -> Result<Tensor, String>;
+}
+
+/// A CPU runtime for the batches it accepts while the model is on the CPU; the
+/// TorchScript module for the rest, and wherever else the model is placed (on a GPU,
+/// under its lease).
+pub struct OnCpu<R> {
+    runtime: R,
+    torchscript: TorchScript,
+    device: Device,
+}
+
+impl<R: CpuRuntime> OnCpu<R> {
+    pub fn new(runtime: R, torchscript: TorchScript) -> Self {
+        Self {
+            runtime,
+            torchscript,
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl<R: CpuRuntime> Model for OnCpu<R> {
+    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        if self.device == Device::Cpu && self.runtime.accepts(&input.size()) {
+            self.runtime.run(input)
+        } else {
+            self.torchscript.forward(input)
+        }
+    }
+
+    fn move_to(&mut self, device: Device) -> Result<(), String> {
+        self.torchscript.move_to(device)?;
+        self.device = device;
+        Ok(())
+    }
+}
+
 /// Loads `manifest`'s model as `format` asks: its checked TorchScript file, and on the CPU
 /// the runtime provisioned beside it that `format` picks. A sidecar that is stale, or a
 /// file or library that fails to load, is logged and skipped: TorchScript still serves.
@@ -143,7 +189,7 @@ pub fn load(manifest: &ModelManifest, format: ModelFormat) -> Result<Box<dyn Mod
         match onnx::load_session(manifest) {
             Ok(Some((session, _))) => {
                 tracing::info!(model = %manifest.name, "running ONNX Runtime on the CPU");
-                return Ok(Box::new(onnx::on_cpu(session, torchscript)));
+                return Ok(Box::new(OnCpu::new(session, torchscript)));
             }
             Ok(None) => {}
             Err(why) => {
@@ -155,9 +201,10 @@ pub fn load(manifest: &ModelManifest, format: ModelFormat) -> Result<Box<dyn Mod
         }
     }
     match aoti::load_package(manifest) {
-        Ok(Some((package, sidecar))) => {
-            Ok(Box::new(aoti::Compiled::new(package, sidecar, torchscript)))
-        }
+        Ok(Some((package, sidecar))) => Ok(Box::new(OnCpu::new(
+            aoti::Compiled::new(package, sidecar),
+            torchscript,
+        ))),
         Ok(None) => Ok(Box::new(torchscript)),
         Err(why) => {
             tracing::warn!(model = %manifest.name, "not using the AOTInductor package: {why}; running TorchScript");

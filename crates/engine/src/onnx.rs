@@ -18,11 +18,11 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::ModelManifest;
-use crate::model::{Model, TorchScript};
+use crate::manifest::{read_checked, read_sidecar};
+use crate::model::CpuRuntime;
 
 /// The sidecar models/provision_onnx.py writes beside a model's manifest.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,16 +59,11 @@ impl OnnxManifest {
     /// The sidecar of `manifest` (`<name>.onnx.toml` in its folder), if provisioning
     /// wrote one.
     pub fn beside(manifest: &ModelManifest) -> Result<Option<Self>, String> {
-        let path = manifest.dir.join(format!("{}.onnx.toml", manifest.name));
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
-        };
-        let mut sidecar: Self = toml::from_str(&text)
-            .map_err(|error| format!("{} is not a valid manifest: {error}", path.display()))?;
-        sidecar.dir = manifest.dir.clone();
-        Ok(Some(sidecar))
+        let sidecar: Option<Self> = read_sidecar(manifest, "onnx")?;
+        Ok(sidecar.map(|onnx| Self {
+            dir: manifest.dir.clone(),
+            ..onnx
+        }))
     }
 
     pub fn path(&self) -> PathBuf {
@@ -137,16 +132,7 @@ impl OnnxSession {
     /// `OMP_WAIT_POLICY=PASSIVE`).
     pub fn load(sidecar: &OnnxManifest, threads: usize) -> Result<Self, String> {
         let path = sidecar.path();
-        let bytes = std::fs::read(&path)
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        let actual = format!("{:x}", Sha256::digest(&bytes));
-        if actual != sidecar.sha256 {
-            return Err(format!(
-                "{}: sha256 is {actual}, its manifest says {}; re-provision",
-                path.display(),
-                sidecar.sha256
-            ));
-        }
+        let bytes = read_checked(&path, &sidecar.sha256)?;
         let environment = environment(&sidecar.runtime)?;
         let describe = |error: ort::Error| format!("{}: {error}", path.display());
         let session = Session::builder(environment)
@@ -172,10 +158,13 @@ impl OnnxSession {
         })
     }
 
-    /// Runs the model on `input` (float, on the CPU); returns its first output.
+    /// Runs the model on `input`; returns its first output, on the CPU.
     pub fn run(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        // ONNX Runtime reads the values in place: a contiguous f32 CPU tensor (no copy
+        // when the input already is one, as the engine's CPU batches are).
         let input = input
-            .f_to_kind(Kind::Float)
+            .f_to(Device::Cpu)
+            .and_then(|input| input.f_to_kind(Kind::Float))
             .and_then(|input| input.f_contiguous())
             .map_err(|error| error.to_string())?;
         let shape = input.size();
@@ -198,38 +187,17 @@ impl OnnxSession {
 /// The values of a contiguous float CPU tensor, borrowed.
 #[allow(unsafe_code)]
 fn float_slice(tensor: &Tensor) -> &[f32] {
-    debug_assert!(tensor.is_contiguous() && tensor.kind() == Kind::Float);
+    assert!(
+        tensor.device() == Device::Cpu && tensor.is_contiguous() && tensor.kind() == Kind::Float,
+        "float_slice needs a contiguous f32 CPU tensor"
+    );
     let len = tensor.numel();
     if len == 0 {
         return &[];
     }
-    // SAFETY: the tensor is a contiguous f32 CPU tensor of `len` elements (checked by the
-    // caller's conversion), and the slice borrows it, so its storage outlives the slice.
+    // SAFETY: the tensor is a contiguous f32 CPU tensor of `len` elements (asserted
+    // above), and the slice borrows it, so its storage outlives the slice.
     unsafe { std::slice::from_raw_parts(tensor.data_ptr().cast::<f32>(), len) }
-}
-
-/// ONNX Runtime on the CPU, the TorchScript module wherever else the model is placed
-/// (on a GPU the model runs as TorchScript under its lease).
-pub struct OnnxOnCpu {
-    session: OnnxSession,
-    torchscript: TorchScript,
-    device: Device,
-}
-
-impl Model for OnnxOnCpu {
-    fn forward(&mut self, input: &Tensor) -> Result<Tensor, String> {
-        if self.device == Device::Cpu {
-            self.session.run(input)
-        } else {
-            self.torchscript.forward(input)
-        }
-    }
-
-    fn move_to(&mut self, device: Device) -> Result<(), String> {
-        self.torchscript.move_to(device)?;
-        self.device = device;
-        Ok(())
-    }
 }
 
 /// The ONNX Runtime session provisioned for `manifest`'s TorchScript file: `None` when
@@ -248,11 +216,10 @@ pub fn load_session(
     Ok(Some((session, sidecar)))
 }
 
-/// Wraps a loaded session around the model's TorchScript file.
-pub(crate) fn on_cpu(session: OnnxSession, torchscript: TorchScript) -> OnnxOnCpu {
-    OnnxOnCpu {
-        session,
-        torchscript,
-        device: Device::Cpu,
+/// Every CPU batch runs on ONNX Runtime (its graphs take any size);
+/// [`OnCpu`](crate::model::OnCpu) gives the batches off the CPU to TorchScript.
+impl CpuRuntime for OnnxSession {
+    fn run(&mut self, input: &Tensor) -> Result<Tensor, String> {
+        OnnxSession::run(self, input)
     }
 }

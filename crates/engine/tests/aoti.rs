@@ -3,100 +3,36 @@
 //! the TorchScript files answer, and the loader uses one only for the TorchScript file
 //! it was checked against.
 
-use std::path::{Path, PathBuf};
+mod runtimes;
 
+use std::path::Path;
+
+use plenum_engine::ModelManifest;
 use plenum_engine::aoti::{AotiPackage, ModelFormat, PackageManifest, load_package};
-use plenum_engine::tch::{self, CModule, Device, Kind, Tensor};
-use plenum_engine::{
-    DeviceChoice, Engine, EngineMetrics, EngineSettings, ModelLoader, ModelManifest,
+use runtimes::{
+    TOLERANCE, assert_answers_as_torchscript, copied, engine, manifest, max_diff, new_shapes,
+    random, scratch,
 };
-
-/// The same bound provisioning holds the packages to (OCR_TOLERANCE).
-const TOLERANCE: f64 = 1e-4;
-
-fn manifest(name: &str) -> ModelManifest {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../models/ocr/generated/{name}.toml"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make setup` to provision the models",
-        path.display()
-    );
-    ModelManifest::load(&path).expect("valid manifest")
-}
-
-fn random(shape: &[i64], seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
-}
 
 #[test]
 fn every_ocr_package_matches_its_torchscript_on_new_shapes() {
-    for (name, shapes) in [
-        (
-            "ppocr-v4-det",
-            vec![vec![1, 3, 224, 352], vec![2, 3, 480, 320]],
-        ),
-        (
-            "ppocr-v4-rec",
-            vec![vec![1, 3, 48, 96], vec![7, 3, 48, 416]],
-        ),
-        (
-            "ppocr-mobile-v2-cls",
-            vec![vec![1, 3, 48, 192], vec![9, 3, 48, 192]],
-        ),
-    ] {
-        let manifest = manifest(name);
-        let sidecar = PackageManifest::beside(&manifest)
+    for (name, shapes) in new_shapes() {
+        let sidecar = PackageManifest::beside(&manifest(name))
             .expect("readable sidecar")
             .unwrap_or_else(|| panic!("{name}: no AOTInductor package; run `make setup`"));
         let mut package = AotiPackage::load(&sidecar.path()).expect("package loads");
-        let module = CModule::load_on_device(manifest.model_path(), Device::Cpu).unwrap();
-        for (seed, shape) in shapes.iter().enumerate() {
-            let input = random(shape, seed as i64);
-            let (want, got) = tch::no_grad(|| {
-                (
-                    module.forward_ts(&[&input]).unwrap(),
-                    package.run(&input).unwrap(),
-                )
-            });
-            let diff = max_diff(&got, &want);
-            assert!(
-                diff <= TOLERANCE,
-                "{name} {shape:?}: max|diff| {diff:e} > {TOLERANCE:e}"
-            );
-        }
+        assert_answers_as_torchscript(name, &shapes, |input| {
+            package.run(input).expect("the package answers")
+        });
     }
 }
 
-/// A copy of the det model's manifest, TorchScript file and package in a scratch folder,
-/// with the sidecar rewritten by `edit`.
+/// A copy of the det model and its package in `scratch`, the sidecar rewritten by `edit`.
 fn copied_model(scratch: &Path, edit: impl Fn(String) -> String) -> ModelManifest {
-    let original = manifest("ppocr-v4-det");
-    let sidecar = PackageManifest::beside(&original).unwrap().unwrap();
-    std::fs::copy(original.model_path(), scratch.join(&original.file)).unwrap();
-    std::fs::copy(sidecar.path(), scratch.join(&sidecar.file)).unwrap();
-    let dir = original.dir.clone();
-    std::fs::copy(
-        dir.join("ppocr-v4-det.toml"),
-        scratch.join("ppocr-v4-det.toml"),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(dir.join("ppocr-v4-det.aoti.toml")).unwrap();
-    std::fs::write(scratch.join("ppocr-v4-det.aoti.toml"), edit(text)).unwrap();
-    ModelManifest::load(&scratch.join("ppocr-v4-det.toml")).unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("plenum-aoti-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    let sidecar = PackageManifest::beside(&manifest("ppocr-v4-det"))
+        .unwrap()
+        .unwrap();
+    copied(scratch, "ppocr-v4-det", "aoti", &sidecar.path(), edit)
 }
 
 #[test]
@@ -158,22 +94,6 @@ fn a_package_is_used_only_for_the_torchscript_file_it_was_checked_against() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-async fn engine(name: &str, format: ModelFormat) -> Engine {
-    let settings = EngineSettings {
-        device: DeviceChoice::Cpu,
-        loader: ModelLoader::for_format(format),
-        ..EngineSettings::default()
-    };
-    Engine::start(
-        manifest(name),
-        settings,
-        None,
-        EngineMetrics::unregistered(name),
-    )
-    .await
-    .expect("engine starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_answers_the_same_with_the_package_and_with_torchscript() {
     // rec: a plain batch; cls: 20 rows, more than the package was compiled for (the
@@ -183,8 +103,8 @@ async fn the_engine_answers_the_same_with_the_package_and_with_torchscript() {
         ("ppocr-mobile-v2-cls", [20, 3, 48, 192]),
     ] {
         let input = random(&shape, 7);
-        let compiled = engine(name, ModelFormat::Package).await;
-        let scripted = engine(name, ModelFormat::Torchscript).await;
+        let compiled = engine(manifest(name), ModelFormat::Package).await;
+        let scripted = engine(manifest(name), ModelFormat::Torchscript).await;
         let got = compiled.infer(input.shallow_clone()).await.expect("answer");
         let want = scripted.infer(input.shallow_clone()).await.expect("answer");
         let diff = max_diff(&got, &want);
@@ -197,8 +117,8 @@ async fn an_input_of_sizes_the_package_was_not_compiled_for_gets_torchscripts_an
     // The angle classifier was compiled for 48x192 crops and its code would not check;
     // TorchScript (adaptive pooling) answers any size.
     let input = random(&[2, 3, 40, 100], 3);
-    let compiled = engine("ppocr-mobile-v2-cls", ModelFormat::Package).await;
-    let scripted = engine("ppocr-mobile-v2-cls", ModelFormat::Torchscript).await;
+    let compiled = engine(manifest("ppocr-mobile-v2-cls"), ModelFormat::Package).await;
+    let scripted = engine(manifest("ppocr-mobile-v2-cls"), ModelFormat::Torchscript).await;
     let got = compiled.infer(input.shallow_clone()).await.expect("answer");
     let want = scripted.infer(input).await.expect("answer");
     assert_eq!(max_diff(&got, &want), 0.0, "the same TorchScript answered");

@@ -3,97 +3,44 @@
 //! Runtime only where provisioning timed it fastest and only for the TorchScript file it
 //! was checked against.
 
-use std::path::{Path, PathBuf};
+mod runtimes;
 
+use std::path::Path;
+
+use plenum_engine::ModelManifest;
 use plenum_engine::aoti::ModelFormat;
 use plenum_engine::onnx::{OnnxManifest, load_session};
-use plenum_engine::tch::{self, CModule, Device, Kind, Tensor};
-use plenum_engine::{
-    DeviceChoice, Engine, EngineMetrics, EngineSettings, ModelLoader, ModelManifest,
+use plenum_engine::tch::{self, CModule, Device, Tensor};
+use runtimes::{
+    assert_answers_as_torchscript, copied, engine, manifest, max_diff, new_shapes, random, scratch,
 };
-
-/// The bound provisioning holds the conversion to (provision_ocr.py TOLERANCE).
-const TOLERANCE: f64 = 1e-4;
-
-fn manifest(name: &str) -> ModelManifest {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../models/ocr/generated/{name}.toml"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make setup` to provision the models",
-        path.display()
-    );
-    ModelManifest::load(&path).expect("valid manifest")
-}
-
-fn random(shape: &[i64], seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
-}
 
 #[test]
 fn every_ocr_model_answers_on_onnx_runtime_what_its_torchscript_answers() {
-    for (name, shapes) in [
-        (
-            "ppocr-v4-det",
-            vec![vec![1, 3, 224, 352], vec![2, 3, 480, 320]],
-        ),
-        (
-            "ppocr-v4-rec",
-            vec![vec![1, 3, 48, 96], vec![7, 3, 48, 416]],
-        ),
-        (
-            "ppocr-mobile-v2-cls",
-            vec![vec![1, 3, 48, 192], vec![9, 3, 48, 192]],
-        ),
-    ] {
-        let manifest = manifest(name);
-        let (mut session, _) = load_session(&manifest)
+    for (name, shapes) in new_shapes() {
+        let (mut session, _) = load_session(&manifest(name))
             .expect("the sidecar is current and the library loads")
             .unwrap_or_else(|| panic!("{name}: no ONNX sidecar; run `make setup`"));
-        let module = CModule::load_on_device(manifest.model_path(), Device::Cpu).unwrap();
-        for (seed, shape) in shapes.iter().enumerate() {
-            let input = random(shape, seed as i64);
-            let want = tch::no_grad(|| module.forward_ts(&[&input]).unwrap());
-            let got = session.run(&input).expect("ONNX Runtime answers");
-            let diff = max_diff(&got, &want);
-            assert!(
-                diff <= TOLERANCE,
-                "{name} {shape:?}: max|diff| {diff:e} > {TOLERANCE:e}"
-            );
-        }
+        assert_answers_as_torchscript(name, &shapes, |input| {
+            session.run(input).expect("ONNX Runtime answers")
+        });
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("plenum-onnx-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A copy of the angle classifier's manifest, TorchScript file and ONNX file in `scratch`
-/// (no AOTInductor package: the choice is ONNX Runtime or TorchScript), with the ONNX
-/// sidecar rewritten by `edit`.
+/// A copy of the angle classifier and its ONNX file in `scratch` (no AOTInductor
+/// package: the choice is ONNX Runtime or TorchScript), the ONNX sidecar rewritten by
+/// `edit`.
 fn copied_classifier(scratch: &Path, edit: impl Fn(String) -> String) -> ModelManifest {
-    let original = manifest("ppocr-mobile-v2-cls");
-    let sidecar = OnnxManifest::beside(&original).unwrap().unwrap();
-    std::fs::copy(original.model_path(), scratch.join(&original.file)).unwrap();
-    std::fs::copy(sidecar.path(), scratch.join(&sidecar.file)).unwrap();
-    let dir = original.dir.clone();
-    std::fs::copy(
-        dir.join("ppocr-mobile-v2-cls.toml"),
-        scratch.join("ppocr-mobile-v2-cls.toml"),
+    let sidecar = OnnxManifest::beside(&manifest("ppocr-mobile-v2-cls"))
+        .unwrap()
+        .unwrap();
+    copied(
+        scratch,
+        "ppocr-mobile-v2-cls",
+        "onnx",
+        &sidecar.path(),
+        edit,
     )
-    .unwrap();
-    let text = std::fs::read_to_string(dir.join("ppocr-mobile-v2-cls.onnx.toml")).unwrap();
-    std::fs::write(scratch.join("ppocr-mobile-v2-cls.onnx.toml"), edit(text)).unwrap();
-    ModelManifest::load(&scratch.join("ppocr-mobile-v2-cls.toml")).unwrap()
 }
 
 /// Sets the sidecar's timings: ONNX Runtime's and TorchScript's medians.
@@ -114,18 +61,6 @@ fn timed(onnxruntime_ms: f64, torchscript_ms: f64) -> impl Fn(String) -> String 
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-async fn engine(manifest: ModelManifest, format: ModelFormat) -> Engine {
-    let settings = EngineSettings {
-        device: DeviceChoice::Cpu,
-        loader: ModelLoader::for_format(format),
-        ..EngineSettings::default()
-    };
-    let name = manifest.name.clone();
-    Engine::start(manifest, settings, None, EngineMetrics::unregistered(&name))
-        .await
-        .expect("engine starts")
 }
 
 /// What the engine answers for `input`, and whether that is exactly TorchScript's or

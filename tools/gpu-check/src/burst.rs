@@ -3,15 +3,17 @@
 //! and a burst of large pages from several callers at once. NVML is sampled every
 //! 100 ms: each service process's measured device memory against the sum of its
 //! granted leases. Then one deliberate over-allocation: a detection with tiling off on
-//! a page far larger than the detector's CUDA allocator cap, which must run out of CUDA
-//! memory inside the request and be answered from the CPU (the detector's CPU fallback,
-//! counted in its metrics) or come back as `RESOURCE_EXHAUSTED`, while the process
-//! serves on.
+//! the largest page one pass accepts, which must be answered within the detector's
+//! leases (measured by the sampler), from the CPU when it runs out of CUDA memory past
+//! its allocator cap (the CPU fallback, counted in its metrics), or come back as
+//! `RESOURCE_EXHAUSTED`, while the process serves on. Whether it runs past the cap
+//! depends on the leases the detector holds: on the first H200 run it held 1.23 GiB
+//! (its weights, the verifier's, byte-admitted work memory) and the pass fit.
 //!
 //! Fails when a process measured more than its leases plus `--tolerance` (the CUDA
 //! context, which no lease books), when a call got anything but an answer or a clean
-//! `RESOURCE_EXHAUSTED`, when the over-allocation was answered on the GPU past the cap,
-//! or when a process died. `--simulate SPEC` runs the same against a simulated card (services on
+//! `RESOURCE_EXHAUSTED`, when the over-allocation failed otherwise or left the detector
+//! unable to answer a small page, or when a process died. `--simulate SPEC` runs the same against a simulated card (services on
 //! `sim-gpu`, "measured" being what they report), to try the check without a GPU.
 
 use std::collections::HashMap;
@@ -213,11 +215,13 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    // On a simulated card the engine has a memory profile and asks for a peak lease
-    // instead (CPU compute): answered under it, or refused, both are clean there.
-    let clean = over_allocation.starts_with("refused")
-        || over_allocation.starts_with("answered on the CPU")
-        || (args.simulate.is_some() && over_allocation.starts_with("answered"));
+    // Answered on the GPU is clean when it stayed within the leases, which the sampler
+    // checked above (an earlier version required the pass to overrun the cap, assuming
+    // 512 MiB of leases; the detector's leases grew and the premise no longer held).
+    // On a simulated card the engine asks for a peak lease instead (CPU compute).
+    let served_on = !over_allocation.contains(", but then a small page failed");
+    let clean = served_on
+        && (over_allocation.starts_with("refused") || over_allocation.starts_with("answered"));
     if !clean {
         failures.push(format!(
             "the over-allocation was not refused in-request: {over_allocation}"
@@ -295,10 +299,10 @@ const OVER_SIDE: u32 = 4096;
 
 /// One detection of a 4096² page in one pass (tiling off). Its first two convolutions'
 /// outputs and the input alone take ~600 MB in fp32 (arithmetic on the layer shapes, not
-/// measured on a card), past the detector's allocator cap
-/// (its weights estimate and work lease, 512 MiB by default). "refused: …" when it came
-/// back RESOURCE_EXHAUSTED, "answered on the CPU" when the detector's metrics counted a
-/// CPU fallback for it, and the detector then still answers a small page.
+/// measured on a card): past the detector's allocator cap when its leases are smaller.
+/// "refused: …" when it came back RESOURCE_EXHAUSTED, "answered on the CPU" when the
+/// detector's metrics counted a CPU fallback for it, "answered" when on the GPU; then
+/// whether the detector still answers a small page.
 async fn over_allocate(
     mut client: DetectorClient<tonic::transport::Channel>,
     metrics: &str,
