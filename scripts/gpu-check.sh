@@ -5,8 +5,8 @@
 #      latency, one offload and promotion (plenum-gpu-check);
 #   2. the old system's crash replayed (plenum-gpu-check burst): broker on NVML, detector
 #      and OCR services on cuda, a burst of large pages, NVML sampled every 100 ms against
-#      each process's leases, and one deliberate over-allocation caught in-request
-#      (answered from the CPU, or refused).
+#      each process's leases, and one deliberate over-allocation that must stay within
+#      the detector's leases (answered under them, from the CPU, or refused).
 # Try the burst without a GPU: scripts/gpu-check.sh --burst-only --simulate "GTX 1070:8GiB"
 # On the GPU machine, torch 2.11.0's libraries come from its own Python:
 #   python3 -c 'import torch; print(torch.__path__)'
