@@ -6,9 +6,11 @@
 # (--sweep: also the baseline alone at imgsz 960, 1280 and 1600).
 # FORMATS="auto torchscript" starts one stack per --model-format (PLENUM_MODEL_FORMAT) and
 # interleaves them all with the baseline: before and after AOTInductor in one run. An entry
-# FORMAT@SCALE (e.g. auto@0.8) runs the detector at --pass-scale SCALE. ALL_TEXT=1 also
-# calls each stack with include_unassigned_text, which reads every line of the page as the
-# gateway did before it sent OCR only the symbols' search regions (read_within).
+# FORMAT@SCALE (e.g. auto@0.8) runs the detector at --pass-scale SCALE; a trailing /exact
+# (auto/exact) turns OCR's fast reading within regions off (PLENUM_FAST_READ_WITHIN=false).
+# ALL_TEXT=1 also calls each stack with include_unassigned_text, which reads every line of
+# the page as the gateway did before it sent OCR only the symbols' search regions
+# (read_within).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAGES=${1:-12}
@@ -30,11 +32,13 @@ stop() {
 }
 trap stop EXIT
 for entry in $FORMATS; do
-    format=${entry%@*} scale=1
-    if [[ $entry == *@* ]]; then scale=${entry#*@}; fi
+    spec=${entry%/exact} fast=true
+    if [[ $entry == */exact ]]; then fast=false; fi
+    format=${spec%@*} scale=1
+    if [[ $spec == *@* ]]; then scale=${spec#*@}; fi
     gateway="127.0.0.1:$(free_port)"
     log=$(mktemp)
-    PLENUM_MODEL_FORMAT=$format PLENUM_PASS_SCALE=$scale "$BIN/plenum" up --gateway "$gateway" \
+    PLENUM_MODEL_FORMAT=$format PLENUM_PASS_SCALE=$scale PLENUM_FAST_READ_WITHIN=$fast "$BIN/plenum" up --gateway "$gateway" \
         --broker "127.0.0.1:$(free_port)" --detector "127.0.0.1:$(free_port)" \
         --ocr "127.0.0.1:$(free_port)" --metrics-port-base 0 --log warn >"$log" 2>&1 &
     ups+=($!) logs+=("$log") stacks+=("plenum-$entry=$gateway") pids+=("plenum-$entry=$!")

@@ -39,6 +39,8 @@ pub struct OcrSettings {
     pub lease: Option<LeaseClient>,
     pub limits: Limits,
     pub max_crops: usize,
+    /// Reading within regions takes the fast path ([`PageReader::read`]).
+    pub fast_within: bool,
     pub max_request_bytes: usize,
     pub drain_timeout: Duration,
 }
@@ -118,10 +120,9 @@ pub async fn run(
         work_wait,
         max_pixels,
     );
-    let _ = reader.set(PageReader::new(
-        det,
-        Reader::new(rec, cls, dictionary),
-        work,
-    ));
+    let _ = reader.set(
+        PageReader::new(det, Reader::new(rec, cls, dictionary), work)
+            .with_fast_within(settings.fast_within),
+    );
     serving.serve(&engines).await
 }

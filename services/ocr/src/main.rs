@@ -34,6 +34,11 @@ struct Config {
     /// Most crops in one Recognize call.
     #[arg(long, env = "PLENUM_MAX_CROPS", default_value_t = 256)]
     max_crops: usize,
+    /// Read `read_within` calls (the gateway's) the fast way: recognition at the
+    /// crops' own widths, not RapidOCR's 320 columns at least. `false` reads as
+    /// RapidOCR does and keeps the lines touching a region.
+    #[arg(long, env = "PLENUM_FAST_READ_WITHIN", default_value_t = true, action = clap::ArgAction::Set)]
+    fast_read_within: bool,
 }
 
 const SERVICE: Service = Service {
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             lease: LeaseClient::from_args(&config.broker, "ocr")?,
             limits: config.image_limits.limits(),
             max_crops: config.max_crops,
+            fast_within: config.fast_read_within,
             max_request_bytes: config.max_request_bytes as usize,
             drain_timeout: config.server.drain_timeout,
         };

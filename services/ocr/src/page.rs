@@ -10,6 +10,7 @@ use plenum_vision::quad::PointF;
 use crate::broken::join_broken_lines;
 use crate::detect::{self, Page, PageTooLarge, TEXT_SCORE};
 use crate::reader::Reader;
+use crate::text::RecWidth;
 use crate::work::OcrWork;
 
 /// One line found and read on a page, in source pixels.
@@ -52,6 +53,8 @@ pub struct PageReader {
     det: Engine,
     reader: Reader,
     work: OcrWork,
+    /// Reading within regions takes the fast path (see [`PageReader::read`]).
+    fast_within: bool,
 }
 
 /// Why a page was not read.
@@ -69,7 +72,20 @@ fn blocking_failed(error: tokio::task::JoinError) -> EngineError {
 
 impl PageReader {
     pub fn new(det: Engine, reader: Reader, work: OcrWork) -> Self {
-        Self { det, reader, work }
+        Self {
+            det,
+            reader,
+            work,
+            fast_within: true,
+        }
+    }
+
+    /// With `false`, reading within regions finds and reads the lines as RapidOCR
+    /// does on the whole page and then keeps those touching a region: slower, and the
+    /// answer is exactly RapidOCR's, filtered.
+    pub fn with_fast_within(mut self, on: bool) -> Self {
+        self.fast_within = on;
+        self
     }
 
     pub fn reader(&self) -> &Reader {
@@ -83,7 +99,10 @@ impl PageReader {
 
     /// The lines of `image` in reading order, those read with a score under 0.5 left
     /// out, as RapidOCR returns them. With `within` regions (source pixels), only the
-    /// lines whose box touches one of them are read; empty reads every line. With
+    /// lines whose box touches one of them are read; empty reads every line. Reading
+    /// within regions is Plenum's own path, not RapidOCR's: unless turned off, it
+    /// recognizes at the crops' own widths ([`RecWidth::Tight`]), which can read a
+    /// line differently. With
     /// `join_broken`, the pieces of a vertical line the text detector broke are
     /// joined and read as one ([`broken`](crate::broken)).
     pub async fn read(
@@ -115,6 +134,11 @@ impl PageReader {
             .view([-1])
             .try_into()
             .map_err(|e: plenum_engine::tch::TchError| EngineError::Inference(e.to_string()))?;
+        let rec_width = if self.fast_within && !within.is_empty() {
+            RecWidth::Tight
+        } else {
+            RecWidth::RapidOcr
+        };
         let within = within.to_vec();
         let (page, quads, crops) = tokio::task::spawn_blocking(move || {
             let (w, h) = page.image.dimensions();
@@ -135,7 +159,10 @@ impl PageReader {
         if crops.is_empty() {
             return Ok(Vec::new());
         }
-        let read = self.reader.recognize(crops, classify_angle).await?;
+        let read = self
+            .reader
+            .recognize(crops, classify_angle, rec_width)
+            .await?;
         Ok(quads
             .iter()
             .zip(read)

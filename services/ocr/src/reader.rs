@@ -6,7 +6,7 @@ use image::RgbImage;
 use plenum_engine::tch::{Kind, Tensor};
 use plenum_engine::{Engine, EngineError};
 
-use crate::text::{self, CLS_THRESHOLD, CLS_WIDTH, REC_HEIGHT};
+use crate::text::{self, CLS_THRESHOLD, CLS_WIDTH, REC_HEIGHT, RecWidth};
 
 /// What one crop said.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,10 +38,13 @@ impl Reader {
         &self.rec
     }
 
+    /// Reads `crops` (turning those the classifier finds upside down when
+    /// `classify_angle`), each batch at the width `width` gives it.
     pub async fn recognize(
         &self,
         mut crops: Vec<RgbImage>,
         classify_angle: bool,
+        width: RecWidth,
     ) -> Result<Vec<Recognized>, EngineError> {
         let mut rotated = vec![false; crops.len()];
         if classify_angle {
@@ -55,8 +58,7 @@ impl Reader {
         let batches = text::batches(&crops);
         let calls = batches.iter().map(|batch| {
             let images: Vec<&RgbImage> = batch.iter().map(|&index| &crops[index]).collect();
-            let width = text::rec_width(&images);
-            let input = tensor(&images, width);
+            let input = tensor(&images, text::rec_width(&images, width));
             self.rec.infer(input)
         });
         let outputs = futures::future::join_all(calls).await;

@@ -12,6 +12,7 @@ use plenum_vision::decode::{Limits, decode, dimensions};
 use tonic::{Request, Response, Status};
 
 use crate::page::{Direction, Line, PageReader, ReadError};
+use crate::text::RecWidth;
 
 pub struct OcrService {
     /// Empty while the models load: calls are then UNAVAILABLE at once.
@@ -93,7 +94,7 @@ impl Ocr for OcrService {
         .map_err(|_| Status::internal("decoding failed"))??;
         let results = reader
             .reader()
-            .recognize(crops, request.classify_angle)
+            .recognize(crops, request.classify_angle, RecWidth::RapidOcr)
             .await
             .map_err(engine_status)?;
         let placement = if reader.reader().rec().state().borrow().placement.is_gpu() {

@@ -29,13 +29,33 @@ fn ratio(image: &RgbImage) -> f64 {
     f64::from(image.width()) / f64::from(image.height())
 }
 
-/// The recognizer input width for a batch: 48 × the widest ratio (at least 320/48).
-pub fn rec_width(batch: &[&RgbImage]) -> u32 {
-    let max_ratio = batch
-        .iter()
-        .map(|image| ratio(image))
-        .fold(f64::from(REC_MIN_WIDTH) / f64::from(REC_HEIGHT), f64::max);
-    (f64::from(REC_HEIGHT) * max_ratio) as u32
+/// How wide the recognizer's input is made for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecWidth {
+    /// RapidOCR's: 48 × the widest ratio, at least 320 (its `rec_image_shape`).
+    RapidOcr,
+    /// The widest crop's own, up to a multiple of [`TIGHT_STEP`] (at least two): a
+    /// tag (ratio 2.5 to 4) then costs 128-192 columns instead of 320. Text can read
+    /// differently from RapidOCR's, so only reading within regions uses it.
+    Tight,
+}
+
+/// Tight widths are rounded up to multiples of this, so that batches of similar crops
+/// share a shape and the engine runs them as one call.
+pub const TIGHT_STEP: u32 = 32;
+
+/// The recognizer input width for a batch.
+pub fn rec_width(batch: &[&RgbImage], rule: RecWidth) -> u32 {
+    let least = match rule {
+        RecWidth::RapidOcr => f64::from(REC_MIN_WIDTH) / f64::from(REC_HEIGHT),
+        RecWidth::Tight => 0.0,
+    };
+    let max_ratio = batch.iter().map(|image| ratio(image)).fold(least, f64::max);
+    let width = (f64::from(REC_HEIGHT) * max_ratio) as u32;
+    match rule {
+        RecWidth::RapidOcr => width,
+        RecWidth::Tight => width.div_ceil(TIGHT_STEP).max(2) * TIGHT_STEP,
+    }
 }
 
 /// One crop as PaddleOCR feeds it: resized to height 48 keeping its ratio (at most
@@ -125,8 +145,16 @@ mod tests {
             .collect();
         assert_eq!(batches(&crops), vec![vec![1, 3, 2, 4, 0, 6], vec![5]]);
         let widest: Vec<&RgbImage> = vec![&crops[5]];
-        assert_eq!(rec_width(&widest), 336); // 48 × 7
+        assert_eq!(rec_width(&widest, RecWidth::RapidOcr), 336); // 48 × 7
+        assert_eq!(rec_width(&widest, RecWidth::Tight), 352); // 11 × 32
         let narrow: Vec<&RgbImage> = vec![&crops[1]];
-        assert_eq!(rec_width(&narrow), 320);
+        assert_eq!(rec_width(&narrow, RecWidth::RapidOcr), 320);
+        assert_eq!(
+            rec_width(&narrow, RecWidth::Tight),
+            64,
+            "48 columns, at least two steps"
+        );
+        let tag: Vec<&RgbImage> = vec![&crops[2], &crops[4]]; // ratios 3 and 4
+        assert_eq!(rec_width(&tag, RecWidth::Tight), 192);
     }
 }

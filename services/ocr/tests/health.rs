@@ -59,6 +59,7 @@ async fn calls_are_unavailable_and_health_not_serving_until_all_three_models_loa
             max_pixels: 4_000_000,
         },
         max_crops: 64,
+        fast_within: true,
         max_request_bytes: 16 << 20,
         drain_timeout: Duration::from_millis(200),
     };

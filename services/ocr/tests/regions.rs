@@ -110,3 +110,104 @@ async fn a_malformed_region_is_refused_naming_it() {
     }
     shutdown.cancel();
 }
+
+/// A line's text and box, as compared between two reads.
+type Read = Vec<(String, [f32; 4])>;
+
+async fn read_page(client: &mut OcrClient<Channel>, page: &str, within: Vec<common::Box>) -> Read {
+    let image = std::fs::read(repo().join(page)).unwrap();
+    client
+        .read_text(pb::ReadTextRequest {
+            image,
+            classify_angle: true,
+            ignore_regions: vec![],
+            read_within: within,
+            join_broken_lines: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines
+        .into_iter()
+        .map(|line| {
+            let b = line.r#box.unwrap();
+            (line.text, [b.x_min, b.y_min, b.x_max, b.y_max])
+        })
+        .collect()
+}
+
+/// The gateway's search regions around a page's true symbols: each box grown by 1.6
+/// times its longer side.
+fn search_regions(page: &str) -> Vec<common::Box> {
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join(page.replace(".png", ".json"))).unwrap())
+            .unwrap();
+    truth["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|symbol| {
+            let b: Vec<f32> = symbol["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let pad = 1.6 * (b[2] - b[0]).max(b[3] - b[1]);
+            region(b[0] - pad, b[1] - pad, b[2] + pad, b[3] + pad)
+        })
+        .collect()
+}
+
+/// Which of the page's true tags the lines read exactly (spaces removed).
+fn tags_read(page: &str, read: &Read) -> Vec<String> {
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join(page.replace(".png", ".json"))).unwrap())
+            .unwrap();
+    let texts: Vec<String> = read
+        .iter()
+        .map(|(text, _)| text.chars().filter(|c| !c.is_whitespace()).collect())
+        .collect();
+    truth["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|symbol| symbol["tag"].as_str())
+        .filter(|tag| texts.iter().any(|text| text == tag))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_fast_way_of_reading_within_regions_reads_the_true_tags_as_well_as_rapidocrs() {
+    let engine = support::engine_settings();
+    let (mut fast, stop_fast) = support::start_configured(engine.clone(), true).await;
+    let (mut exact, stop_exact) = support::start_configured(engine, false).await;
+    let (mut fast_tags, mut exact_tags, mut differ) = (0, 0, 0);
+    for page in [
+        "tests/pages/page_0003.png",
+        "tests/pages/page_0011.png",
+        "tests/pages-independent/page_0002.png",
+        "tests/pages-independent/page_0008.png",
+    ] {
+        let within = search_regions(page);
+        let by_fast = read_page(&mut fast, page, within.clone()).await;
+        let by_exact = read_page(&mut exact, page, within).await;
+        assert!(by_exact.len() >= 5, "{page}: {by_exact:?}");
+        fast_tags += tags_read(page, &by_fast).len();
+        exact_tags += tags_read(page, &by_exact).len();
+        differ += by_fast
+            .iter()
+            .filter(|line| !by_exact.contains(line))
+            .count();
+    }
+    eprintln!(
+        "true tags read: fast {fast_tags}, exact {exact_tags}; {differ} lines not read alike"
+    );
+    assert!(
+        fast_tags >= exact_tags,
+        "fast {fast_tags} < exact {exact_tags}"
+    );
+    stop_fast.cancel();
+    stop_exact.cancel();
+}

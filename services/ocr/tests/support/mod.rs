@@ -18,16 +18,28 @@ pub fn repo() -> PathBuf {
 /// Starts `plenum-ocr` on the CPU with the provisioned models and connects to it;
 /// cancel the token to stop it.
 pub async fn start() -> (OcrClient<Channel>, CancellationToken) {
-    start_with(EngineSettings {
+    start_with(engine_settings()).await
+}
+
+/// The engine settings [`start`] serves with: the CPU, batches gathered for 2 ms.
+pub fn engine_settings() -> EngineSettings {
+    EngineSettings {
         device: DeviceChoice::Cpu,
         max_queue_delay: Duration::from_millis(2),
         ..EngineSettings::default()
-    })
-    .await
+    }
 }
 
 /// The same with these engine settings.
 pub async fn start_with(engine: EngineSettings) -> (OcrClient<Channel>, CancellationToken) {
+    start_configured(engine, true).await
+}
+
+/// The same, with text detection in windows around `read_within` regions or not.
+pub async fn start_configured(
+    engine: EngineSettings,
+    fast_within: bool,
+) -> (OcrClient<Channel>, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -40,6 +52,7 @@ pub async fn start_with(engine: EngineSettings) -> (OcrClient<Channel>, Cancella
             max_pixels: 4_000_000,
         },
         max_crops: 64,
+        fast_within,
         max_request_bytes: 16 << 20,
         drain_timeout: Duration::from_millis(200),
     };
