@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Provision the OCR models for ONNX Runtime beside their TorchScript files, with a speed record.
+"""Provision the models for ONNX Runtime beside their TorchScript files, with a speed record.
 
-RapidOCR runs PP-OCR's ONNX files on ONNX Runtime. Which runtime is fastest on a CPU depends
-on the CPU: on an AVX-512 machine the AOTInductor packages beat ONNX Runtime, on an AVX2 EPYC
-ONNX Runtime ran the angle classifier 4.7x faster and the text detector 1.2x faster
-(BENCHMARKS.md, "Faster than the Python it replaces"). So the choice is measured here, on the
-machine that will serve, not assumed.
+Which runtime is fastest on a CPU depends on the CPU: on an AVX-512 machine the AOTInductor
+packages beat ONNX Runtime, on an AVX2 EPYC ONNX Runtime ran the angle classifier 4.7x
+faster, the text detector 1.2x and the symbol detector 1.3x (BENCHMARKS.md, "Faster than the
+Python it replaces"). So the choice is measured here, on the machine that will serve, not
+assumed.
 
 For each OCR model this copies RapidOCR 1.4.4's pinned ONNX file (checked by sha256) into
-models/ocr/generated, checks that ONNX Runtime and the TorchScript file agree on a few shapes
-(the bound provision_ocr.py holds the conversion to), times ONNX Runtime, the AOTInductor
+models/ocr/generated; the symbol detector is exported from its TorchScript file's weights
+(the module provision_aoti.py rebuilds; needs Ultralytics, skipped without it) into
+models/detector. Then it checks that ONNX Runtime and the TorchScript file agree on a few
+shapes (the bounds the other runtimes are held to), times ONNX Runtime, the AOTInductor
 package (when one was provisioned) and TorchScript on the input the service runs most
 (interleaved rounds, the median of each), and writes the sidecar `<model>.onnx.toml` the
 engine reads: the file, its sha256, the TorchScript file it was checked against, the ONNX
@@ -28,6 +30,7 @@ threads is skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -48,8 +51,9 @@ sys.path.insert(0, str(HERE))
 import provision_ocr as ocr  # noqa: E402  (the pinned sources and the conversion's bound)
 
 OCR_DIR = HERE / "ocr" / "generated"
+DETECTOR_DIR = HERE / "detector"
 
-# The input each model is timed on: a 1600x1200 page (padded to 32) for the text detector,
+# The input each model is timed on: a 1600x1200 page (padded to 32) for the detectors,
 # RapidOCR's batch of 6 crops for the recognizer and the angle classifier.
 TIMED_INPUT = {
     "det": (1, 3, 1216, 1600),
@@ -58,14 +62,83 @@ TIMED_INPUT = {
 }
 ROUNDS = 3
 RUNS_PER_ROUND = 3
+# The symbol detector's ONNX export is held to the bounds its AOTInductor package is held to
+# (provision_aoti.py; the parity test against Ultralytics allows 0.5 px and 1e-3): its first
+# four rows are box coordinates in input pixels, the rest class scores.
+DETECTOR_TOLERANCE = {"boxes": 1e-2, "scores": 1e-4}
+DETECTOR_VERIFY = [(1, 3, 640, 640), (2, 3, 480, 640), (1, 3, 1216, 1600)]
 
 
-def sidecar_path(key: str) -> Path:
-    return OCR_DIR / f"{ocr.MODELS[key]['name']}.onnx.toml"
+@dataclasses.dataclass
+class Target:
+    """One model to provision: where it lives and how its ONNX file comes to be."""
+
+    name: str  # the manifest's name: <folder>/<name>.toml beside <name>.onnx(.toml)
+    folder: Path
+    verify: list  # input shapes ONNX Runtime is checked against TorchScript on
+    timed: tuple  # the input shape the runtimes are timed on
+    how: str  # "copy" RapidOCR's file, or "export" the TorchScript file's module
+    source: Path | None = None  # the file copied
+
+    @property
+    def manifest(self) -> dict:
+        return tomllib.loads((self.folder / f"{self.name}.toml").read_text())
+
+    @property
+    def sidecar(self) -> Path:
+        return self.folder / f"{self.name}.onnx.toml"
+
+    @property
+    def onnx(self) -> Path:
+        return self.folder / f"{self.name}.onnx"
+
+    @property
+    def aoti_sidecar(self) -> Path:
+        return self.folder / f"{self.name}.aoti.toml"
+
+    def within_bounds(self, onnx_out, torchscript_out) -> tuple[float, bool]:
+        """The largest difference, and whether every part is within its bound."""
+        import numpy as np
+
+        if self.how == "copy":
+            diff = float(np.abs(onnx_out - torchscript_out).max())
+            return diff, diff <= ocr.TOLERANCE
+        boxes = float(np.abs(onnx_out[:, :4] - torchscript_out[:, :4]).max())
+        scores = float(np.abs(onnx_out[:, 4:] - torchscript_out[:, 4:]).max())
+        ok = boxes <= DETECTOR_TOLERANCE["boxes"] and scores <= DETECTOR_TOLERANCE["scores"]
+        return max(boxes, scores), ok
+
+    def example(self, shape, generator):
+        """An input in the model's range: [-1, 1] for PP-OCR, [0, 1] for YOLO."""
+        import torch
+
+        x = torch.rand(shape, generator=generator)
+        return x * 2 - 1 if self.how == "copy" else x
 
 
-def onnx_path(key: str) -> Path:
-    return OCR_DIR / f"{ocr.MODELS[key]['name']}.onnx"
+def targets() -> dict[str, Target]:
+    found = {
+        key: Target(spec["name"], OCR_DIR, spec["verify"], TIMED_INPUT[key], "copy")
+        for key, spec in ocr.MODELS.items()
+    }
+    found["yolo"] = Target("hvac-yolov8n", DETECTOR_DIR, DETECTOR_VERIFY, TIMED_INPUT["det"], "export")
+    return found
+
+
+def export_detector(target: Target) -> None:
+    """The TorchScript file's weights in Ultralytics' module (as provision_aoti.py rebuilds it),
+    exported with batch and both sides dynamic."""
+    import torch
+    from provision_aoti import yolo_module
+
+    module, _ = yolo_module(target.folder / target.manifest["file"], len(target.manifest["labels"]["classes"]))
+    example = torch.rand(TIMED_INPUT["det"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), str(target.onnx), input_names=["images"],
+                          output_names=["output"], opset_version=17, dynamo=False,
+                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                        "output": {0: "batch", 2: "anchors"}})
 
 
 def runtime_library() -> Path:
@@ -82,27 +155,25 @@ def runtime_library() -> Path:
     return found[0].resolve()
 
 
-def package_sha256(key: str) -> str:
+def package_sha256(target: Target) -> str:
     """The AOTInductor package's sha256 from its sidecar ('' when none was provisioned)."""
-    side = OCR_DIR / f"{ocr.MODELS[key]['name']}.aoti.toml"
-    if not side.is_file():
+    if not target.aoti_sidecar.is_file():
         return ""
-    return tomllib.loads(side.read_text()).get("sha256", "")
+    return tomllib.loads(target.aoti_sidecar.read_text()).get("sha256", "")
 
 
-def up_to_date(key: str, threads: int) -> tuple[bool, str]:
-    side = sidecar_path(key)
+def up_to_date(target: Target, threads: int) -> tuple[bool, str]:
+    side = target.sidecar
     if not side.is_file():
         return False, f"{side.name} missing"
-    manifest = tomllib.loads((OCR_DIR / f"{ocr.MODELS[key]['name']}.toml").read_text())
     meta = tomllib.loads(side.read_text())
-    if meta.get("source_sha256") != manifest["sha256"]:
+    if meta.get("source_sha256") != target.manifest["sha256"]:
         return False, "the TorchScript file changed"
     if meta.get("threads") != threads:
         return False, f"timed with {meta.get('threads')} threads, not {threads}"
-    if meta.get("speed", {}).get("package_sha256", "") != package_sha256(key):
+    if meta.get("speed", {}).get("package_sha256", "") != package_sha256(target):
         return False, "the AOTInductor package changed since the timing"
-    model = onnx_path(key)
+    model = target.onnx
     if not model.is_file() or ocr.sha256_file(model) != meta.get("sha256"):
         return False, f"{model.name} missing or changed"
     if not Path(meta.get("runtime", "")).is_file():
@@ -133,16 +204,18 @@ def median_ms(runners: dict, example) -> dict[str, float]:
     return {name: round(statistics.median(times), 2) for name, times in samples.items()}
 
 
-def provision(key: str, source: Path, threads: int) -> None:
-    import numpy as np
+def provision(target: Target, threads: int) -> None:
     import torch
 
-    spec = ocr.MODELS[key]
-    model = onnx_path(key)
-    shutil.copyfile(source, model)
+    model = target.onnx
+    if target.how == "copy":
+        shutil.copyfile(target.source, model)
+    else:
+        export_detector(target)
     onnx_session = session(model, threads)
     input_name = onnx_session.get_inputs()[0].name
-    torchscript = torch.jit.load(str(OCR_DIR / spec["file"]), map_location="cpu").eval()
+    manifest = target.manifest
+    torchscript = torch.jit.load(str(target.folder / manifest["file"]), map_location="cpu").eval()
 
     def run_onnx(x):
         return onnx_session.run(None, {input_name: x.numpy()})[0]
@@ -153,31 +226,31 @@ def provision(key: str, source: Path, threads: int) -> None:
 
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
-    for shape in spec["verify"]:
-        x = torch.rand(shape, generator=generator) * 2 - 1
-        diff = float(np.abs(run_onnx(x) - run_torchscript(x).numpy()).max())
+    for shape in target.verify:
+        x = target.example(shape, generator)
+        diff, ok = target.within_bounds(run_onnx(x), run_torchscript(x).numpy())
         worst = max(worst, diff)
-        if diff > ocr.TOLERANCE:
-            raise ocr.ProvisionError(f"{spec['name']}: ONNX Runtime and TorchScript differ by {diff:.2e} on {shape}")
+        if not ok:
+            raise ocr.ProvisionError(f"{target.name}: ONNX Runtime and TorchScript differ by {diff:.2e} on {shape}")
 
     runners = {"onnxruntime": run_onnx, "torchscript": run_torchscript}
-    package = package_sha256(key)
+    package = package_sha256(target)
     if package:
         from torch._inductor import aoti_load_package
 
-        side = tomllib.loads((OCR_DIR / f"{spec['name']}.aoti.toml").read_text())
-        compiled = aoti_load_package(str(OCR_DIR / side["file"]))
+        side = tomllib.loads(target.aoti_sidecar.read_text())
+        compiled = aoti_load_package(str(target.folder / side["file"]))
 
         def run_package(x):
             with torch.no_grad():
                 return compiled(x)
 
         runners["package"] = run_package
-    timed = TIMED_INPUT[key]
-    medians = median_ms(runners, torch.rand(timed, generator=generator) * 2 - 1)
-    manifest = tomllib.loads((OCR_DIR / f"{spec['name']}.toml").read_text())
+    timed = target.timed
+    medians = median_ms(runners, target.example(timed, generator))
+    origin = "RapidOCR's ONNX file" if target.how == "copy" else "the TorchScript file's module, exported,"
     lines = [
-        "# Written by models/provision_onnx.py: RapidOCR's ONNX file for ONNX Runtime, and how fast",
+        f"# Written by models/provision_onnx.py: {origin} for ONNX Runtime, and how fast",
         "# each runtime the engine can use ran it here (--model-format auto runs the fastest).",
         f'file = "{model.name}"',
         f'sha256 = "{ocr.sha256_file(model)}"',
@@ -193,9 +266,9 @@ def provision(key: str, source: Path, threads: int) -> None:
     ]
     if package:
         lines += [f"package_ms = {medians['package']}", f'package_sha256 = "{package}"']
-    sidecar_path(key).write_text("\n".join(lines) + "\n")
+    target.sidecar.write_text("\n".join(lines) + "\n")
     summary = ", ".join(f"{name} {ms} ms" for name, ms in medians.items())
-    print(f"[{spec['name']}] ONNX Runtime provisioned (max|diff| {worst:.1e}); on {list(timed)}: {summary}",
+    print(f"[{target.name}] ONNX Runtime provisioned (max|diff| {worst:.1e}); on {list(timed)}: {summary}",
           flush=True)
 
 
@@ -209,19 +282,23 @@ def main() -> int:
     threads = args.threads or max(1, min(2, os.cpu_count() or 1))
 
     status, todo = 0, []
-    for key, spec in ocr.MODELS.items():
-        if not (OCR_DIR / f"{spec['name']}.toml").is_file():
-            print(f"[{spec['name']}] no TorchScript manifest (run provision_ocr.py first); skipped", flush=True)
+    for key, target in targets().items():
+        if not (target.folder / f"{target.name}.toml").is_file():
+            print(f"[{target.name}] no TorchScript manifest (run provision_ocr.py first); skipped", flush=True)
             continue
-        ok, why = up_to_date(key, threads)
+        if target.how == "export" and not ultralytics_installed():
+            print(f"[{target.name}] Ultralytics is not installed (python/requirements-train.txt): no ONNX "
+                  "export; the detector runs its package or TorchScript", flush=True)
+            continue
+        ok, why = up_to_date(target, threads)
         if ok and not args.force:
-            print(f"[{spec['name']}] ONNX Runtime sidecar up to date", flush=True)
+            print(f"[{target.name}] ONNX Runtime sidecar up to date", flush=True)
             continue
-        print(f"[{spec['name']}] ONNX Runtime sidecar needs writing: {why}", flush=True)
+        print(f"[{target.name}] ONNX Runtime sidecar needs writing: {why}", flush=True)
         if args.check:
             status = 3
             continue
-        todo.append(key)
+        todo.append((key, target))
     if not todo:
         return status
 
@@ -229,15 +306,24 @@ def main() -> int:
 
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
     torch.set_num_threads(threads)
-    sources = ocr.check_sources()
-    for key in todo:
+    if any(target.how == "copy" for _, target in todo):
+        sources = ocr.check_sources()
+        for key, target in todo:
+            target.source = sources.get(key)
+    for _, target in todo:
         try:
-            provision(key, sources[key], threads)
+            provision(target, threads)
         except BaseException:
             # never leave a sidecar naming a file that was not checked
-            sidecar_path(key).unlink(missing_ok=True)
+            target.sidecar.unlink(missing_ok=True)
             raise
     return status
+
+
+def ultralytics_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ultralytics") is not None
 
 
 if __name__ == "__main__":

@@ -235,9 +235,10 @@ pub struct EngineArgs {
     /// Measure each model's working memory at load (a few passes at several sizes).
     #[arg(long, env = "PLENUM_MEMORY_PROFILE", default_value_t = true, action = clap::ArgAction::Set)]
     pub memory_profile: bool,
-    /// What runs the model on the CPU: auto (its AOTInductor package when one was
-    /// provisioned for this TorchScript file and this CPU, else TorchScript), or
-    /// torchscript (always; for comparisons and as an escape hatch).
+    /// What runs the model on the CPU: auto (the fastest runtime provisioning timed
+    /// for this TorchScript file on this CPU: ONNX Runtime, the AOTInductor package,
+    /// else TorchScript), package, onnx, or torchscript (always; for comparisons and as
+    /// an escape hatch).
     #[arg(long, env = "PLENUM_MODEL_FORMAT", value_enum, default_value_t = ModelFormat::Auto)]
     pub model_format: ModelFormat,
 }
