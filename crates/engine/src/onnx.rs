@@ -211,8 +211,17 @@ pub fn load_session(
     if let Some(why) = sidecar.unusable(manifest) {
         return Err(why);
     }
-    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
-    let session = OnnxSession::load(&sidecar, threads)?;
+    let threads = tch::get_num_threads();
+    if sidecar.threads > 0 && sidecar.threads != threads {
+        // The session runs this process's threads either way; what may no longer hold
+        // is the timing that chose ONNX Runtime over the other runtimes.
+        tracing::warn!(
+            model = %manifest.name,
+            "ONNX Runtime was timed against the other runtimes with {} threads; this process runs {threads} (re-provision with --threads {threads} to choose for them)",
+            sidecar.threads
+        );
+    }
+    let session = OnnxSession::load(&sidecar, usize::try_from(threads).unwrap_or(1).max(1))?;
     Ok(Some((session, sidecar)))
 }
 
