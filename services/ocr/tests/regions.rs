@@ -136,15 +136,17 @@ async fn read_page(client: &mut OcrClient<Channel>, page: &str, within: Vec<comm
         .collect()
 }
 
+/// The page's true symbols, from the generator's JSON beside it.
+fn true_symbols(page: &str) -> Vec<serde_json::Value> {
+    let path = repo().join(page.replace(".png", ".json"));
+    let truth: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    truth["symbols"].as_array().unwrap().clone()
+}
+
 /// The gateway's search regions around a page's true symbols: each box grown by 1.6
 /// times its longer side.
 fn search_regions(page: &str) -> Vec<common::Box> {
-    let truth: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo().join(page.replace(".png", ".json"))).unwrap())
-            .unwrap();
-    truth["symbols"]
-        .as_array()
-        .unwrap()
+    true_symbols(page)
         .iter()
         .map(|symbol| {
             let b: Vec<f32> = symbol["box"]
@@ -161,16 +163,11 @@ fn search_regions(page: &str) -> Vec<common::Box> {
 
 /// Which of the page's true tags the lines read exactly (spaces removed).
 fn tags_read(page: &str, read: &Read) -> Vec<String> {
-    let truth: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo().join(page.replace(".png", ".json"))).unwrap())
-            .unwrap();
     let texts: Vec<String> = read
         .iter()
         .map(|(text, _)| text.chars().filter(|c| !c.is_whitespace()).collect())
         .collect();
-    truth["symbols"]
-        .as_array()
-        .unwrap()
+    true_symbols(page)
         .iter()
         .filter_map(|symbol| symbol["tag"].as_str())
         .filter(|tag| texts.iter().any(|text| text == tag))
