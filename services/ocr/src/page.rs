@@ -102,9 +102,8 @@ impl PageReader {
     /// lines whose box touches one of them are read; empty reads every line. Reading
     /// within regions is Plenum's own path, not RapidOCR's: unless turned off, it
     /// recognizes at the crops' own widths ([`RecWidth::Tight`]), which can read a
-    /// line differently. With
-    /// `join_broken`, the pieces of a vertical line the text detector broke are
-    /// joined and read as one ([`broken`](crate::broken)).
+    /// line differently. With `join_broken`, the pieces of a vertical line the text
+    /// detector broke are joined and read as one ([`broken`](crate::broken)).
     pub async fn read(
         &self,
         image: RgbImage,
