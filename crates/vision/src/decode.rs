@@ -120,9 +120,19 @@ fn over_white(image: DynamicImage) -> RgbImage {
         image if image.color().has_alpha() => {
             composite(image.into_rgba8().as_raw(), f32::from(u8::MAX))
         }
+        // Drawings are mostly 8-bit grey: the image crate's general conversion took
+        // ~20 ms for a 1600x1200 page, the copy three times over about 2.
+        DynamicImage::ImageLuma8(gray) => return grey_to_rgb(&gray),
         image => return image.into_rgb8(),
     };
     RgbImage::from_raw(width, height, samples).expect("three samples for each RGBA pixel")
+}
+
+/// Each grey sample as three equal RGB samples.
+fn grey_to_rgb(gray: &image::GrayImage) -> RgbImage {
+    let samples = gray.as_raw().iter().flat_map(|&v| [v; 3]).collect();
+    RgbImage::from_raw(gray.width(), gray.height(), samples)
+        .expect("three samples for each grey one")
 }
 
 /// `colour × alpha + white × (1 − alpha)` for each RGBA pixel of `samples` (full scale
@@ -260,6 +270,13 @@ mod tests {
     use image::{ImageEncoder, Rgb, RgbImage};
 
     use super::*;
+
+    #[test]
+    fn grey_pages_become_rgb_as_the_image_crate_converts_them() {
+        let gray = image::GrayImage::from_fn(41, 17, |x, y| image::Luma([(x * 13 + y * 29) as u8]));
+        let ours = over_white(DynamicImage::ImageLuma8(gray.clone()));
+        assert_eq!(ours, DynamicImage::ImageLuma8(gray).into_rgb8());
+    }
 
     fn test_image() -> RgbImage {
         RgbImage::from_fn(37, 23, |x, y| Rgb([(x * 7) as u8, (y * 11) as u8, 200]))

@@ -227,13 +227,19 @@ pub fn det_input(image: &RgbImage) -> Option<(Vec<f32>, u32, u32)> {
     let resized = resize_linear(image, rw, rh);
     let plane = (rw * rh) as usize;
     let mut data = vec![0f32; 3 * plane];
+    // NumPy: uint8 → f32, × 1/255 in f32, then − mean and / std in f64. A function of
+    // the byte alone, so worked out once per value rather than per sample.
     let scale = (1.0f64 / 255.0) as f32;
+    let normalised: [f32; 256] = std::array::from_fn(|value| {
+        let v = f64::from(value as f32 * scale);
+        ((v - 0.5) / 0.5) as f32
+    });
+    let (blue, rest) = data.split_at_mut(plane);
+    let (green, red) = rest.split_at_mut(plane);
     for (i, pixel) in resized.pixels().enumerate() {
-        for (channel, value) in [pixel[2], pixel[1], pixel[0]].into_iter().enumerate() {
-            // NumPy: uint8 → f32, × 1/255 in f32, then − mean and / std in f64.
-            let v = f64::from(f32::from(value) * scale);
-            data[channel * plane + i] = ((v - 0.5) / 0.5) as f32;
-        }
+        blue[i] = normalised[usize::from(pixel[2])];
+        green[i] = normalised[usize::from(pixel[1])];
+        red[i] = normalised[usize::from(pixel[0])];
     }
     Some((data, rw, rh))
 }

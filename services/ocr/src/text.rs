@@ -90,12 +90,7 @@ pub fn ctc_decode(
     let mut previous = usize::MAX;
     for step in 0..steps {
         let row = &probabilities[step * classes..(step + 1) * classes];
-        let (best, probability) =
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (index, &p)| {
-                    if p > best.1 { (index, p) } else { best }
-                });
+        let (best, probability) = first_max(row);
         if best != 0 && best != previous {
             text.push_str(character(best, dictionary));
             kept.push(probability);
@@ -110,6 +105,31 @@ pub fn ctc_decode(
     (text, score)
 }
 
+/// The first index of the row's largest value and the value; `(0, -inf)` when no value
+/// beats minus infinity (NaN never does), as NumPy's `argmax` is used by RapidOCR.
+///
+/// Why two passes: the maximum over eight lanes compiles to vector instructions, where
+/// one pass carrying the index could not, and each step has 6,625 classes.
+fn first_max(row: &[f32]) -> (usize, f32) {
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &p) in lanes.iter_mut().zip(chunk) {
+            *lane = if p > *lane { p } else { *lane };
+        }
+    }
+    let max = lanes
+        .into_iter()
+        .chain(rest.iter().copied())
+        .fold(f32::NEG_INFINITY, |max, p| if p > max { p } else { max });
+    match row.iter().position(|&p| p == max) {
+        Some(index) if max > f32::NEG_INFINITY => (index, max),
+        _ => (0, f32::NEG_INFINITY),
+    }
+}
+
 /// Class `index` of the recognizer: 1..=N are the dictionary, N+1 is a space.
 fn character(index: usize, dictionary: &[String]) -> &str {
     dictionary.get(index - 1).map_or(" ", String::as_str)
@@ -118,6 +138,25 @@ fn character(index: usize, dictionary: &[String]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn the_first_largest_value_is_found_as_a_plain_scan_finds_it(
+            row in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => -4.0f32..4.0,
+                    1 => proptest::sample::select(vec![1.5f32, f32::NAN, f32::NEG_INFINITY, f32::INFINITY]),
+                ],
+                0..40,
+            )
+        ) {
+            let plain = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (index, &p)| if p > best.1 { (index, p) } else { best });
+            proptest::prop_assert_eq!(first_max(&row), plain);
+        }
+    }
 
     #[test]
     fn ctc_merges_repeats_drops_blanks_and_averages_kept_steps() {
