@@ -17,6 +17,6 @@ pub mod tiles;
 
 pub use decode::{DecodeError, DecodedImage, Limits, decode};
 pub use geometry::{BoxF, batched_nms, nms};
-pub use letterbox::{Letterboxed, PAD_VALUE, letterbox, to_nchw_f32};
+pub use letterbox::{Letterboxed, PAD_VALUE, letterbox, paste, to_nchw_f32};
 pub use resize::resize_linear;
 pub use tiles::{crop, tile_grid};

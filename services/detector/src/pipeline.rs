@@ -13,7 +13,7 @@ use plenum_engine::tch::{Kind, Tensor};
 use plenum_engine::{AdmissionError, Engine, EngineError, WorkBudget};
 use plenum_vision::decode::{DecodeError, DecodedImage, Limits, decode, dimensions};
 use plenum_vision::geometry::BoxF;
-use plenum_vision::letterbox::{PAD_VALUE, to_nchw_f32};
+use plenum_vision::letterbox::{PAD_VALUE, paste, to_nchw_f32};
 use plenum_vision::resize::resize_linear;
 use plenum_vision::tiles::{crop, tile_grid};
 
@@ -653,10 +653,10 @@ fn letterbox_rect(source: &RgbImage, size: u32, stride: u32) -> RgbImage {
         Rgb([PAD_VALUE; 3]),
     );
     if (unpad_w, unpad_h) == (w, h) {
-        image::imageops::replace(&mut out, source, i64::from(left), i64::from(top));
+        paste(&mut out, source, i64::from(left), i64::from(top));
     } else {
         let resized = resize_linear(source, unpad_w, unpad_h);
-        image::imageops::replace(&mut out, &resized, i64::from(left), i64::from(top));
+        paste(&mut out, &resized, i64::from(left), i64::from(top));
     }
     out
 }
