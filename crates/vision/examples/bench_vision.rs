@@ -34,8 +34,8 @@ fn main() {
         decode(&bytes, &limits).expect("a page");
     });
     println!("decode to RGB                {ms:6.1} ms");
-    // RapidOCR's det input for a 1600x1200 page is 1600x1216: short side to 736 at
-    // least, sides to multiples of 32.
+    // Sides rounded up to multiples of 32: for a 1600x1200 page that is 1600x1216, the
+    // size RapidOCR's det input has (it rounds to the nearest multiple).
     let (det_w, det_h) = (width.div_ceil(32) * 32, height.div_ceil(32) * 32);
     let ms = median_ms(|| {
         resize_linear(&page, det_w, det_h);

@@ -79,8 +79,8 @@ pub fn letterbox(source: &RgbImage, new_width: u32, new_height: u32) -> Letterbo
 }
 
 /// Copies `image` onto `canvas` with its top-left corner at (`left`, `top`), clipped to
-/// the canvas, row by row: `image::imageops::replace` goes pixel by pixel, ~5 ms for a
-/// 1600x1200 page, which a detector pays on every page.
+/// the canvas, row by row: `image::imageops::replace` goes pixel by pixel, which in a
+/// profile of the stack was ~0.3% of all samples, about 5 ms of every detector page.
 pub fn paste(canvas: &mut RgbImage, image: &RgbImage, left: i64, top: i64) {
     const CHANNELS: i64 = 3;
     let (canvas_w, canvas_h) = (i64::from(canvas.width()), i64::from(canvas.height()));

@@ -3,7 +3,7 @@
 
 use image::{Rgb, RgbImage};
 
-use crate::letterbox::PAD_VALUE;
+use crate::letterbox::{PAD_VALUE, paste};
 
 /// Top-left corners `(x, y)` of `tile x tile` squares covering a `width x height` page, row by
 /// row. Neighbours overlap by at least `overlap` pixels; the last tile of a row or column is
@@ -39,7 +39,7 @@ fn starts(len: u32, tile: u32, stride: u32) -> Vec<u32> {
 /// outside the image (negative coordinates included) is [`PAD_VALUE`] grey.
 pub fn crop(image: &RgbImage, x: i64, y: i64, width: u32, height: u32) -> RgbImage {
     let mut out = RgbImage::from_pixel(width, height, Rgb([PAD_VALUE; 3]));
-    image::imageops::replace(&mut out, image, -x, -y);
+    paste(&mut out, image, -x, -y);
     out
 }
 

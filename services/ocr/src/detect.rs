@@ -12,7 +12,7 @@ use plenum_vision::contours::{contour_point_sets, dilate_2x2, fill_polygon};
 use plenum_vision::quad::{
     PointF, min_area_rect, perspective_transform, round_offset, warp_perspective_cubic,
 };
-use plenum_vision::resize_linear;
+use plenum_vision::{paste, resize_linear};
 
 /// `Global.max_side_len` / `min_side_len`: pages are resized into this range first.
 const MAX_SIDE: u32 = 2000;
@@ -191,7 +191,7 @@ impl Page {
         let pad_top = letterbox_rows(w, h);
         if pad_top > 0 {
             let mut padded = RgbImage::new(w, h + 2 * pad_top);
-            image::imageops::replace(&mut padded, &image, 0, i64::from(pad_top));
+            paste(&mut padded, &image, 0, i64::from(pad_top));
             image = padded;
         }
         Ok(Some(Self {

@@ -108,8 +108,9 @@ pub fn ctc_decode(
 /// The first index of the row's largest value and the value; `(0, -inf)` when no value
 /// beats minus infinity (NaN never does), as NumPy's `argmax` is used by RapidOCR.
 ///
-/// Why two passes: the maximum over eight lanes compiles to vector instructions, where
-/// one pass carrying the index could not, and each step has 6,625 classes.
+/// Why two passes: a step has 6,625 classes, and the maximum over eight independent
+/// lanes, then a search for it, took CTC decoding from 0.4% to 0.1% of a profile's
+/// samples, where one pass carried the index along.
 fn first_max(row: &[f32]) -> (usize, f32) {
     const LANES: usize = 8;
     let mut lanes = [f32::NEG_INFINITY; LANES];
