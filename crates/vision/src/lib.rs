@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod contours;
+pub mod contrast;
 pub mod decode;
 pub mod geometry;
 pub mod letterbox;
@@ -15,6 +16,7 @@ pub mod quad;
 pub mod resize;
 pub mod tiles;
 
+pub use contrast::normalize_contrast;
 pub use decode::{DecodeError, DecodedImage, Limits, decode};
 pub use geometry::{BoxF, batched_nms, nms};
 pub use letterbox::{Letterboxed, PAD_VALUE, letterbox, paste, to_nchw_f32};

@@ -11,6 +11,7 @@ use image::{Rgb, RgbImage};
 use plenum_engine::admission::split_to_fit;
 use plenum_engine::tch::{Kind, Tensor};
 use plenum_engine::{AdmissionError, Engine, EngineError, WorkBudget};
+use plenum_vision::contrast::normalize_contrast;
 use plenum_vision::decode::{DecodeError, DecodedImage, Limits, decode, dimensions};
 use plenum_vision::geometry::BoxF;
 use plenum_vision::letterbox::{PAD_VALUE, paste, to_nchw_f32};
@@ -34,6 +35,8 @@ pub struct DetectOptions {
     pub verify: bool,
     /// Look again at half scale when the page's symbols came out large.
     pub large_symbol_pass: bool,
+    /// Stretch a faded page to black ink on white paper before anything else.
+    pub normalize_contrast: bool,
 }
 
 /// How one page is fed to the model.
@@ -182,18 +185,22 @@ impl Detector {
             input_size: self.native_size,
             verify: true,
             large_symbol_pass: true,
+            normalize_contrast: true,
         };
         self.work_bytes(side, side, &options)
     }
 
     /// The working memory of detecting on one `width`×`height` page: the decoded
-    /// page (kept for the verifier's crops and the large-symbol pass), its model
+    /// page (kept for the verifier's crops and the large-symbol pass) and, when the
+    /// call stretches a faded page's contrast, its stretched copy; its model
     /// inputs twice over (the pixels, then the tensor made from them), and the model's
     /// passes over them when it computes on the CPU; with the large-symbol pass, its
     /// half-scale input and pass too, since whether it runs is known only after the
     /// first. The verifier's crops are small beside these.
     pub fn work_bytes(&self, width: u32, height: u32, options: &DetectOptions) -> u64 {
-        let decoded = u64::from(width) * u64::from(height) * DECODE_BYTES_PER_PIXEL;
+        let pixels = u64::from(width) * u64::from(height);
+        let stretched = if options.normalize_contrast { 3 } else { 0 };
+        let decoded = pixels * (DECODE_BYTES_PER_PIXEL + stretched);
         let (inputs, side_w, side_h) = match self.fit(width, height, options) {
             Fit::Letterbox(size) => (1, size, size),
             Fit::Tiles => (
@@ -419,10 +426,25 @@ impl Detector {
             .map(|(index, bytes)| {
                 let image = decode(bytes, &self.limits)
                     .map_err(|source| PipelineError::Decode { index, source })?;
-                let mut page = self.prepare_page(&image, options);
+                // The model sees the stretched page; the verifier, trained on crops of
+                // pages as scanned (grey paper included), sees the page as it came.
+                let mut stretched = None;
+                if options.normalize_contrast {
+                    let mut copy = image.image.clone();
+                    if normalize_contrast(&mut copy).is_some() {
+                        stretched = Some(DecodedImage {
+                            image: copy,
+                            ..image
+                        });
+                    }
+                }
+                let mut page = self.prepare_page(stretched.as_ref().unwrap_or(&image), options);
                 let large_symbol_pass = self
                     .large_symbol_side(image.width, image.height, options)
                     .is_some();
+                if large_symbol_pass {
+                    page.stretched = stretched.map(|s| s.image);
+                }
                 if self.verifies(options) || large_symbol_pass {
                     page.decoded = Some(image.image);
                 }
@@ -453,6 +475,7 @@ impl Detector {
                 plan: Plan::Tiles { origins },
                 inputs,
                 decoded: None,
+                stretched: None,
             }
         } else {
             let boxed = letterbox_rect(&image.image, input_size, self.stride);
@@ -466,6 +489,7 @@ impl Detector {
                 },
                 inputs: vec![(size, to_nchw_f32(&[&boxed]).0)],
                 decoded: None,
+                stretched: None,
             }
         }
     }
@@ -485,7 +509,7 @@ impl Detector {
         for (page, result) in pages.iter().zip(results.iter_mut()) {
             let (Some(side), Some(image)) = (
                 self.large_symbol_side(page.width, page.height, options),
-                page.decoded.as_ref(),
+                page.stretched.as_ref().or(page.decoded.as_ref()),
             ) else {
                 continue;
             };
@@ -558,6 +582,9 @@ struct PreparedPage {
     inputs: Vec<((u32, u32), Vec<f32>)>,
     /// The decoded page, for the verifier's crops (when the call verifies).
     decoded: Option<RgbImage>,
+    /// The page as the model saw it when the call stretched its contrast, for the
+    /// large-symbol pass (when the call asks for it).
+    stretched: Option<RgbImage>,
 }
 
 /// Drops from each page's detections those `verifier` refuses and gives those it is

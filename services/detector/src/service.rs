@@ -122,6 +122,7 @@ impl DetectorService {
             input_size,
             verify: options.verify,
             large_symbol_pass: options.large_symbol_pass,
+            normalize_contrast: options.normalize_contrast,
         })
     }
 }

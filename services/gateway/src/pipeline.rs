@@ -440,10 +440,12 @@ impl Pipeline {
                         options: Some(det::DetectOptions {
                             score_threshold,
                             // The pipeline's symbols are what users act on: the
-                            // verifier's second look drops most look-alikes, and a
-                            // page drawn at a larger scale gets a pass at half scale.
+                            // verifier's second look drops most look-alikes, a page
+                            // drawn at a larger scale gets a pass at half scale, and a
+                            // faded scan is stretched to black on white first.
                             verify: true,
                             large_symbol_pass: true,
+                            normalize_contrast: true,
                             ..Default::default()
                         }),
                     });

@@ -90,9 +90,11 @@ impl TagPatterns {
 }
 
 /// The characters a recognizer takes `c` for on drawings, or `c` for them: round
-/// letters and digits, straight strokes, and the pairs that differ by a corner.
+/// letters and digits, straight strokes, the pairs that differ by a corner, and a
+/// short hyphen on a blurred scan read as a dot or another dash (`SD.37`, `SD·38`).
 fn look_alikes(c: char) -> &'static [char] {
     match c {
+        '.' | '·' | ',' | '_' | '~' | '=' | '–' | '—' | '−' => &['-'],
         '0' => &['O', 'D'],
         'O' => &['0', 'D'],
         'D' => &['0', 'O'],
@@ -153,6 +155,9 @@ mod tests {
             ("damper", "MO-703", "MD-703"),
             ("thermostat", "T215", "T-215"),
             ("vav_box", "VAV-1O8", "VAV-108"),
+            ("diffuser", "SD.37", "SD-37"),
+            ("diffuser", "SD·38", "SD-38"),
+            ("damper", "FD–4", "FD-4"),
         ] {
             assert_eq!(p.repair(class, read).as_deref(), Some(repaired), "{read}");
             assert_eq!(p.fit(class, read), Fit::Matches, "{read}");
@@ -165,6 +170,7 @@ mod tests {
             ("diffuser", "SF-38"),
             ("vav_box", "VAV-709"),
             ("thermostat", "ITCLOSET"),
+            ("diffuser", "SD.3.7"),
         ] {
             assert_eq!(p.repair(class, read), None, "{read}");
         }
