@@ -73,7 +73,7 @@ def evaluate(stub, pb, folder):
                 if index not in used and symbol[0] == expected["class"] and overlap >= best_iou:
                     best, best_iou = index, overlap
             where = f"@{expected['box'][0]},{expected['box'][1]} {side(expected['box'])} px"
-            vertical = " (vertical tag)" if expected.get("tag_vertical") else ""
+            vertical = " (vertical tag)" if expected.get("vertical_tag") else ""
             if best is None:
                 notes.append(f"{page} missed {expected['class']} {expected['tag']} {where}")
                 continue

@@ -105,6 +105,7 @@ impl Clients {
                 ignore_regions,
                 read_within: vec![],
                 join_broken_lines: false,
+                read_turned: vec![],
             })
             .await
             .unwrap();

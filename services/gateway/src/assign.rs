@@ -52,11 +52,11 @@ impl Rect {
         (self.y_max - self.y_min).max(0.0)
     }
 
-    fn area(&self) -> f32 {
+    pub(crate) fn area(&self) -> f32 {
         self.width() * self.height()
     }
 
-    fn intersection(&self, other: &Rect) -> f32 {
+    pub(crate) fn intersection(&self, other: &Rect) -> f32 {
         let w = self.x_max.min(other.x_max) - self.x_min.max(other.x_min);
         let h = self.y_max.min(other.y_max) - self.y_min.max(other.y_min);
         w.max(0.0) * h.max(0.0)

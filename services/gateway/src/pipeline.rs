@@ -230,6 +230,102 @@ fn lines_to_read(
     (!regions.is_empty()).then_some(regions)
 }
 
+/// Most symbols of one page whose reach is read turned, best detections first: on a
+/// drawing whose text the page's reading could not make out at all (a poor scan),
+/// every symbol would ask, and reading them all would cost more than the page.
+const MAX_TURNED_READS: usize = 16;
+
+/// The search regions of the symbols to read turned: those that want a tag and got
+/// none from the page's lines, or got one that misses their class's pattern (by the
+/// tag rule as it would run on those lines alone); best detections first, at most
+/// [`MAX_TURNED_READS`], together at most half the page's pixels.
+fn turned_read_regions(
+    detections: &[det::Detection],
+    wants_tag: &[bool],
+    lines: &[Line],
+    patterns: &TagPatterns,
+    options: &Options,
+    (width, height): (u32, u32),
+) -> Vec<common::Box> {
+    if options.include_unassigned_text {
+        // Every line of the page is wanted, and the turned read adds only some.
+        return Vec::new();
+    }
+    let candidates: Vec<assign::Symbol> = detections
+        .iter()
+        .zip(wants_tag)
+        .map(|(d, &wants_tag)| assign::Symbol {
+            rect: rect(d.r#box),
+            score: d.score,
+            wants_tag,
+        })
+        .collect();
+    let line_rects: Vec<Rect> = lines.iter().map(|l| l.rect).collect();
+    let tags: Vec<String> = lines.iter().map(|l| tag_text(&l.text)).collect();
+    let fit = |s: usize, l: usize| patterns.fit(&detections[s].class_name, &tags[l]);
+    let assignment = assign(&candidates, &line_rects, options.padding, fit);
+    let mut wanting: Vec<usize> = (0..detections.len())
+        .filter(|&s| {
+            wants_tag[s]
+                && match assignment.tag_of[s] {
+                    None => true,
+                    Some(l) => fit(s, l) == Fit::Misses,
+                }
+        })
+        .collect();
+    wanting.sort_by(|&a, &b| detections[b].score.total_cmp(&detections[a].score));
+    let page = Rect::new(0.0, 0.0, width as f32, height as f32);
+    let mut budget = page.area() / 2.0;
+    let mut regions = Vec::new();
+    for s in wanting.into_iter().take(MAX_TURNED_READS) {
+        let region = assign::search_region(&candidates[s].rect, options.padding);
+        let pixels = region.intersection(&page);
+        if pixels == 0.0 {
+            continue;
+        }
+        if pixels > budget {
+            break;
+        }
+        budget -= pixels;
+        regions.push(to_box(region));
+    }
+    regions
+}
+
+/// A line of the turned read overlapping one the page's reading found this much
+/// (intersection over union) is that line read again.
+const SAME_LINE_IOU: f32 = 0.5;
+
+/// A line lying at least this share inside another is a piece of it: of a tag the
+/// page's text detection broke (`RD` of `RD-84`), or of a line the edge of a region
+/// cut through in the turned read (`8` of `CD-365`).
+const PIECE_SHARE: f32 = 0.5;
+
+/// Adds to `page` the lines of the turned read that the page's reading did not find,
+/// each in place of the pieces of it the page's reading found.
+fn add_new_lines(page: &mut Vec<Line>, turned: Vec<Line>) {
+    for line in turned {
+        if tag_text(&line.text).is_empty() {
+            continue;
+        }
+        let known = page.iter().any(|known| {
+            let overlap = line.rect.intersection(&known.rect);
+            let union = line.rect.area() + known.rect.area() - overlap;
+            let same = union > 0.0 && overlap >= SAME_LINE_IOU * union;
+            let piece = line.rect.area() > 0.0 && overlap >= PIECE_SHARE * line.rect.area();
+            same || piece
+        });
+        if known {
+            continue;
+        }
+        page.retain(|known| {
+            let area = known.rect.area();
+            !(area > 0.0 && line.rect.intersection(&known.rect) >= PIECE_SHARE * area)
+        });
+        page.push(line);
+    }
+}
+
 async fn timed<F: Future>(future: F) -> (F::Output, Duration) {
     let started = Instant::now();
     let output = future.await;
@@ -296,7 +392,7 @@ impl Pipeline {
         } = detections?;
         // Checked before OCR runs, so a refused request costs no page read.
         check_classes_to_read(&options.classes_to_read, &known_classes)?;
-        let symbol_regions = detections
+        let symbol_regions: Vec<common::Box> = detections
             .iter()
             .map(|d| to_box(grown(rect(d.r#box), SYMBOL_MASK_MARGIN_PX)))
             .collect();
@@ -313,17 +409,60 @@ impl Pipeline {
                     || options.classes_to_read.contains(&d.class_name)
             })
             .collect();
-        let (lines, ocr_time) = match lines_to_read(&detections, &wants_tag, &options) {
+        let (lines, mut ocr_time) = match lines_to_read(&detections, &wants_tag, &options) {
             Some(read_within) => {
-                timed(self.read_text(image, symbol_regions, read_within, ocr_deadline))
-                    .instrument(tracing::info_span!("ocr"))
-                    .await
+                let read = self.read_text(
+                    Arc::clone(&image),
+                    symbol_regions.clone(),
+                    read_within,
+                    Vec::new(),
+                    ocr_deadline,
+                );
+                timed(read).instrument(tracing::info_span!("ocr")).await
             }
             None => (Ok(Vec::new()), Duration::ZERO),
         };
+        // Marks with no letter or digit (a lone `±`) are nobody's tag.
+        let mut lines = lines.map(|lines| {
+            lines
+                .into_iter()
+                .filter(|line| !tag_text(&line.text).is_empty())
+                .collect::<Vec<Line>>()
+        });
+
+        let patterns = TagPatterns::new(&tag_patterns);
+        // A second read, turned, of the reach of each symbol the page's reading left
+        // without a tag that fits: tags written along a column that the page's text
+        // detection did not find. What it finds joins the page's lines, and the tag
+        // rule below runs once over them all.
+        if let Ok(page_lines) = &mut lines {
+            let turned = {
+                let _span = tracing::info_span!("assign").entered();
+                turned_read_regions(
+                    &detections,
+                    &wants_tag,
+                    page_lines,
+                    &patterns,
+                    &options,
+                    (width, height),
+                )
+            };
+            if !turned.is_empty() {
+                let read = self.read_text(image, symbol_regions, Vec::new(), turned, ocr_deadline);
+                let (read, took) = timed(read)
+                    .instrument(tracing::info_span!("ocr_turned"))
+                    .await;
+                ocr_time += took;
+                match read {
+                    Ok(found) => add_new_lines(page_lines, found),
+                    // The page's own reading stands; only what the turned read would
+                    // have added is lost.
+                    Err(status) => tracing::warn!(%status, "the turned read failed"),
+                }
+            }
+        }
 
         let _span = tracing::info_span!("assign").entered();
-        let patterns = TagPatterns::new(&tag_patterns);
         let mut symbols: Vec<pb::Symbol> = detections
             .into_iter()
             .map(|d| pb::Symbol {
@@ -336,11 +475,6 @@ impl Pipeline {
         let mut unassigned_text = Vec::new();
         match lines {
             Ok(lines) => {
-                // Marks with no letter or digit (a lone `±`) are nobody's tag.
-                let lines: Vec<Line> = lines
-                    .into_iter()
-                    .filter(|line| !tag_text(&line.text).is_empty())
-                    .collect();
                 let candidates: Vec<assign::Symbol> = symbols
                     .iter()
                     .zip(&wants_tag)
@@ -484,6 +618,7 @@ impl Pipeline {
         image: Arc<Vec<u8>>,
         ignore_regions: Vec<common::Box>,
         read_within: Vec<common::Box>,
+        read_turned: Vec<common::Box>,
         deadline: Option<Instant>,
     ) -> Result<Vec<Line>, Status> {
         let response = self
@@ -492,6 +627,7 @@ impl Pipeline {
                 let image = Vec::clone(&image);
                 let ignore_regions = ignore_regions.clone();
                 let read_within = read_within.clone();
+                let read_turned = read_turned.clone();
                 async move {
                     let mut client = OcrClient::with_interceptor(stack, inject_trace_context)
                         .max_decoding_message_size(MAX_BACKEND_RESPONSE_BYTES);
@@ -506,6 +642,7 @@ impl Pipeline {
                         ignore_regions,
                         read_within,
                         join_broken_lines: true,
+                        read_turned,
                     });
                     if let Some(timeout) = timeout {
                         request.set_timeout(timeout);
@@ -558,5 +695,122 @@ mod tests {
         assert_eq!(tag_text("FD-3±"), "FD-3");
         assert_eq!(tag_text("VAV-203"), "VAV-203");
         assert_eq!(tag_text("±"), "");
+    }
+
+    fn detection(class: &str, score: f32, x: f32, y: f32, side: f32) -> det::Detection {
+        det::Detection {
+            r#box: Some(common::Box {
+                x_min: x,
+                y_min: y,
+                x_max: x + side,
+                y_max: y + side,
+            }),
+            class_name: class.to_owned(),
+            score,
+        }
+    }
+
+    fn line(text: &str, x_min: f32, y_min: f32, x_max: f32, y_max: f32) -> Line {
+        Line {
+            rect: Rect::new(x_min, y_min, x_max, y_max),
+            text: text.to_owned(),
+            score: 0.9,
+        }
+    }
+
+    fn options() -> Options {
+        Options {
+            score_threshold: 0.25,
+            classes_to_read: Vec::new(),
+            padding: Padding::Relative,
+            include_unassigned_text: false,
+        }
+    }
+
+    #[test]
+    fn only_symbols_left_without_a_fitting_tag_are_read_turned_best_first() {
+        let patterns = TagPatterns::new(
+            &[("vav_box".to_owned(), r"VAV-\d+".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        let detections = [
+            // Tagged as its pattern wants.
+            detection("vav_box", 0.9, 100.0, 100.0, 40.0),
+            // Only a room name in reach: it misses the pattern.
+            detection("vav_box", 0.6, 400.0, 100.0, 40.0),
+            // Nothing in reach.
+            detection("vav_box", 0.8, 700.0, 100.0, 40.0),
+            // Nothing in reach either, but its tags were not asked for.
+            detection("vav_box", 0.95, 100.0, 500.0, 40.0),
+        ];
+        let wants = [true, true, true, false];
+        let lines = [
+            line("VAV-12", 145.0, 110.0, 190.0, 125.0),
+            line("OFFICE", 445.0, 110.0, 500.0, 125.0),
+        ];
+        let regions = turned_read_regions(
+            &detections,
+            &wants,
+            &lines,
+            &patterns,
+            &options(),
+            (1600, 1200),
+        );
+        let reach =
+            |d: &det::Detection| to_box(assign::search_region(&rect(d.r#box), Padding::Relative));
+        assert_eq!(regions, vec![reach(&detections[2]), reach(&detections[1])]);
+
+        // The caller wants every line of the page: no turned read adds to it.
+        let all_text = Options {
+            include_unassigned_text: true,
+            ..options()
+        };
+        assert!(
+            turned_read_regions(
+                &detections,
+                &wants,
+                &lines,
+                &patterns,
+                &all_text,
+                (1600, 1200)
+            )
+            .is_empty()
+        );
+        // At most half the page's pixels: a symbol whose reach covers a small page
+        // is not read turned there, and is on a large one.
+        let large = [detection("vav_box", 0.9, 50.0, 25.0, 100.0)];
+        let read = |page| turned_read_regions(&large, &[true], &[], &patterns, &options(), page);
+        assert!(read((200, 150)).is_empty());
+        assert_eq!(read((1600, 1200)).len(), 1);
+    }
+
+    #[test]
+    fn the_turned_read_adds_what_the_page_reading_missed_in_place_of_its_pieces() {
+        let mut page = vec![
+            line("VAV-12", 145.0, 110.0, 190.0, 125.0),
+            // The page's reading found only the letters of a tag along a column.
+            line("RD", 300.0, 40.0, 312.0, 58.0),
+            // A room name the column's tag runs past.
+            line("OFFICE", 250.0, 82.0, 330.0, 96.0),
+        ];
+        add_new_lines(
+            &mut page,
+            vec![
+                // The same line read again, a little off.
+                line("VAV-12", 146.0, 111.0, 189.0, 126.0),
+                // A tag along a column the page's reading missed.
+                line("T-54", 90.0, 40.0, 101.0, 80.0),
+                // The whole of the broken tag.
+                line("RD-84", 299.0, 39.0, 313.0, 88.0),
+                // A piece of a line the page's reading found whole, cut by a
+                // region's edge.
+                line("12", 175.0, 110.0, 191.0, 125.0),
+                // A mark with no letter or digit.
+                line("|", 500.0, 40.0, 503.0, 80.0),
+            ],
+        );
+        let texts: Vec<&str> = page.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["VAV-12", "OFFICE", "T-54", "RD-84"]);
     }
 }

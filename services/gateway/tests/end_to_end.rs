@@ -363,6 +363,7 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
 /// class's pattern is corrected; 0.955 / 0.975 / 0.891 with the detector's
 /// large-symbol pass (two VAV boxes of ~120 px found, and tagged, at half scale);
 /// 0.965 / 0.990 / 0.911 (2026-12-01) once a faded scan is stretched to black on
-/// white before detection and a hyphen read as a dot is corrected. A little slack
-/// for BLAS; the goal is 0.97 / 0.97 / 0.93.
-const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.955, 0.98, 0.90);
+/// white before detection and a hyphen read as a dot is corrected; 0.965 / 0.990 /
+/// 0.931 once the reach of a symbol left without a fitting tag is read turned (tags
+/// written along a column). A little slack for BLAS; the goal is 0.97 / 0.97 / 0.93.
+const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.955, 0.98, 0.92);

@@ -51,6 +51,7 @@ async fn main() {
             ignore_regions: vec![],
             read_within: vec![],
             join_broken_lines: false,
+            read_turned: vec![],
         })
     } else {
         let mut names: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/ocr/crops"))

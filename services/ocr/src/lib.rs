@@ -13,6 +13,7 @@ pub mod page;
 pub mod reader;
 pub mod service;
 pub mod text;
+pub mod turned;
 pub mod work;
 
 use std::path::Path;

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::page::{Direction, Line, PageReader, ReadError};
 use crate::text::RecWidth;
+use crate::turned;
 
 pub struct OcrService {
     /// Empty while the models load: calls are then UNAVAILABLE at once.
@@ -122,28 +123,68 @@ impl Ocr for OcrService {
         let request = request.into_inner();
         let ignore = regions("ignore_regions", &request.ignore_regions)?;
         let within = regions("read_within", &request.read_within)?;
+        let turned = regions("read_turned", &request.read_turned)?;
+        if turned.len() > MAX_TURNED_REGIONS {
+            return Err(bad(
+                "read_turned",
+                format!("{} regions; at most {MAX_TURNED_REGIONS}", turned.len()),
+            ));
+        }
+        if !turned.is_empty() && !within.is_empty() {
+            return Err(bad(
+                "read_turned",
+                "reads regions instead of the page: read_within must be empty",
+            ));
+        }
         let reader = self.reader()?;
         let limits = self.limits;
         let (width, height) =
             dimensions(&request.image, &limits).map_err(|e| bad("image", e.to_string()))?;
+        // What the sheet copies: the regions as clamped to the page.
+        let turned_pixels: f64 = turned
+            .iter()
+            .map(|&[x_min, y_min, x_max, y_max]| {
+                let span = |lo: f32, hi: f32, limit: u32| {
+                    f64::from(hi.clamp(0.0, limit as f32) - lo.clamp(0.0, limit as f32))
+                };
+                span(x_min, x_max, width) * span(y_min, y_max, height)
+            })
+            .sum();
+        if turned_pixels > f64::from(width) * f64::from(height) {
+            return Err(bad(
+                "read_turned",
+                format!(
+                    "the regions cover {turned_pixels:.0} pixels, more than the page's {width}x{height}"
+                ),
+            ));
+        }
         let work = reader.work();
+        // Read turned, the page is decoded, then cut into a sheet of at most its
+        // pixels (and the white between them) that is read in its place.
+        let reads = if turned.is_empty() { 1 } else { 2 };
         let _permit = work
             .budget()
-            .admit(work.page_bytes(width, height))
+            .admit(reads * work.page_bytes(width, height))
             .await
             .map_err(|error| engine_status(error.into()))?;
         // Decoding is CPU work: off the async threads.
-        let image = tokio::task::spawn_blocking(move || {
+        let (image, placements, (width, height)) = tokio::task::spawn_blocking(move || {
             decode(&request.image, &limits).map(|decoded| {
                 let mut image = decoded.image;
                 blank(&mut image, &ignore);
-                image
+                // As oriented (EXIF), which the header's size is not.
+                let size = image.dimensions();
+                if turned.is_empty() {
+                    (image, None, size)
+                } else {
+                    let (sheet, placements) = turned::sheet(&image, &turned);
+                    (sheet, Some(placements), size)
+                }
             })
         })
         .await
         .map_err(|_| Status::internal("decoding failed"))?
         .map_err(|e| bad("image", e.to_string()))?;
-        let (width, height) = image.dimensions();
         let lines = reader
             .read(
                 image,
@@ -156,6 +197,10 @@ impl Ocr for OcrService {
                 ReadError::Engine(error) => engine_status(error),
                 ReadError::TooLarge(error) => bad("image", error.to_string()),
             })?;
+        let lines = match placements {
+            Some(placements) => turned::lines_on_page(lines, &placements),
+            None => lines,
+        };
         Ok(Response::new(pb::ReadTextResponse {
             lines: lines.into_iter().map(text_line).collect(),
             width,
@@ -166,6 +211,11 @@ impl Ocr for OcrService {
 
 /// Most regions one ReadText may list in each of its region fields.
 const MAX_REGIONS: usize = 10_000;
+
+/// Most regions one ReadText may ask to read turned: each is copied onto the sheet
+/// that is read, so they are bounded tighter than the other region fields (a sheet
+/// of 64 regions of a 40 px symbol's reach is about half a page).
+const MAX_TURNED_REGIONS: usize = 64;
 
 /// The checked regions of the request field `field`: finite, not inverted.
 fn regions(field: &str, regions: &[common::Box]) -> Result<Vec<[f32; 4]>, Status> {

@@ -35,6 +35,7 @@ async fn asked_for_int8_the_service_runs_det_at_fp32_and_reads_the_tag() {
             ignore_regions: vec![],
             read_within: vec![],
             join_broken_lines: false,
+            read_turned: vec![],
         })
         .await
         .expect("read")

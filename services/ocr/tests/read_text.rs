@@ -51,6 +51,7 @@ async fn read(client: &mut OcrClient<Channel>, path: PathBuf) -> pb::ReadTextRes
             ignore_regions: vec![],
             read_within: vec![],
             join_broken_lines: false,
+            read_turned: vec![],
         })
         .await
         .expect("read")
@@ -203,6 +204,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
                 ignore_regions: vec![],
                 read_within: vec![],
                 join_broken_lines: false,
+                read_turned: vec![],
             })
             .await
             .expect_err(what);
@@ -227,6 +229,7 @@ async fn bad_pages_are_named_and_the_service_keeps_serving() {
             ignore_regions: vec![],
             read_within: vec![],
             join_broken_lines: false,
+            read_turned: vec![],
         })
         .await
         .expect("still serving")
@@ -266,6 +269,7 @@ async fn a_page_of_black_ink_on_transparency_reads_as_ink_on_white() {
             ignore_regions: vec![],
             read_within: vec![],
             join_broken_lines: false,
+            read_turned: vec![],
         })
         .await
         .expect("read")

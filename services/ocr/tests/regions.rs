@@ -37,6 +37,7 @@ async fn read(
             ignore_regions: ignore,
             read_within: within,
             join_broken_lines: false,
+            read_turned: vec![],
         })
         .await
         .unwrap()
@@ -101,6 +102,7 @@ async fn a_malformed_region_is_refused_naming_it() {
                     ignore_regions,
                     read_within,
                     join_broken_lines: false,
+                    read_turned: vec![],
                 })
                 .await
                 .unwrap_err();
@@ -123,6 +125,7 @@ async fn read_page(client: &mut OcrClient<Channel>, page: &str, within: Vec<comm
             ignore_regions: vec![],
             read_within: within,
             join_broken_lines: true,
+            read_turned: vec![],
         })
         .await
         .unwrap()
