@@ -230,6 +230,37 @@ fn lines_to_read(
     (!regions.is_empty()).then_some(regions)
 }
 
+/// The symbols as the tag rule sees them, from each one's box and score.
+fn rule_symbols(
+    boxes_and_scores: impl Iterator<Item = (Option<common::Box>, f32)>,
+    wants_tag: &[bool],
+) -> Vec<assign::Symbol> {
+    boxes_and_scores
+        .zip(wants_tag)
+        .map(|((b, score), &wants_tag)| assign::Symbol {
+            rect: rect(b),
+            score,
+            wants_tag,
+        })
+        .collect()
+}
+
+/// The tag rule over a page's lines (`classes[s]` is symbol `s`'s class, which ranks
+/// lines by its pattern): each line's text as a tag, and which line each symbol takes.
+fn tag_rule(
+    symbols: &[assign::Symbol],
+    classes: &[&str],
+    lines: &[Line],
+    patterns: &TagPatterns,
+    padding: Padding,
+) -> (Vec<String>, assign::Assignment) {
+    let line_rects: Vec<Rect> = lines.iter().map(|l| l.rect).collect();
+    let tags: Vec<String> = lines.iter().map(|l| tag_text(&l.text)).collect();
+    let fit = |s: usize, l: usize| patterns.fit(classes[s], &tags[l]);
+    let assignment = assign(symbols, &line_rects, padding, fit);
+    (tags, assignment)
+}
+
 /// Most symbols of one page whose reach is read turned, best detections first: on a
 /// drawing whose text the page's reading could not make out at all (a poor scan),
 /// every symbol would ask, and reading them all would cost more than the page.
@@ -251,19 +282,10 @@ fn turned_read_regions(
         // Every line of the page is wanted, and the turned read adds only some.
         return Vec::new();
     }
-    let candidates: Vec<assign::Symbol> = detections
-        .iter()
-        .zip(wants_tag)
-        .map(|(d, &wants_tag)| assign::Symbol {
-            rect: rect(d.r#box),
-            score: d.score,
-            wants_tag,
-        })
-        .collect();
-    let line_rects: Vec<Rect> = lines.iter().map(|l| l.rect).collect();
-    let tags: Vec<String> = lines.iter().map(|l| tag_text(&l.text)).collect();
-    let fit = |s: usize, l: usize| patterns.fit(&detections[s].class_name, &tags[l]);
-    let assignment = assign(&candidates, &line_rects, options.padding, fit);
+    let candidates = rule_symbols(detections.iter().map(|d| (d.r#box, d.score)), wants_tag);
+    let classes: Vec<&str> = detections.iter().map(|d| d.class_name.as_str()).collect();
+    let (tags, assignment) = tag_rule(&candidates, &classes, lines, patterns, options.padding);
+    let fit = |s: usize, l: usize| patterns.fit(classes[s], &tags[l]);
     let mut wanting: Vec<usize> = (0..detections.len())
         .filter(|&s| {
             wants_tag[s]
@@ -475,20 +497,11 @@ impl Pipeline {
         let mut unassigned_text = Vec::new();
         match lines {
             Ok(lines) => {
-                let candidates: Vec<assign::Symbol> = symbols
-                    .iter()
-                    .zip(&wants_tag)
-                    .map(|(s, &wants_tag)| assign::Symbol {
-                        rect: rect(s.r#box),
-                        score: s.score,
-                        wants_tag,
-                    })
-                    .collect();
-                let line_rects: Vec<Rect> = lines.iter().map(|l| l.rect).collect();
-                let tags: Vec<String> = lines.iter().map(|l| tag_text(&l.text)).collect();
-                let fit =
-                    |s: usize, l: usize| -> Fit { patterns.fit(&symbols[s].class_name, &tags[l]) };
-                let assignment = assign(&candidates, &line_rects, options.padding, fit);
+                let candidates =
+                    rule_symbols(symbols.iter().map(|s| (s.r#box, s.score)), &wants_tag);
+                let classes: Vec<&str> = symbols.iter().map(|s| s.class_name.as_str()).collect();
+                let (tags, assignment) =
+                    tag_rule(&candidates, &classes, &lines, &patterns, options.padding);
                 for (((symbol, tag), wants), outbid) in symbols
                     .iter_mut()
                     .zip(&assignment.tag_of)
