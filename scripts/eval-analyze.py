@@ -11,7 +11,9 @@ a fresh draw of the independent renderer:
     target/release/plenum up --gateway 127.0.0.1:50080 ... &
     .venv/bin/python scripts/eval-analyze.py 127.0.0.1:50080 tests/pages-independent /tmp/fresh
 
-`-q` prints the tables only. Needs grpcio and grpcio-tools (python/requirements.txt).
+`-q` prints the tables only. `--score-threshold 0.25` sends that threshold (the detector's
+default, but set: Analyze then keeps no weak detection the verifier confirms), to measure
+what the confirmation adds. Needs grpcio and grpcio-tools (python/requirements.txt).
 """
 import json
 import sys
@@ -48,13 +50,15 @@ def side(box):
     return max(box[2] - box[0], box[3] - box[1])
 
 
-def evaluate(stub, pb, folder):
+def evaluate(stub, pb, folder, score_threshold):
     counts = {c: {"symbols": 0, "found": 0, "detections": 0, "tags": 0} for c in CLASSES}
     notes = []
     for truth_file in sorted(folder.glob("page_*.json")):
         truth = json.loads(truth_file.read_text())
         image = (folder / truth["image"]).read_bytes()
-        response = stub.Analyze(pb.AnalyzeRequest(image=image, request_id=str(truth_file)), timeout=600)
+        options = pb.AnalyzeOptions(score_threshold=score_threshold)
+        response = stub.Analyze(pb.AnalyzeRequest(image=image, options=options, request_id=str(truth_file)),
+                                timeout=600)
         found = [
             (s.class_name, [s.box.x_min, s.box.y_min, s.box.x_max, s.box.y_max], s.tag, s.score,
              pb.TagMissingReason.Name(s.tag_missing_reason))
@@ -94,13 +98,18 @@ def evaluate(stub, pb, folder):
 
 def main():
     args = [a for a in sys.argv[1:] if a != "-q"]
+    score_threshold = 0.0
+    if "--score-threshold" in args:
+        at = args.index("--score-threshold")
+        score_threshold = float(args[at + 1])
+        del args[at:at + 2]
     if len(args) < 2:
         sys.exit(__doc__)
     pb, pb_grpc = stubs()
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     stub = pb_grpc.GatewayStub(grpc.insecure_channel(args[0], options=options))
     for folder in map(Path, args[1:]):
-        counts, notes = evaluate(stub, pb, folder)
+        counts, notes = evaluate(stub, pb, folder, score_threshold)
         counts["all"] = {k: sum(c[k] for c in counts.values()) for k in counts[CLASSES[0]]}
         print(f"\n{folder}\n| class | symbols | recall | precision | exact tags |\n|---|---:|---:|---:|---:|")
         for name, c in counts.items():

@@ -18,13 +18,16 @@ use plenum_vision::letterbox::{PAD_VALUE, paste, to_nchw_f32};
 use plenum_vision::resize::resize_linear;
 use plenum_vision::tiles::{crop, tile_grid};
 
-use crate::verify::{CROP, Verdict, Verifier, crop_input, drop_nested};
+use crate::verify::{CROP, Candidate, Verdict, Verifier, crop_input, drop_nested, inside_share};
 use crate::yolo::{self, RawDetection};
 
 /// How one call wants its images fitted and filtered, already validated.
 #[derive(Debug, Clone)]
 pub struct DetectOptions {
     pub score_threshold: f32,
+    /// Keep also the detections scoring from this up to `score_threshold` that the
+    /// verifier confirms (when it takes its look).
+    pub confirmed_score_threshold: Option<f32>,
     pub iou_threshold: f32,
     /// Class indices to keep; None = all.
     pub classes: Option<Vec<usize>>,
@@ -69,6 +72,8 @@ pub struct ImageResult {
     /// Detections the second look gave another class (those kept and those then
     /// dropped as nested or not asked for).
     pub relabeled: u32,
+    /// Weak detections the second look confirmed (in `detections`).
+    pub confirmed: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,15 @@ impl Detector {
     }
 
     /// Whether a call with `options` gets the second look.
+    /// The score a detection must pass to be kept or, when the verifier will look
+    /// at it, to be put to the verifier as a weak one.
+    fn decode_threshold(&self, options: &DetectOptions) -> f32 {
+        match options.confirmed_score_threshold {
+            Some(weak) if self.verifies(options) => weak.min(options.score_threshold),
+            _ => options.score_threshold,
+        }
+    }
+
     fn verifies(&self, options: &DetectOptions) -> bool {
         options.verify && self.verifier.is_some()
     }
@@ -179,6 +193,7 @@ impl Detector {
         let side = (self.limits.max_pixels as f64).sqrt() as u32;
         let options = DetectOptions {
             score_threshold: 0.25,
+            confirmed_score_threshold: Some(0.1),
             iou_threshold: 0.7,
             classes: None,
             tiling: Tiling::Auto,
@@ -353,7 +368,9 @@ impl Detector {
             outputs_by_size.push(((width, height), yolo::split_batch(&output).into_iter()));
         }
 
+        let decode_threshold = self.decode_threshold(options);
         let mut results = Vec::with_capacity(prepared.len());
+        let mut weak = Vec::with_capacity(prepared.len());
         for page in &prepared {
             let mut raw = Vec::new();
             for (size, _) in &page.inputs {
@@ -366,12 +383,12 @@ impl Detector {
                     .ok_or_else(|| PipelineError::Internal("short batch".into()))?;
                 raw.push(yolo::decode(
                     &output.to_kind(Kind::Float),
-                    options.score_threshold,
+                    decode_threshold,
                     options.iou_threshold,
                     options.classes.as_deref(),
                 ));
             }
-            let detections = match &page.plan {
+            let detections: Vec<Detection> = match &page.plan {
                 Plan::Letterbox { width, height } => raw
                     .pop()
                     .unwrap_or_default()
@@ -397,6 +414,12 @@ impl Detector {
                     options.iou_threshold,
                 ),
             };
+            // Those under the call's threshold wait for the verifier's confirmation
+            // (decoded at all only when it looks), apart from the large-symbol pass.
+            let (detections, unsure): (Vec<_>, Vec<_>) = detections
+                .into_iter()
+                .partition(|d| d.score > options.score_threshold);
+            weak.push(unsure);
             results.push(ImageResult {
                 width: page.width,
                 height: page.height,
@@ -404,13 +427,21 @@ impl Detector {
                 detections,
                 refused: 0,
                 relabeled: 0,
+                confirmed: 0,
             });
         }
         self.large_symbol_pass(&prepared, &mut results, options)
             .await?;
         if let Some(verifier) = self.verifier.as_ref().filter(|_| options.verify) {
             let pages: Vec<Option<RgbImage>> = prepared.into_iter().map(|p| p.decoded).collect();
-            second_look(verifier, pages, options.classes.as_deref(), &mut results).await?;
+            second_look(
+                verifier,
+                pages,
+                weak,
+                options.classes.as_deref(),
+                &mut results,
+            )
+            .await?;
         }
         Ok(results)
     }
@@ -590,25 +621,49 @@ struct PreparedPage {
 /// Drops from each page's detections those `verifier` refuses and gives those it is
 /// sure the detector misnamed its class, in one batch for the whole call; then drops
 /// those nested in a better one of their class, and those whose new class the call
-/// did not ask for. Pages not kept for it are left as they are.
+/// did not ask for. Last, it adds each page's `weak` detections (under the call's
+/// threshold) that it confirms and that no detection kept overlaps. Pages not kept
+/// for it are left as they are.
 async fn second_look(
     verifier: &Verifier,
     pages: Vec<Option<RgbImage>>,
+    weak: Vec<Vec<Detection>>,
     wanted: Option<&[usize]>,
     results: &mut [ImageResult],
 ) -> Result<(), PipelineError> {
     let looked_at: Vec<bool> = pages.iter().map(Option::is_some).collect();
+    let weak: Vec<Vec<Detection>> = weak
+        .into_iter()
+        .zip(&looked_at)
+        .map(|(weak, looked)| if *looked { weak } else { Vec::new() })
+        .collect();
+    // Each looked-at page's detections, then its weak ones.
     let boxes: Vec<Vec<BoxF>> = results
         .iter()
-        .map(|result| result.detections.iter().map(|d| d.bbox).collect())
+        .zip(&weak)
+        .map(|(result, weak)| {
+            (result.detections.iter().chain(weak))
+                .map(|d| d.bbox)
+                .collect()
+        })
         .collect();
-    let detected: Vec<usize> = results
+    let candidates: Vec<Candidate> = results
         .iter()
+        .zip(&weak)
         .zip(&looked_at)
         .filter(|(_, looked)| **looked)
-        .flat_map(|(result, _)| result.detections.iter().map(|d| d.class))
+        .flat_map(|((result, weak), _)| {
+            let strong = result.detections.iter().map(|d| Candidate {
+                class: d.class,
+                weak: false,
+            });
+            strong.chain(weak.iter().map(|d| Candidate {
+                class: d.class,
+                weak: true,
+            }))
+        })
         .collect();
-    let count = detected.len();
+    let count = candidates.len();
     // Cropping reads up to every pixel of every page: CPU work, off the async threads.
     let crops = tokio::task::spawn_blocking(move || {
         let mut crops = Vec::with_capacity(count * CROP * CROP);
@@ -623,8 +678,8 @@ async fn second_look(
     })
     .await
     .map_err(|error| PipelineError::Internal(error.to_string()))?;
-    let mut verdicts = verifier.judge(crops, &detected).await?.into_iter();
-    for (looked, result) in looked_at.into_iter().zip(results.iter_mut()) {
+    let mut verdicts = verifier.judge(crops, &candidates).await?.into_iter();
+    for ((looked, result), weak) in looked_at.into_iter().zip(results.iter_mut()).zip(weak) {
         if !looked {
             continue;
         }
@@ -644,14 +699,34 @@ async fn second_look(
         drop_nested(&mut result.detections);
         result.refused = (before - result.detections.len()) as u32;
         result.relabeled = relabeled;
+        // Best first: each confirmed one joins the kept before the next is weighed.
+        // The verdicts follow the order the crops were made in.
+        let mut weak: Vec<(Detection, Option<Verdict>)> =
+            weak.into_iter().map(|d| (d, verdicts.next())).collect();
+        weak.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
+        for (detection, verdict) in weak {
+            let confirmed = matches!(verdict, Some(Verdict::Class(_)))
+                && result
+                    .detections
+                    .iter()
+                    .all(|kept| inside_share(&kept.bbox, &detection.bbox) < CONFIRMED_APART);
+            if confirmed {
+                result.detections.push(detection);
+                result.confirmed += 1;
+            }
+        }
+        result
+            .detections
+            .sort_by(|a, b| b.score.total_cmp(&a.score));
     }
     Ok(())
 }
 
-/// Ultralytics' letterbox for a dynamic export (`auto=True`, what `predict` does with
-/// this model): scale to fit `size`, then pad only up to the next multiple of `stride`
-/// (the minimum rectangle), centred with the `round(d ∓ 0.1)` split, grey 114. A
-/// 1600×1200 page becomes 640×480, not 640×640: a quarter less compute.
+/// A confirmed weak detection must stand apart from every kept one: this share of the
+/// smaller box inside the other is already a second box on a symbol the page has
+/// (a weak box on a kept symbol's part, or around it with its neighbour), not a new one.
+const CONFIRMED_APART: f32 = 0.1;
+
 fn letterbox_rect(source: &RgbImage, size: u32, stride: u32) -> RgbImage {
     let (w, h) = source.dimensions();
     let ratio = f64::min(

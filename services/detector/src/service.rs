@@ -114,8 +114,27 @@ impl DetectorService {
                 ));
             }
         };
+        let confirmed_score_threshold = match options.confirmed_score_threshold {
+            0.0 => None,
+            _ if !options.verify => {
+                return Err(bad(
+                    "options.confirmed_score_threshold",
+                    "needs options.verify: the verifier is what confirms a weak detection",
+                ));
+            }
+            s if s > 0.0 && s < score_threshold => Some(s),
+            s => {
+                return Err(bad(
+                    "options.confirmed_score_threshold",
+                    format!(
+                        "must be 0 (off) or in (0, score_threshold {score_threshold}), got {s}"
+                    ),
+                ));
+            }
+        };
         Ok(DetectOptions {
             score_threshold,
+            confirmed_score_threshold,
             iou_threshold,
             classes,
             tiling,
@@ -165,6 +184,7 @@ impl DetectorApi for DetectorService {
                     tiles: image.tiles,
                     refused: image.refused,
                     relabeled: image.relabeled,
+                    confirmed: image.confirmed,
                     detections: image
                         .detections
                         .into_iter()

@@ -20,12 +20,14 @@ const CONTEXT: f32 = 1.25;
 const MARGIN: i64 = 4;
 /// A detection is dropped when the verifier gives `none` at least this probability.
 const REFUSE_AT: f32 = 0.5;
-/// A detection takes the verifier's class instead of the detector's when the verifier
-/// gives that class at least this probability. The verifier sees the symbol alone at
-/// 48 px, where the detector sees it among the page at a fraction of a 20 px symbol's
-/// size; it is sure (≥ 0.99) of the small diffusers the detector calls thermostats on
-/// the independent renderer's pages, so only a near-certain answer overrides.
-const RELABEL_AT: f32 = 0.9;
+/// The verifier is sure of a class it gives at least this probability. A detection
+/// takes the verifier's class instead of the detector's when the verifier is sure of
+/// it, and a weak one (under the call's score threshold) is kept only when the
+/// verifier is sure of its own class. The verifier sees the symbol alone at 48 px,
+/// where the detector sees it among the page at a fraction of a 20 px symbol's size;
+/// it is sure (≥ 0.99) of the small diffusers the detector calls thermostats on the
+/// independent renderer's pages, so only a near-certain answer overrides.
+const SURE: f32 = 0.9;
 /// The verifier's label for "not a symbol".
 const NONE: &str = "none";
 /// A detection this share of whose area lies inside a better one of its class is a
@@ -75,12 +77,11 @@ impl Verifier {
     }
 
     /// For each crop made by [`crop_input`] (back to back in `inputs`, one per
-    /// entry of `detected`, the class the detector gave it): what becomes of the
-    /// detection.
+    /// entry of `detected`): what becomes of the detection.
     pub async fn judge(
         &self,
         inputs: Vec<f32>,
-        detected: &[usize],
+        detected: &[Candidate],
     ) -> Result<Vec<Verdict>, EngineError> {
         if detected.is_empty() {
             return Ok(Vec::new());
@@ -102,7 +103,7 @@ impl Verifier {
         Ok(probabilities
             .chunks(labels)
             .zip(detected)
-            .map(|(p, &class)| verdict(p, class, self.none))
+            .map(|(p, &candidate)| verdict(p, candidate, self.none))
             .collect())
     }
 }
@@ -116,9 +117,27 @@ pub enum Verdict {
     Class(usize),
 }
 
+/// A detection put to the verifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The class the detector gave it.
+    pub class: usize,
+    /// It scored under the call's score threshold: kept only when confirmed.
+    pub weak: bool,
+}
+
 /// The verdict on one crop from the verifier's `probabilities` (the classes, then
-/// `none` at index `none`) for a detection of class `detected`.
-pub fn verdict(probabilities: &[f32], detected: usize, none: usize) -> Verdict {
+/// `none` at index `none`) for `candidate`. A weak one is confirmed in its own class
+/// or refused: the detector being unsure, only a sure second look keeps it.
+pub fn verdict(probabilities: &[f32], candidate: Candidate, none: usize) -> Verdict {
+    let detected = candidate.class;
+    if candidate.weak {
+        return if probabilities[detected] >= SURE {
+            Verdict::Class(detected)
+        } else {
+            Verdict::Refused
+        };
+    }
     if probabilities[none] >= REFUSE_AT {
         return Verdict::Refused;
     }
@@ -128,7 +147,7 @@ pub fn verdict(probabilities: &[f32], detected: usize, none: usize) -> Verdict {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(class, &p)| (class, p));
     match surest {
-        Some((class, p)) if class != detected && p >= RELABEL_AT => Verdict::Class(class),
+        Some((class, p)) if class != detected && p >= SURE => Verdict::Class(class),
         _ => Verdict::Class(detected),
     }
 }
@@ -162,7 +181,7 @@ pub fn drop_nested(detections: &mut Vec<Detection>) -> usize {
 }
 
 /// The share of the smaller of the two boxes that lies inside the other.
-fn inside_share(a: &BoxF, b: &BoxF) -> f32 {
+pub fn inside_share(a: &BoxF, b: &BoxF) -> f32 {
     let smaller = a.area().min(b.area());
     if smaller > 0.0 {
         a.intersection(b) / smaller
@@ -245,11 +264,28 @@ mod tests {
     #[test]
     fn the_verdict_refuses_on_none_and_relabels_only_when_sure() {
         // Labels: two classes, then none at 2.
-        assert_eq!(verdict(&[0.3, 0.2, 0.5], 0, 2), Verdict::Refused);
-        assert_eq!(verdict(&[0.6, 0.0, 0.4], 1, 2), Verdict::Class(1));
-        assert_eq!(verdict(&[0.1, 0.85, 0.05], 0, 2), Verdict::Class(0));
-        assert_eq!(verdict(&[0.02, 0.95, 0.03], 0, 2), Verdict::Class(1));
-        assert_eq!(verdict(&[0.95, 0.02, 0.03], 0, 2), Verdict::Class(0));
+        let strong = |class| Candidate { class, weak: false };
+        assert_eq!(verdict(&[0.3, 0.2, 0.5], strong(0), 2), Verdict::Refused);
+        assert_eq!(verdict(&[0.6, 0.0, 0.4], strong(1), 2), Verdict::Class(1));
+        assert_eq!(verdict(&[0.1, 0.85, 0.05], strong(0), 2), Verdict::Class(0));
+        assert_eq!(
+            verdict(&[0.02, 0.95, 0.03], strong(0), 2),
+            Verdict::Class(1)
+        );
+        assert_eq!(
+            verdict(&[0.95, 0.02, 0.03], strong(0), 2),
+            Verdict::Class(0)
+        );
+    }
+
+    #[test]
+    fn a_weak_detection_is_kept_only_when_the_verifier_is_sure_of_its_own_class() {
+        let weak = |class| Candidate { class, weak: true };
+        assert_eq!(verdict(&[0.95, 0.02, 0.03], weak(0), 2), Verdict::Class(0));
+        // Not a look-alike, but not sure either: a strong detection would stay.
+        assert_eq!(verdict(&[0.85, 0.1, 0.05], weak(0), 2), Verdict::Refused);
+        // Sure of another class: no relabelling on a detection the detector doubted.
+        assert_eq!(verdict(&[0.02, 0.95, 0.03], weak(0), 2), Verdict::Refused);
     }
 
     fn page(width: u32, height: u32, ink: impl Fn(u32, u32) -> bool) -> RgbImage {

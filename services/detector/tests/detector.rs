@@ -239,6 +239,27 @@ async fn bad_input_names_the_problem_and_the_service_keeps_serving() {
             },
             "options.input_size",
         ),
+        (
+            pb::DetectRequest {
+                images: vec![good.clone()],
+                options: Some(pb::DetectOptions {
+                    verify: true,
+                    confirmed_score_threshold: 0.25,
+                    ..Default::default()
+                }),
+            },
+            "options.confirmed_score_threshold",
+        ),
+        (
+            pb::DetectRequest {
+                images: vec![good.clone()],
+                options: Some(pb::DetectOptions {
+                    confirmed_score_threshold: 0.1,
+                    ..Default::default()
+                }),
+            },
+            "options.confirmed_score_threshold",
+        ),
     ];
     for (request, field) in cases {
         let error = client.detect(request).await.expect_err(field);

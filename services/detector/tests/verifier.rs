@@ -345,3 +345,74 @@ async fn a_faded_scan_stretched_to_black_on_white_gives_back_faint_symbols() {
     );
     stop.cancel();
 }
+
+async fn detect_confirming(
+    client: &mut DetectorClient<Channel>,
+    image: Vec<u8>,
+    confirmed_score_threshold: f32,
+) -> pb::ImageDetections {
+    let request = pb::DetectRequest {
+        images: vec![image],
+        options: Some(pb::DetectOptions {
+            normalize_contrast: true,
+            large_symbol_pass: true,
+            verify: true,
+            confirmed_score_threshold,
+            ..Default::default()
+        }),
+    };
+    let mut response = client.detect(request).await.unwrap().into_inner();
+    response.results.remove(0)
+}
+
+/// The independent renderer's page 5 draws a VAV box 17 px wide, half the smallest the
+/// detector was trained on: it scores 0.12, under the default threshold, and the
+/// verifier is sure of it. Asked to confirm weak detections from 0.1, the detector
+/// finds it, adds nothing false, and changes nothing it found before; the added box
+/// keeps its own weak score and is counted as confirmed. On a generator page, where
+/// every weak detection is a second box on a found symbol or a look-alike, nothing
+/// is added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_detection_the_verifier_is_sure_of_is_kept_and_nothing_else_changes() {
+    let (mut client, stop) =
+        support::start("hvac-yolov8n", support::cpu_engine(), 12_000_000).await;
+    let (image, truth) = page("page_0005");
+    let plain = detect_confirming(&mut client, image.clone(), 0.0).await;
+    let confirming = detect_confirming(&mut client, image, 0.1).await;
+    assert_eq!(plain.confirmed, 0, "nothing to confirm when not asked");
+    for kept in &plain.detections {
+        assert!(
+            confirming.detections.contains(kept),
+            "{kept:?} was changed or lost"
+        );
+    }
+    assert_eq!(
+        confirming.detections.len(),
+        plain.detections.len() + confirming.confirmed as usize,
+        "what was added is what was confirmed"
+    );
+    let added: Vec<&pb::Detection> = (confirming.detections.iter())
+        .filter(|d| !plain.detections.contains(d))
+        .collect();
+    assert!(
+        added.iter().all(|d| (0.1..=0.25).contains(&d.score)),
+        "confirmed detections keep their weak scores: {added:?}"
+    );
+    let (found_plain, false_plain) = score(&plain.detections, &truth);
+    let (found_confirming, false_confirming) = score(&confirming.detections, &truth);
+    assert!(
+        found_confirming > found_plain,
+        "found {found_plain} of {} without, {found_confirming} with",
+        truth.symbols.len()
+    );
+    assert_eq!(false_confirming, false_plain, "false detections");
+    let scores: Vec<f32> = confirming.detections.iter().map(|d| d.score).collect();
+    assert!(scores.is_sorted_by(|a, b| a >= b), "best first");
+
+    let generated = std::fs::read(repo().join("tests/pages/page_0000.png")).unwrap();
+    let plain = detect_confirming(&mut client, generated.clone(), 0.0).await;
+    let confirming = detect_confirming(&mut client, generated, 0.1).await;
+    assert_eq!(confirming.confirmed, 0);
+    assert_eq!(confirming.detections, plain.detections);
+    stop.cancel();
+}

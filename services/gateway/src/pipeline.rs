@@ -155,6 +155,20 @@ fn grown(r: Rect, by: f32) -> Rect {
     Rect::new(r.x_min - by, r.y_min - by, r.x_max + by, r.y_max + by)
 }
 
+/// The floor of the weak detections the detector's verifier may confirm, for a call
+/// at `score_threshold`: only at the detector's default (0). A caller who sets a
+/// threshold asked for that score and no lower. The verifier was trained on the
+/// detector's detections down to this score.
+const CONFIRMED_SCORE_THRESHOLD: f32 = 0.1;
+
+fn confirmed_score_threshold(score_threshold: f32) -> f32 {
+    if score_threshold == 0.0 {
+        CONFIRMED_SCORE_THRESHOLD
+    } else {
+        0.0
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -589,10 +603,13 @@ impl Pipeline {
                             // The pipeline's symbols are what users act on: the
                             // verifier's second look drops most look-alikes, a page
                             // drawn at a larger scale gets a pass at half scale, and a
-                            // faded scan is stretched to black on white first.
+                            // faded scan is stretched to black on white first. At
+                            // the default threshold, the weak detections the verifier
+                            // is sure of are symbols too (small or faded ones, mostly).
                             verify: true,
                             large_symbol_pass: true,
                             normalize_contrast: true,
+                            confirmed_score_threshold: confirmed_score_threshold(score_threshold),
                             ..Default::default()
                         }),
                     });

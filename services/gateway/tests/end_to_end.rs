@@ -337,8 +337,8 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
         );
     }
 
-    // The independent pages: floors at what the shipped model reaches (BENCHMARKS.md
-    // "Generalization"), so a regression fails; the goal is 0.97 / 0.97 / 0.93.
+    // The independent pages: floors at the goal, 0.97 / 0.97 / 0.93, or at what the
+    // shipped model reaches where it does better (BENCHMARKS.md "Generalization").
     let independent = independent.all();
     for (what, value, floor) in [
         ("recall", independent.recall(), INDEPENDENT_FLOOR.0),
@@ -365,5 +365,8 @@ async fn recall_precision_and_tags_on_both_renderers_pages() {
 /// 0.965 / 0.990 / 0.911 (2026-12-01) once a faded scan is stretched to black on
 /// white before detection and a hyphen read as a dot is corrected; 0.965 / 0.990 /
 /// 0.931 once the reach of a symbol left without a fitting tag is read turned (tags
-/// written along a column). A little slack for BLAS; the goal is 0.97 / 0.97 / 0.93.
-const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.955, 0.98, 0.92);
+/// written along a column); 0.970 / 0.990 / 0.936 once the weak detections the
+/// verifier is sure of are kept (a 17 px VAV box scoring 0.12). The recall and tag
+/// floors are the goal itself: the figures have come out identical run after run on
+/// this 2-core machine and on fresh clones of it.
+const INDEPENDENT_FLOOR: (f64, f64, f64) = (0.97, 0.98, 0.93);

@@ -161,8 +161,10 @@ async fn tags_are_joined_to_their_symbols() {
     // One call to each backend, with no deadline when the client gave none.
     assert_eq!((db.calls(), ob.calls()), (1, 1));
     assert_eq!(*db.last_timeout.lock().unwrap(), None);
-    // The detector was asked for its verifier's second look at every symbol.
+    // The detector was asked for its verifier's second look at every symbol and, the
+    // threshold being left at the default, to keep the weak detections it confirms.
     assert!(db.last_verify.load(Ordering::SeqCst));
+    assert_eq!(*db.last_confirmed_score_threshold.lock().unwrap(), 0.1);
     // OCR was told to paint out the three symbols before reading, and to read every
     // line: the caller wants the page's other text too.
     assert_eq!(ob.last_ignore_regions.load(Ordering::SeqCst), 3);
@@ -177,6 +179,19 @@ async fn tags_are_joined_to_their_symbols() {
         ),
         1.0
     );
+
+    // A caller who sets a threshold gets nothing scoring under it.
+    gw.client
+        .analyze(analyze(
+            png(800, 600),
+            pb::AnalyzeOptions {
+                score_threshold: 0.3,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(*db.last_confirmed_score_threshold.lock().unwrap(), 0.0);
 }
 
 /// A tag OCR misread by one look-alike character is corrected when the corrected

@@ -46,6 +46,8 @@ pub struct Behaviour {
     pub last_read_within: Mutex<Vec<common::Box>>,
     /// Whether the last Detect call asked for the verifier's second look.
     pub last_verify: AtomicBool,
+    /// The threshold of weak detections to confirm the last Detect call asked for.
+    pub last_confirmed_score_threshold: Mutex<f32>,
     /// Whether the last ReadText call asked to join broken vertical lines.
     pub last_join_broken_lines: AtomicBool,
     /// The per-class tag patterns a fake detector sends with its answer.
@@ -191,8 +193,13 @@ impl detector_server::Detector for FakeDetector {
         request: Request<det::DetectRequest>,
     ) -> Result<Response<det::DetectResponse>, Status> {
         let images = request.get_ref().images.len();
-        let verify = request.get_ref().options.as_ref().is_some_and(|o| o.verify);
-        self.behaviour.last_verify.store(verify, Ordering::SeqCst);
+        let options = request.get_ref().options.clone().unwrap_or_default();
+        let behaviour = &self.behaviour;
+        behaviour
+            .last_verify
+            .store(options.verify, Ordering::SeqCst);
+        *behaviour.last_confirmed_score_threshold.lock().unwrap() =
+            options.confirmed_score_threshold;
         let answer = det::DetectResponse {
             results: (0..images)
                 .map(|_| det::ImageDetections {
@@ -202,6 +209,7 @@ impl detector_server::Detector for FakeDetector {
                     tiles: 1,
                     refused: 0,
                     relabeled: 0,
+                    confirmed: 0,
                 })
                 .collect(),
             model: "fake".into(),
