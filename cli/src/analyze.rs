@@ -29,7 +29,8 @@ pub struct AnalyzeArgs {
     /// Print one JSON object per image instead of tables.
     #[arg(long)]
     json: bool,
-    /// Keep symbols scoring above this (0 = the detector's default).
+    /// Keep symbols scoring above this (0 = the detector's default, and also the weaker
+    /// ones its verifier is sure of).
     #[arg(long, default_value_t = 0.0)]
     score_threshold: f32,
     /// Also list page text that belongs to no symbol.

@@ -231,21 +231,67 @@ fn the_crop_is_the_one_the_verifier_was_trained_on() {
     }
 }
 
+/// One page's detections under `options`.
+async fn detect_page(
+    client: &mut DetectorClient<Channel>,
+    image: Vec<u8>,
+    options: pb::DetectOptions,
+) -> pb::ImageDetections {
+    let request = pb::DetectRequest {
+        images: vec![image],
+        options: Some(options),
+    };
+    let mut response = client.detect(request).await.unwrap().into_inner();
+    response.results.remove(0)
+}
+
+/// The options Analyze sends, but for the ones a test varies.
+fn as_analyze_asks() -> pb::DetectOptions {
+    pb::DetectOptions {
+        verify: true,
+        large_symbol_pass: true,
+        normalize_contrast: true,
+        confirmed_score_threshold: 0.1,
+        ..Default::default()
+    }
+}
+
 async fn detect_large(
     client: &mut DetectorClient<Channel>,
     image: Vec<u8>,
     large_symbol_pass: bool,
 ) -> pb::ImageDetections {
-    let request = pb::DetectRequest {
-        images: vec![image],
-        options: Some(pb::DetectOptions {
-            large_symbol_pass,
-            verify: true,
-            ..Default::default()
-        }),
+    let options = pb::DetectOptions {
+        large_symbol_pass,
+        verify: true,
+        ..Default::default()
     };
-    let mut response = client.detect(request).await.unwrap().into_inner();
-    response.results.remove(0)
+    detect_page(client, image, options).await
+}
+
+async fn detect_stretching(
+    client: &mut DetectorClient<Channel>,
+    image: Vec<u8>,
+    normalize_contrast: bool,
+) -> pb::ImageDetections {
+    let options = pb::DetectOptions {
+        normalize_contrast,
+        confirmed_score_threshold: 0.0,
+        ..as_analyze_asks()
+    };
+    detect_page(client, image, options).await
+}
+
+async fn detect_confirming(
+    client: &mut DetectorClient<Channel>,
+    image: Vec<u8>,
+    confirmed_score_threshold: f32,
+) -> pb::ImageDetections {
+    let options = pb::DetectOptions {
+        confirmed_score_threshold,
+        ..as_analyze_asks()
+    };
+    detect_page(client, image, options).await
 }
 
 /// The independent renderer's page 2 draws VAV boxes of 117-123 px, about four times
@@ -294,24 +340,6 @@ async fn a_page_of_large_symbols_gets_a_half_scale_pass_that_finds_what_the_firs
     stop.cancel();
 }
 
-async fn detect_as_analyze_does(
-    client: &mut DetectorClient<Channel>,
-    image: Vec<u8>,
-    normalize_contrast: bool,
-) -> pb::ImageDetections {
-    let request = pb::DetectRequest {
-        images: vec![image],
-        options: Some(pb::DetectOptions {
-            normalize_contrast,
-            large_symbol_pass: true,
-            verify: true,
-            ..Default::default()
-        }),
-    };
-    let mut response = client.detect(request).await.unwrap().into_inner();
-    response.results.remove(0)
-}
-
 /// The independent renderer's page 8 is a small-scale scan: grey paper (219), strokes
 /// faded to 73 at their darkest, blur and JPEG. As scanned, the detector misses five of
 /// its fifteen symbols, faint small diffusers and a VAV box; stretched to black on white
@@ -322,8 +350,8 @@ async fn a_faded_scan_stretched_to_black_on_white_gives_back_faint_symbols() {
     let (mut client, stop) =
         support::start("hvac-yolov8n", support::cpu_engine(), 12_000_000).await;
     let (image, truth) = page("page_0008");
-    let scanned = detect_as_analyze_does(&mut client, image.clone(), false).await;
-    let stretched = detect_as_analyze_does(&mut client, image, true).await;
+    let scanned = detect_stretching(&mut client, image.clone(), false).await;
+    let stretched = detect_stretching(&mut client, image, true).await;
     let (found_scanned, false_scanned) = score(&scanned.detections, &truth);
     let (found_stretched, false_stretched) = score(&stretched.detections, &truth);
     assert!(
@@ -337,32 +365,13 @@ async fn a_faded_scan_stretched_to_black_on_white_gives_back_faint_symbols() {
     );
 
     let generated = std::fs::read(repo().join("tests/pages/page_0000.png")).unwrap();
-    let plain = detect_as_analyze_does(&mut client, generated.clone(), false).await;
-    let asked = detect_as_analyze_does(&mut client, generated, true).await;
+    let plain = detect_stretching(&mut client, generated.clone(), false).await;
+    let asked = detect_stretching(&mut client, generated, true).await;
     assert_eq!(
         asked.detections, plain.detections,
         "black on white: unchanged"
     );
     stop.cancel();
-}
-
-async fn detect_confirming(
-    client: &mut DetectorClient<Channel>,
-    image: Vec<u8>,
-    confirmed_score_threshold: f32,
-) -> pb::ImageDetections {
-    let request = pb::DetectRequest {
-        images: vec![image],
-        options: Some(pb::DetectOptions {
-            normalize_contrast: true,
-            large_symbol_pass: true,
-            verify: true,
-            confirmed_score_threshold,
-            ..Default::default()
-        }),
-    };
-    let mut response = client.detect(request).await.unwrap().into_inner();
-    response.results.remove(0)
 }
 
 /// The independent renderer's page 5 draws a VAV box 17 px wide, half the smallest the
