@@ -160,7 +160,6 @@ impl Detector {
         self.verifier.as_ref()
     }
 
-    /// Whether a call with `options` gets the second look.
     /// The score a detection must pass to be kept or, when the verifier will look
     /// at it, to be put to the verifier as a weak one.
     fn decode_threshold(&self, options: &DetectOptions) -> f32 {
@@ -170,6 +169,7 @@ impl Detector {
         }
     }
 
+    /// Whether a call with `options` gets the second look.
     fn verifies(&self, options: &DetectOptions) -> bool {
         options.verify && self.verifier.is_some()
     }
@@ -727,6 +727,10 @@ async fn second_look(
 /// (a weak box on a kept symbol's part, or around it with its neighbour), not a new one.
 const CONFIRMED_APART: f32 = 0.1;
 
+/// Ultralytics' letterbox for a dynamic export (`auto=True`, what `predict` does with
+/// this model): scale to fit `size`, then pad only up to the next multiple of `stride`
+/// (the minimum rectangle), centred with the `round(d ∓ 0.1)` split, grey 114. A
+/// 1600×1200 page becomes 640×480, not 640×640: a quarter less compute.
 fn letterbox_rect(source: &RgbImage, size: u32, stride: u32) -> RgbImage {
     let (w, h) = source.dimensions();
     let ratio = f64::min(
